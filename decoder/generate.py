@@ -1,0 +1,88 @@
+"""Text generation with a PyTorch model and its KV cache.
+
+The decoding loop and the sampler are `decoder.sampling`'s (numpy), shared with the onnxruntime
+runtime; this module only adapts the torch model to that loop's `forward` signature.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from decoder.model import GPT, KVCache
+from decoder.sampling import SamplingParams, decode_loop
+from decoder.tokenizer import StreamDecoder, Tokenizer
+
+
+def torch_forward(model: GPT, device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None):
+    """Adapt `model` to decode_loop: numpy ids + cache -> numpy logits of the last position + cache."""
+    device = torch.device(device)
+
+    @torch.inference_mode()
+    def forward(ids: np.ndarray, past: KVCache | None) -> tuple[np.ndarray, KVCache]:
+        idx = torch.from_numpy(np.ascontiguousarray(ids)).to(device)
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+            logits, presents = model(idx, past)
+        return logits[:, -1].float().cpu().numpy(), presents
+
+    return forward
+
+
+def generate_ids(
+    model: GPT,
+    prompt_ids: list[int] | np.ndarray,
+    *,
+    max_new_tokens: int,
+    params: SamplingParams,
+    seed: int | None = 0,
+    eot_id: int | None = None,
+    use_cache: bool = True,
+    device: torch.device | str = "cpu",
+) -> Iterator[np.ndarray]:
+    """Yield (B,) token ids step by step (see decode_loop) from a torch model in eval mode."""
+    model.eval()
+    yield from decode_loop(
+        torch_forward(model, device),
+        np.asarray(prompt_ids),
+        context_length=model.config.context_length,
+        max_new_tokens=max_new_tokens,
+        params=params,
+        seed=seed,
+        eot_id=eot_id,
+        use_cache=use_cache,
+    )
+
+
+def stream_text(
+    model: GPT,
+    tokenizer: Tokenizer,
+    prompt: str,
+    *,
+    max_new_tokens: int,
+    params: SamplingParams,
+    seed: int | None = 0,
+    device: torch.device | str = "cpu",
+) -> Iterator[str]:
+    """Yield pieces of generated text (not including the prompt) as tokens are produced."""
+    if not prompt:
+        raise ValueError("prompt is empty: give at least one character of text")
+    decoder = StreamDecoder(tokenizer)
+    for token in generate_ids(
+        model, tokenizer.encode(prompt), max_new_tokens=max_new_tokens, params=params,
+        seed=seed, eot_id=tokenizer.eot_id, device=device,
+    ):
+        if token[0] == tokenizer.eot_id:
+            break
+        piece = decoder.push(int(token[0]))
+        if piece:
+            yield piece
+    tail = decoder.flush()
+    if tail:
+        yield tail
+
+
+def generate_text(model: GPT, tokenizer: Tokenizer, prompt: str, **kwargs) -> str:
+    """The whole continuation of `prompt` as one string."""
+    return "".join(stream_text(model, tokenizer, prompt, **kwargs))

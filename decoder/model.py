@@ -1,0 +1,177 @@
+"""The GPT: a GPT-2-style decoder-only transformer in one readable file.
+
+`GPT.forward(idx, past=None)` always returns `(logits, presents)`: logits for every position and
+the key/value cache including the new positions, so the same signature serves training (which
+ignores `presents`), incremental generation and the exported ONNX graph. The loss lives in the
+trainer, not here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from decoder.config import ModelConfig
+
+# One (keys, values) pair per block, each (B, nh, P, hs).
+KVCache = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.c_attn = nn.Linear(config.d_model, 3 * config.d_model, bias=config.bias)
+        self.c_proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q = q.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)  # (B, nh, T, hs)
+        dropout_p = self.dropout if self.training else 0.0
+        if past is None:
+            # No cache: the plain causal mask, which lets SDPA pick its fastest (flash) kernel.
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        else:
+            k = torch.cat([past[0], k], dim=2)  # (B, nh, P+T, hs)
+            v = torch.cat([past[1], v], dim=2)
+            # is_causal=True would align the mask to the top-left corner, i.e. query i would see
+            # keys 0..i of the concatenation and miss the last T-1-i cached positions. Query i sits
+            # at absolute position P+i and may see keys 0..P+i: build that mask explicitly.
+            P = k.shape[2] - T
+            q_pos = torch.arange(T, device=x.device) + P
+            k_pos = torch.arange(k.shape[2], device=x.device)
+            mask = k_pos[None, :] <= q_pos[:, None]  # (T, P+T)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y)), (k, v)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.d_model, config.ff_width, bias=config.bias)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's GELU
+        self.c_proj = nn.Linear(config.ff_width, config.d_model, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.d_model, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.d_model, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(
+        self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        a, present = self.attn(self.ln_1(x), past)
+        x = x + a
+        x = x + self.mlp(self.ln_2(x))
+        return x, present
+
+
+def sinusoidal_table(n_positions: int, d_model: int) -> torch.Tensor:
+    """The fixed sin/cos position table of 'Attention is all you need' (the reference's choice)."""
+    pos = torch.arange(n_positions, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+    table = torch.zeros(n_positions, d_model)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq)
+    return table
+
+
+class GPT(nn.Module):
+    def __init__(self, config: ModelConfig, vocab_size: int) -> None:
+        super().__init__()
+        problems = config.problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+        if vocab_size < 1:
+            raise ValueError(f"vocab_size={vocab_size}: must be >= 1")
+        self.config = config
+        self.vocab_size = vocab_size
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(vocab_size, config.d_model),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([Block(config) for _ in range(config.n_blocks)]),
+                ln_f=nn.LayerNorm(config.d_model, bias=config.bias),
+            )
+        )
+        if config.positional == "learned":
+            self.transformer["wpe"] = nn.Embedding(config.context_length, config.d_model)
+        else:
+            self.register_buffer("wpe_table", sinusoidal_table(config.context_length, config.d_model), persistent=False)
+        self.lm_head = nn.Linear(config.d_model, vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
+        self.apply(self._init_weights)
+        # GPT-2: scale the residual projections by 1/sqrt(2 * n_blocks) so the residual stream's
+        # variance does not grow with depth.
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_blocks))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameters counted once (a tied head is not double counted); non_embedding drops wte/wpe."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.transformer.wte.weight.numel()
+            if "wpe" in self.transformer:
+                n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int | None = None) -> int:
+        """Training FLOPs per token: 6 * (matmul parameters) + attention (Kaplan et al. / PaLM)."""
+        c = self.config
+        T = seq_len or c.context_length
+        matmul_params = self.num_params(non_embedding=True) + self.lm_head.weight.numel()
+        # QK^T and AV: 2 * 2 * T * d_model per token forward, causal halves it on average; x3 for fwd+bwd.
+        attention = 6 * c.n_blocks * T * c.d_model
+        return 6 * matmul_params + attention
+
+    def forward(
+        self, idx: torch.Tensor, past: KVCache | None = None
+    ) -> tuple[torch.Tensor, KVCache]:
+        """idx (B, T) token ids -> logits (B, T, vocab) and the cache with the T new positions appended."""
+        B, T = idx.shape
+        P = 0 if past is None else past[0][0].shape[2]
+        pos = torch.arange(P, P + T, device=idx.device)  # (T,)
+        tok_emb = self.transformer.wte(idx)  # (B, T, C)
+        if "wpe" in self.transformer:
+            pos_emb = self.transformer.wpe(pos)  # (T, C)
+        else:
+            pos_emb = self.wpe_table[pos]
+        x = self.transformer.drop(tok_emb + pos_emb)
+        presents: KVCache = []
+        for i, block in enumerate(self.transformer.h):
+            x, present = block(x, None if past is None else past[i])
+            presents.append(present)
+        x = self.transformer.ln_f(x)
+        return self.lm_head(x), presents  # (B, T, vocab)
