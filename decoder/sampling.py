@@ -115,13 +115,13 @@ def decode_loop(
     done = np.zeros(ids.shape[0], dtype=bool)
     logits, past = forward(ids, None)
     cached = ids.shape[1]
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         token = next_tokens(logits, params, rng)
         if eot_id is not None:
             token = np.where(done, eot_id, token)
             done |= token == eot_id
         yield token
-        if done.all():
+        if done.all() or step == max_new_tokens - 1:
             return
         ids = np.concatenate([ids, token[:, None]], axis=1)
         if not use_cache:

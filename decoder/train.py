@@ -267,13 +267,15 @@ def train(
     *,
     resume: bool = False,
     quiet: bool = False,
-    on_step: Callable[[int, float], bool] | None = None,
+    on_step: Callable[[int, dict], bool] | None = None,
     dataset: Dataset | None = None,
 ) -> dict:
     """Train `config` into `run_dir` and return the summary dict (also written to summary.json).
 
     resume: continue from run_dir/checkpoints/latest.pt (model, optimizer, step, RNG, sampler).
-    on_step(step, lr) -> True requests a graceful stop (checkpoint, status 'interrupted').
+    on_step(step, {"lr", "train_loss"}) is called after every optimizer step (train_loss is the mean
+    over the last log_interval steps); returning True requests a graceful stop (checkpoint, status
+    'interrupted'), as SIGINT/SIGTERM do.
     """
     config.validated()
     run_dir = Path(run_dir)
@@ -297,8 +299,10 @@ def train(
                 f"{latest}: saved by {saved_world} process(es), resumed with {ctx.world_size}; "
                 f"resume with the same number (torchrun --nproc_per_node={saved_world})"
             )
-    elif latest.is_file() and not (run_dir / "summary.json").is_file():
-        raise TrainingError(f"{run_dir}: holds an unfinished run; pass --resume to continue it or use another folder")
+    elif latest.is_file():
+        raise TrainingError(
+            f"{run_dir}: already holds a run; pass --resume to continue it, or use another folder"
+        )
 
     dataset = dataset or prepare(config.data)
     tokenizer = dataset.tokenizer
@@ -461,7 +465,8 @@ def train(
                     if t.patience is not None and state.evals_since_best >= t.patience:
                         status = "early_stopped"
                         break
-                wants_stop = stop.requested or (on_step is not None and bool(on_step(state.step, lr)))
+                wants_stop = stop.requested or (
+                    on_step is not None and bool(on_step(state.step, {"lr": lr, "train_loss": train_loss})))
                 if dist_utils.any_true(wants_stop, ctx):
                     status = "interrupted"
                     save_latest(last_val)

@@ -1,0 +1,76 @@
+import pytest
+
+from decoder.config import ConfigError, RunConfig, config_from_dict, dump_config, load_config, set_dotted
+
+
+def test_defaults_are_valid():
+    assert RunConfig().problems() == []
+
+
+@pytest.mark.parametrize(
+    "raw, field, allowed",
+    [
+        ({"model": {"d_model": 100, "n_heads": 8}}, "model.d_model=100, model.n_heads=8", "divisible"),
+        ({"model": {"context_length": 1}}, "model.context_length=1", ">= 2"),
+        ({"model": {"dropout": -0.1}}, "model.dropout=-0.1", "[0, 1)"),
+        ({"model": {"positional": "rotary"}}, "model.positional='rotary'", "'learned', 'sinusoidal'"),
+        ({"training": {"lr": 0, "max_steps": 1}}, "training.lr=0.0", "> 0"),
+        ({"training": {"max_steps": -5}}, "training.max_steps=-5", "> 0"),
+        ({"training": {"batch_size": 8, "grad_accum_steps": 3, "max_steps": 1}}, "training.grad_accum_steps=3", "divide"),
+        ({"training": {"precision": "fp8", "max_steps": 1}}, "training.precision='fp8'", "'auto', 'fp32', 'bf16'"),
+        ({"training": {"batch_size": 4}}, "no budget", "max_steps, max_tokens, max_seconds"),
+        ({"data": {"val_fraction": 1.5}}, "data.val_fraction=1.5", "(0, 1)"),
+        ({"sampling": {"top_p": 0}}, "sampling.top_p=0.0", "(0, 1]"),
+        ({"sampling": {"temperature": -1}}, "sampling.temperature=-1.0", ">= 0"),
+        ({"sampling": {"top_k": -2}}, "sampling.top_k=-2", ">= 0"),
+        ({"model": {"d_model": "big"}}, "model.d_model='big'", "must be int"),
+        ({"model": {"n_blocks": True}}, "model.n_blocks=True", "must be int"),
+    ],
+)
+def test_bad_values_name_field_and_allowed(raw, field, allowed):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(raw)
+    assert field in str(err.value)
+    assert allowed in str(err.value)
+
+
+def test_all_problems_reported_at_once():
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"model": {"context_length": 1, "dropout": 2.0}, "training": {"lr": -1, "max_steps": 1}})
+    message = str(err.value)
+    for field in ("model.context_length", "model.dropout", "training.lr"):
+        assert field in message
+
+
+def test_unknown_keys_rejected_with_suggestion_and_valid_list():
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"model": {"d_modle": 64}})
+    assert "model.d_modle: unknown key (did you mean 'd_model'?)" in str(err.value)
+    assert "valid keys: d_model, n_heads" in str(err.value)
+    with pytest.raises(ConfigError, match="unknown key.*'training'"):
+        config_from_dict({"trainng": {}})
+
+
+def test_ints_accepted_for_floats_and_yaml_round_trip(tmp_path):
+    config = config_from_dict({"training": {"lr": 1, "max_seconds": 60}})
+    assert isinstance(config.training.lr, float) and config.training.lr == 1.0
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_config(config))
+    assert load_config(path) == config
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_set_dotted_rejects_bad_paths():
+    raw: dict = {}
+    set_dotted(raw, "model.d_model", 64)
+    assert raw == {"model": {"d_model": 64}}
+    with pytest.raises(ConfigError, match="section.key"):
+        set_dotted(raw, "d_model", 64)

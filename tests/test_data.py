@@ -1,0 +1,106 @@
+import numpy as np
+import pytest
+
+from decoder import data
+from decoder.config import DataConfig
+from decoder.data import BatchSampler, DataError, corpus_path, prepare, read_text_file, strip_gutenberg
+
+GUTENBERG = """\ufeffThe Project Gutenberg eBook of Something
+License blah
+*** START OF THE PROJECT GUTENBERG EBOOK SOMETHING ***
+
+Chapter 1. The real text.
+
+        *** END OF THE PROJECT GUTENBERG EBOOK SOMETHING ***
+More license.
+"""
+
+
+def test_strip_gutenberg_header_footer_and_bom():
+    assert strip_gutenberg(GUTENBERG) == "Chapter 1. The real text.\n"
+    assert strip_gutenberg("\ufeffplain text") == "plain text\n"
+
+
+def test_real_book_is_stripped(book_text):
+    assert "Project Gutenberg" not in book_text[:5000] and "Project Gutenberg" not in book_text[-5000:]
+    assert "Harding" in book_text
+
+
+def test_non_utf8_file_error(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("caf\xe9".encode("latin-1"))
+    with pytest.raises(DataError, match="not UTF-8 text"):
+        read_text_file(path)
+
+
+def test_missing_corpus_offline_says_where_to_put_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("DECODER_DATA_DIR", str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(data.urllib.request, "urlopen", offline)
+    with pytest.raises(DataError, match=f"put the file at {tmp_path}/mysterious-island.txt"):
+        corpus_path("mysterious-island")
+    with pytest.raises(DataError, match="not a registered name"):
+        corpus_path(str(tmp_path / "missing.txt"))
+
+
+def test_split_is_contiguous_without_overlap_and_vocab_from_train(small_corpus):
+    ds = prepare(DataConfig(corpus=str(small_corpus), tokenizer="gpt2", val_fraction=0.2))
+    text = small_corpus.read_text()
+    assert ds.tokenizer.decode(np.concatenate([ds.train, ds.val])) == data.strip_gutenberg(text)
+    train_text, val_text = ds.tokenizer.decode(ds.train), ds.tokenizer.decode(ds.val)
+    assert data.strip_gutenberg(text) == train_text + val_text
+    assert 0.15 < len(val_text) / len(text) < 0.25
+    raw_train = set(ds.tokenizer.encoding.encode_ordinary(train_text))
+    assert ds.tokenizer.vocab_size <= 256 + len(raw_train) + 1
+
+
+def test_token_cache_hit(small_corpus, monkeypatch):
+    config = DataConfig(corpus=str(small_corpus), tokenizer="gpt2")
+    first = prepare(config)
+    calls = []
+    real = data.get_encoding
+
+    def spy(name):
+        enc = real(name)
+        monkeypatch.setattr(enc, "encode_ordinary", lambda text: calls.append(1) or [])
+        return enc
+
+    monkeypatch.setattr(data, "get_encoding", spy)
+    second = prepare(config)
+    assert calls == []
+    assert (second.train == first.train).all()
+
+
+@pytest.mark.parametrize("mode", ["random", "sliding"])
+def test_sampler_windows_and_resumable_state(mode):
+    tokens = np.arange(100)
+    a = BatchSampler(tokens, context_length=8, batch_size=4, mode=mode, seed=1)
+    x, y = a.next_batch()
+    assert x.shape == (4, 8) and (y == x + 1).all()
+    for _ in range(30):
+        a.next_batch()
+    b = BatchSampler(tokens, context_length=8, batch_size=4, mode=mode, seed=99)
+    b.load_state_dict(a.state_dict())
+    for _ in range(10):
+        xa, _ = a.next_batch()
+        xb, _ = b.next_batch()
+        assert (xa == xb).all()
+
+
+def test_sliding_mode_visits_every_window_once_per_epoch():
+    tokens = np.arange(20)
+    s = BatchSampler(tokens, context_length=4, batch_size=4, mode="sliding", seed=0)
+    starts = [int(x[0]) for _ in range(4) for x in s.next_batch()[0]]
+    assert sorted(starts) == list(range(16))
+
+
+def test_too_short_corpus(tmp_path):
+    with pytest.raises(DataError, match="fewer than context_length"):
+        BatchSampler(np.arange(5), context_length=8, batch_size=2, mode="random", seed=0)
+    path = tmp_path / "short.txt"
+    path.write_text("hi")
+    with pytest.raises(DataError, match="too few"):
+        prepare(DataConfig(corpus=str(path), tokenizer="gpt2"))

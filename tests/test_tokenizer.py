@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+import tiktoken
+
+from decoder import tokenizer as tok
+from decoder.tokenizer import StreamDecoder, Tokenizer, TokenizerError
+
+ODD_TEXT = "Café naïve — 東京 🚀🌋 Ωμέγα, and \u00e5ngström!\n"
+
+
+@pytest.mark.parametrize("encoding", ["gpt2", "cl100k_base"])
+def test_compact_vocab_round_trips_unseen_text(encoding, book_text):
+    train_ids = tok.get_encoding(encoding).encode_ordinary(book_text[:50_000])
+    t = Tokenizer.build(encoding, compact=True, training_tiktoken_ids=np.array(train_ids))
+    full = tok.get_encoding(encoding)
+    assert t.vocab_size < full.n_vocab // 5
+    for text in (ODD_TEXT, book_text[:2000], "", "<|endoftext|> is plain text here"):
+        ids = t.encode(text)
+        assert max(ids, default=0) < t.vocab_size
+        assert t.decode(ids) == text
+    # The training text itself keeps tiktoken's segmentation: no token of it falls back to bytes.
+    assert len(t.encode(book_text[:50_000])) == len(train_ids)
+
+
+def test_full_vocab_is_identity():
+    t = Tokenizer.build("gpt2", compact=False)
+    assert t.vocab_size == 50257
+    assert t.encode("hello world") == tiktoken.get_encoding("gpt2").encode_ordinary("hello world")
+    assert t.decode(t.encode(ODD_TEXT)) == ODD_TEXT
+
+
+def test_save_load_and_byte_lengths(tmp_path):
+    t = Tokenizer.build("gpt2", compact=True, training_tiktoken_ids=np.array(tok.get_encoding("gpt2").encode("the island")))
+    t.save(tmp_path / "tok.json")
+    loaded = Tokenizer.load(tmp_path / "tok.json")
+    assert loaded.to_dict() == t.to_dict()
+    assert loaded.encode(ODD_TEXT) == t.encode(ODD_TEXT)
+    lengths = t.byte_lengths()
+    ids = t.encode(ODD_TEXT)
+    assert lengths[ids].sum() == len(ODD_TEXT.encode())
+    assert lengths[t.eot_id] == 0
+
+
+def test_in_process_encoding_works_without_downloads():
+    """A tiny tiktoken Encoding built in-process (no cache, no network) goes through the same code."""
+    ranks = {bytes([b]): b for b in range(256)}
+    ranks[b"th"] = 256
+    ranks[b"the"] = 257
+    enc = tiktoken.Encoding("tiny", pat_str=r"\S+|\s+", mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 258})
+    t = Tokenizer.from_encoding(enc, compact=True, training_tiktoken_ids=np.array(enc.encode_ordinary("the the")))
+    assert t.vocab_size == 258  # 256 bytes + 'the' + eot
+    assert t.decode(t.encode("then thé")) == "then thé"
+
+
+def test_missing_encoding_error_names_cache_dir(monkeypatch):
+    def offline(name):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(tok.tiktoken, "get_encoding", offline)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "/nowhere")
+    with pytest.raises(TokenizerError, match="TIKTOKEN_CACHE_DIR.*now: /nowhere"):
+        tok.get_encoding("cl100k_base")
+
+
+def test_unknown_encoding_lists_allowed():
+    with pytest.raises(TokenizerError, match="unknown tiktoken encoding 'nope'.*gpt2"):
+        tok.get_encoding("nope")
+
+
+def test_compact_vocab_must_hold_bytes():
+    with pytest.raises(TokenizerError, match="256 byte tokens"):
+        Tokenizer(tok.get_encoding("gpt2"), [1, 2, 3])
+
+
+def test_stream_decoder_holds_back_partial_utf8():
+    t = Tokenizer.build("gpt2", compact=True, training_tiktoken_ids=np.array([]))
+    ids = t.encode("🚀 ok")  # the rocket is four byte tokens
+    stream = StreamDecoder(t)
+    pieces = [stream.push(i) for i in ids] + [stream.flush()]
+    assert "".join(pieces) == "🚀 ok"
+    assert pieces[:3] == ["", "", ""]

@@ -1,0 +1,129 @@
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import tiny_config
+from decoder import train as train_module
+from decoder.train import CheckpointError, TrainingError, load_checkpoint, load_model, train
+
+GOLDEN = Path(__file__).parent / "assets" / "golden_losses.json"
+
+
+def losses_of(config, run_dir, **kwargs) -> list[float]:
+    losses = []
+    train(config, run_dir, quiet=True, on_step=lambda step, m: losses.append(m["train_loss"]) and False, **kwargs)
+    return losses
+
+
+def test_loss_goes_down_and_run_folder_is_complete(small_corpus, tmp_path):
+    config = tiny_config(small_corpus, training={"max_steps": 60, "eval_interval": 20})
+    summary = train(config, tmp_path / "run", quiet=True)
+    run = tmp_path / "run"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [20, 40, 60]
+    uniform = math.log(summary["vocab_size"])  # the loss of an untrained model
+    assert rows[-1]["val_loss"] < uniform - 0.5
+    assert rows[-1]["train_loss"] < uniform - 1.5
+    assert summary["status"] == "completed" and summary["step"] == 60
+    assert summary["tokens_seen"] == 60 * 8 * 16
+    for key in ("val_loss", "val_ppl", "val_bpb", "tokens_per_s", "elapsed_s", "lr", "tokens_seen"):
+        assert key in rows[-1]
+    assert rows[-1]["val_ppl"] == pytest.approx(math.exp(rows[-1]["val_loss"]))
+    for name in ("config.yaml", "tokenizer.json", "summary.json", "samples.json", "checkpoints/latest.pt",
+                 "checkpoints/best.pt"):
+        assert (run / name).is_file(), name
+    samples = json.loads((run / "samples.json").read_text())
+    assert [s["strategy"] for s in samples] == ["greedy", "sampled"]
+    assert all(s["text"] for s in samples)
+    model, tokenizer, loaded_config, meta = load_model(run)
+    assert loaded_config == config and meta["val"]["val_loss"] == summary["best_val_loss"]
+
+
+def test_resume_after_interruption_is_bit_identical(small_corpus, tmp_path):
+    config = tiny_config(small_corpus, model={"dropout": 0.1}, training={"max_steps": 24, "eval_interval": 8})
+    full = losses_of(config, tmp_path / "full")
+    interrupted = train(config, tmp_path / "split", quiet=True, on_step=lambda step, m: step == 13)
+    assert interrupted["status"] == "interrupted" and interrupted["step"] == 13
+    with pytest.raises(TrainingError, match="pass --resume"):
+        train(config, tmp_path / "split", quiet=True)
+    resumed = train(config, tmp_path / "split", quiet=True, resume=True)
+    assert resumed["status"] == "completed" and resumed["step"] == 24
+    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "latest.pt")["model"]
+    b = load_checkpoint(tmp_path / "split" / "checkpoints" / "latest.pt")["model"]
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert len(full) == 24
+
+
+def test_resume_refuses_a_different_config(small_corpus, tmp_path):
+    config = tiny_config(small_corpus)
+    train(config, tmp_path / "run", quiet=True, on_step=lambda step, m: step == 3)
+    with pytest.raises(TrainingError, match="saved config differs"):
+        train(tiny_config(small_corpus, training={"lr": 1e-2}), tmp_path / "run", quiet=True, resume=True)
+
+
+def test_corrupt_checkpoint_gives_clear_error(small_corpus, tmp_path):
+    config = tiny_config(small_corpus, training={"max_steps": 10})
+    train(config, tmp_path / "run", quiet=True, on_step=lambda step, m: step == 5)
+    latest = tmp_path / "run" / "checkpoints" / "latest.pt"
+    latest.write_bytes(latest.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="corrupt or unreadable checkpoint"):
+        train(config, tmp_path / "run", quiet=True, resume=True)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_model(latest)
+    (tmp_path / "other.pt").write_text("not a checkpoint")
+    with pytest.raises(CheckpointError):
+        load_model(tmp_path / "other.pt")
+
+
+def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(small_corpus, tmp_path, monkeypatch):
+    config = tiny_config(small_corpus, training={"max_steps": 30, "eval_interval": 5})
+    real = F.cross_entropy
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        loss = real(*args, **kwargs)
+        if kwargs.get("reduction") == "sum":  # evaluation
+            return loss
+        calls["n"] += 1
+        return loss * float("nan") if calls["n"] > 12 else loss
+
+    monkeypatch.setattr(train_module.F, "cross_entropy", poisoned)
+    with pytest.raises(TrainingError, match="training loss became nan at step 13"):
+        train(config, tmp_path / "run", quiet=True)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "diverged"
+    kept = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
+    assert kept["train_state"]["step"] == 10
+    assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
+
+
+def test_early_stopping(small_corpus, tmp_path):
+    # A learning rate this high makes validation loss stop improving quickly.
+    config = tiny_config(small_corpus, training={"max_steps": 400, "eval_interval": 2, "patience": 2,
+                                                 "lr": 0.5, "warmup_steps": 0, "grad_clip": 0})
+    summary = train(config, tmp_path / "run", quiet=True)
+    assert summary["status"] == "early_stopped"
+    assert summary["step"] < 400
+    assert summary["step"] - summary["best_step"] == 4
+
+
+def test_token_budget_and_grad_accumulation(small_corpus, tmp_path):
+    config = tiny_config(small_corpus, training={"max_steps": None, "max_tokens": 8 * 16 * 7,
+                                                 "grad_accum_steps": 2})
+    summary = train(config, tmp_path / "run", quiet=True)
+    assert summary["step"] == 7 and summary["tokens_seen"] == 8 * 16 * 7
+
+
+def test_golden_losses(small_corpus, tmp_path):
+    """The first losses of a fixed tiny CPU fp32 run. A change that alters training numerics fails
+    here; if it is deliberate, regenerate with `python tests/make_golden.py` and say why in the commit."""
+    config = tiny_config(small_corpus, training={"max_steps": 20})
+    losses = losses_of(config, tmp_path / "run")
+    golden = json.loads(GOLDEN.read_text())
+    assert golden["config"] == config.to_dict()["model"]
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(golden["losses"]), rtol=2e-4, atol=2e-4)
