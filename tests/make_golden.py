@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from conftest import tiny_config  # noqa: E402
+from tinyconf import tiny_config  # noqa: E402
 from decoder.data import load_corpus  # noqa: E402
 from decoder.train import train  # noqa: E402
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import tiny_config
+from tinyconf import tiny_config
 from decoder import train as train_module
 from decoder.data import BatchSampler
 from decoder.train import TrainingError, load_checkpoint, load_model, train

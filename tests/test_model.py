@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from conftest import DEVICES
+from tinyconf import DEVICES
 from decoder.config import ModelConfig
 from decoder.model import GPT
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import tiny_config
+from tinyconf import tiny_config
 from decoder import train as train_module
 from decoder.train import CheckpointError, TrainingError, load_checkpoint, load_model, train
 

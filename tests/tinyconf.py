@@ -1,0 +1,30 @@
+"""Tiny configurations and device parameters shared by the tests (a uniquely named module, so it
+cannot clash with bench/'s modules on sys.path)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from decoder.config import config_from_dict
+
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")),
+]
+
+
+def tiny_config(corpus: Path | str, **sections):
+    """d_model 32, 2 blocks, context 16, fp32 on CPU: a run of a few dozen steps takes seconds."""
+    raw = {
+        "model": {"d_model": 32, "n_heads": 2, "n_blocks": 2, "context_length": 16, "dropout": 0.0},
+        "data": {"corpus": str(corpus), "tokenizer": "gpt2"},
+        "training": {"batch_size": 8, "max_steps": 30, "eval_interval": 10, "warmup_steps": 5,
+                     "log_interval": 1, "device": "cpu", "precision": "fp32", "lr": 3e-3},
+        "sampling": {"max_new_tokens": 8},
+    }
+    for section, values in sections.items():
+        raw[section].update(values)
+    return config_from_dict(raw)
