@@ -38,13 +38,29 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def _single_config(path: Path):
+    """A run config from a plain config file, or from an experiment file of exactly one point
+    (then the run folder is the one `decoder run` would use)."""
+    from decoder.config import config_from_dict, read_yaml
+
+    raw = read_yaml(path)
+    if isinstance(raw, dict) and "base" in raw:
+        from decoder.experiments import experiment_from_dict
+
+        experiment = experiment_from_dict(raw, source=str(path), path=path)
+        if len(experiment.points) != 1:
+            raise UsageError(f"{path}: an experiment of {len(experiment.points)} points; run it with `decoder run {path}`")
+        point = experiment.points[0]
+        return point.config, Path("runs") / experiment.name / point.run_id
+    return config_from_dict(raw, source=str(path)), Path("runs") / path.stem
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from decoder.config import load_config
     from decoder.distributed import shutdown
     from decoder.train import train
 
-    config = load_config(args.config)
-    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / Path(args.config).stem
+    config, default_dir = _single_config(Path(args.config))
+    run_dir = Path(args.run_dir) if args.run_dir else default_dir
     try:
         summary = train(config, run_dir, resume=args.resume, quiet=args.quiet)
     finally:
@@ -129,9 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="decoder", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train one config (YAML with model/data/training/sampling)")
-    p.add_argument("config", help="YAML config file")
-    p.add_argument("--run-dir", help="run folder (default runs/<config name>)")
+    p = sub.add_parser("train", help="train one config (YAML with model/data/training/sampling, "
+                                      "or an experiment file of a single point)")
+    p.add_argument("config", help="YAML config or single-point experiment file")
+    p.add_argument("--run-dir", help="run folder (default runs/<config name>, or runs/<experiment>/<run id>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its latest checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)

@@ -261,7 +261,25 @@ def _progress_bar(config: RunConfig, tokens_per_step: int, quiet: bool):
     return tqdm(total=min(totals) if totals else None, unit="step", disable=disable, dynamic_ncols=True, leave=False)
 
 
-def train(
+def train(config: RunConfig, run_dir: str | Path, **kwargs) -> dict:
+    """Train `config` into `run_dir` and return the summary dict (also written to summary.json).
+
+    resume: continue from run_dir/checkpoints/latest.pt (model, optimizer, step, RNG, sampler).
+    quiet: no progress bar. dataset: an already prepared Dataset for config.data (saves re-reading).
+    on_step(step, {"lr", "train_loss"}) is called after every optimizer step (train_loss is the mean
+    over the last log_interval steps); returning True requests a graceful stop (checkpoint, status
+    'interrupted'), as SIGINT/SIGTERM do.
+    """
+    threads = torch.get_num_threads()
+    if config.training.num_threads:
+        torch.set_num_threads(config.training.num_threads)
+    try:
+        return _train(config, run_dir, **kwargs)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(
     config: RunConfig,
     run_dir: str | Path,
     *,
@@ -270,20 +288,11 @@ def train(
     on_step: Callable[[int, dict], bool] | None = None,
     dataset: Dataset | None = None,
 ) -> dict:
-    """Train `config` into `run_dir` and return the summary dict (also written to summary.json).
-
-    resume: continue from run_dir/checkpoints/latest.pt (model, optimizer, step, RNG, sampler).
-    on_step(step, {"lr", "train_loss"}) is called after every optimizer step (train_loss is the mean
-    over the last log_interval steps); returning True requests a graceful stop (checkpoint, status
-    'interrupted'), as SIGINT/SIGTERM do.
-    """
     config.validated()
     run_dir = Path(run_dir)
     ctx = dist_utils.init()
     rank0 = ctx.rank == 0
     t = config.training
-    if t.num_threads:
-        torch.set_num_threads(t.num_threads)
     device = ctx.device if ctx.world_size > 1 else resolve_device(t.device)
     precision = resolve_precision(t.precision, device)
 
@@ -335,9 +344,13 @@ def train(
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", dump_config(config))
         tokenizer.save(run_dir / "tokenizer.json")
+        (run_dir / "summary.json").unlink(missing_ok=True)
         if checkpoint is None:
             atomic_write_text(run_dir / "metrics.jsonl", "")
-            (run_dir / "summary.json").unlink(missing_ok=True)
+        else:  # drop rows a killed run wrote after its last checkpoint; they will be written again
+            rows = (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").is_file() else []
+            kept = [r for r in rows if r.strip() and json.loads(r)["step"] <= state.step]
+            atomic_write_text(run_dir / "metrics.jsonl", "".join(r + "\n" for r in kept))
 
     tokens_per_step = t.batch_size * config.model.context_length * ctx.world_size
 

@@ -1,0 +1,67 @@
+"""Every experiment shipped in experiments/ parses, expands, finds its data and builds its models,
+so a shipped file can never rot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from decoder.experiments import check_data, load_experiment
+from decoder.model import GPT
+
+EXPERIMENTS = sorted((Path(__file__).resolve().parent.parent / "experiments").glob("*.yaml"))
+
+
+def test_the_experiments_the_project_documents_are_shipped():
+    names = {path.stem for path in EXPERIMENTS}
+    assert {"quick", "default", "reference", "shape", "width-heads", "depth"} <= names
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+def test_shipped_experiment_parses_and_builds(path, book_text):
+    header = path.read_text().splitlines()[:3]
+    assert all(line.startswith("#") for line in header), "a header comment says what the grid asks"
+    assert "2 CPU cores" in path.read_text().split("\nname:")[0], "the header says how long it takes and where"
+    experiment = load_experiment(path)
+    assert experiment.name == path.stem
+    assert experiment.points
+    datasets = check_data(experiment)  # corpus found, tokenizer loads, splits long enough
+    for point in experiment.points:
+        vocab = datasets[point.config.data].tokenizer.vocab_size
+        with torch.device("meta"):  # shapes and parameter counts without allocating weights
+            model = GPT(point.config.model, vocab)
+        assert model.num_params() > 0
+
+
+def _only(name: str):
+    (path,) = [p for p in EXPERIMENTS if p.stem == name]
+    (point,) = load_experiment(path).points
+    return point.config
+
+
+def test_reference_is_the_notebook_configuration():
+    c = _only("reference")
+    assert (c.model.context_length, c.model.d_model, c.model.n_heads, c.model.n_blocks, c.model.d_ff) == (
+        40, 500, 10, 10, 20)
+    assert (c.model.positional, c.model.tie_embeddings) == ("sinusoidal", False)
+    assert (c.data.tokenizer, c.data.compact_vocab) == ("cl100k_base", False)
+    t = c.training
+    assert (t.optimizer, t.batch_size, t.lr, t.beta1, t.beta2, t.eps) == ("adam", 50, 1e-4, 0.9, 0.98, 1e-9)
+    assert t.max_seconds == 600
+
+
+def test_default_is_one_point_with_a_ten_minute_budget():
+    c = _only("default")
+    assert c.training.max_seconds == 600
+    assert c.data.corpus == "mysterious-island"
+
+
+def test_quick_is_small_enough_for_ci():
+    (path,) = [p for p in EXPERIMENTS if p.stem == "quick"]
+    points = load_experiment(path).points
+    assert 2 <= len(points) <= 6
+    for point in points:
+        assert point.config.training.max_steps is not None and point.config.training.max_steps <= 100
+        assert point.config.model.d_model <= 64 and point.config.data.corpus == "mysterious-island"
