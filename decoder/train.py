@@ -187,6 +187,37 @@ def evaluate(model: GPT, tokens: np.ndarray, byte_lengths: np.ndarray, device: t
     }
 
 
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    device: torch.device,
+    precision: str,
+    grad_clip: float,
+    ctx: dist_utils.DistContext = dist_utils.DistContext(),
+) -> torch.Tensor:
+    """One optimizer step over gradient-accumulated micro-batches; returns the mean loss (detached).
+
+    `model` may be DDP-wrapped: gradients are all-reduced only on the last micro-batch. The
+    benchmarks time this very function."""
+    n = len(micro_batches)
+    total = torch.zeros((), device=device)
+    for i, (x, y) in enumerate(micro_batches):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with dist_utils.no_sync(model, ctx, last=i == n - 1):
+            with autocast(device, precision):
+                logits, _ = model(x)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / n
+            loss.backward()
+        total += loss.detach()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total
+
+
 # ---------------------------------------------------------------------------------------------
 # The loop
 
@@ -432,20 +463,9 @@ def _train(
                 lr = lr_at(config, state.step, _budget_progress(config, state))
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                for micro in range(t.grad_accum_steps):
-                    x, y = sampler.next_batch()
-                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    # DDP all-reduces gradients only on the last micro-batch of the step.
-                    with dist_utils.no_sync(train_model, ctx, last=micro == t.grad_accum_steps - 1):
-                        with autocast(device, precision):
-                            logits, _ = train_model(x)
-                        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / t.grad_accum_steps
-                        loss.backward()
-                    loss_sum += loss.detach()
-                if t.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                micro_batches = [sampler.next_batch() for _ in range(t.grad_accum_steps)]
+                loss_sum += train_step(train_model, optimizer, micro_batches, device=device, precision=precision,
+                                       grad_clip=t.grad_clip, ctx=ctx)
                 state.step += 1
                 state.tokens_seen += tokens_per_step
                 loss_count += 1

@@ -1,0 +1,1 @@
+"""Throughput benchmark suites (pytest-benchmark) and the reference formulation they compare with."""

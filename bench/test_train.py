@@ -1,0 +1,63 @@
+"""Training step throughput: forward + backward + optimizer step, tokens per second.
+
+Ours (decoder.model.GPT with the step decoder.train runs: AdamW, gradient clipping, fp32 or bf16
+autocast, the book's compact vocabulary) at three sizes, and the reference notebook's formulation
+(bench/reference.py: post-LN nn.MultiheadAttention blocks, full 100,277-row output layer, Adam,
+fp32) at its own configuration, measured in the same process on the same device and threads.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.common import DEVICES, PRECISIONS, SIZES, measure, skip_unless_supported
+from bench.reference import ReferenceModel, reference_optimizer, reference_step
+from decoder.config import RunConfig, TrainingConfig
+from decoder.model import GPT
+from decoder.train import make_optimizer, train_step
+
+
+def _batch(vocab_size: int, batch: int, context: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    xy = torch.randint(0, vocab_size, (batch, context + 1), generator=g)
+    return xy[:, :-1].contiguous().to(device), xy[:, 1:].contiguous().to(device)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("size", list(SIZES))
+@pytest.mark.parametrize("device", DEVICES)
+def test_train_decoder(benchmark, timing, tokenizer, device: str, size: str, precision: str) -> None:
+    skip_unless_supported(device, precision)
+    spec = SIZES[size]
+    config = RunConfig(model=spec.model, training=TrainingConfig(max_steps=1, batch_size=spec.batch))
+    torch.manual_seed(0)
+    model = GPT(spec.model, tokenizer.vocab_size).to(device)
+    optimizer = make_optimizer(model, config)
+    x, y = _batch(tokenizer.vocab_size, spec.batch, spec.model.context_length, device)
+    loss = measure(
+        benchmark,
+        lambda: train_step(model, optimizer, [(x, y)], device=torch.device(device), precision=precision,
+                           grad_clip=config.training.grad_clip),
+        device=device, timing=timing, workload="train", model=size, engine="decoder", precision=precision,
+        batch=spec.batch, tokens=x.numel(), flops=model.flops_per_token() * x.numel(),
+        params=model.num_params(), vocab_size=tokenizer.vocab_size,
+    )
+    assert loss.shape == () and torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_train_reference(benchmark, timing, full_vocab_size, device: str) -> None:
+    spec = SIZES["reference"]
+    c = spec.model
+    torch.manual_seed(0)
+    model = ReferenceModel(full_vocab_size, c.d_model, c.n_heads, c.n_blocks, c.ff_width, c.context_length).to(device)
+    optimizer = reference_optimizer(model)
+    x, y = _batch(full_vocab_size, spec.batch, c.context_length, device)
+    loss = measure(
+        benchmark, lambda: reference_step(model, optimizer, x, y),
+        device=device, timing=timing, workload="train", model="reference", engine="reference notebook",
+        precision="fp32", batch=spec.batch, tokens=x.numel(), flops=model.flops_per_token() * x.numel(),
+        params=sum(p.numel() for p in model.parameters()), vocab_size=full_vocab_size,
+    )
+    assert loss.shape == () and torch.isfinite(loss)

@@ -1,0 +1,540 @@
+"""`decoder bench`: pytest-benchmark JSON files -> the CPU-vs-CUDA throughput table, ratios and plot.
+
+The suites under bench/ store, with every benchmark, what turns its median time into a figure
+(`extra_info`: workload, model, engine, precision, batch, device, tokens per call, and FLOPs per
+call or weight bytes per decoding step) and the machine in `machine_info["decoder"]`. This module
+reads one or more such files (e.g. one from a CPU machine, one from a GPU machine) and writes:
+
+- `throughput.csv` / `throughput.md`: one row per (workload, model, engine, precision, batch):
+  tokens/s on CPU and on CUDA, the CUDA/CPU ratio, MFU (achieved FLOP/s over the matmul peak
+  measured on the same machine and device in the same precision), and for generation the
+  memory-bandwidth bound (batch x read bandwidth / weight bytes: each decoding step streams every
+  weight once) and the share of it reached; plus the comparisons the issues set targets for;
+- `throughput.png`: the tokens/s of every row, CPU and CUDA side by side, log scale.
+
+Each device column comes from one machine: the first file given that measured the device sets
+it; later files add rows to it only when measured on the same machine (same CPU model and
+threads, or the same GPU: a suite run in parts); a row measured twice keeps the first figure.
+MFU and the bandwidth bound of a row use the limits measured in the row's own file (else in
+another file of the same machine), so a figure and its limits always come from the same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEVICES = ("cpu", "cuda")
+WORKLOADS = ("train", "prefill", "generate")
+KEY_FIELDS = ("workload", "model", "engine", "precision", "batch")
+COLUMNS = (
+    *KEY_FIELDS,
+    "cpu_tokens_per_s", "cuda_tokens_per_s", "cuda_over_cpu", "cpu_mfu", "cuda_mfu",
+    "cpu_bw_bound_tokens_per_s", "cuda_bw_bound_tokens_per_s", "cpu_of_bw_bound", "cuda_of_bw_bound",
+    "cpu_machine", "cuda_machine",
+)
+# extra_info keys each workload must carry (the bench/ suites write them).
+REQUIRED = {
+    **{w: ("model", "engine", "precision", "batch", "tokens") for w in WORKLOADS},
+    "matmul": ("precision", "flops"),
+    "bandwidth": ("bytes",),
+}
+COLOURS = {"cpu": "tab:blue", "cuda": "tab:green"}
+BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
+
+RowKey = tuple  # (workload, model, engine, precision, batch)
+
+
+class BenchReportError(ValueError):
+    """Benchmark files that cannot be read or reported, or a suite run that failed."""
+
+
+USER_ERRORS = (BenchReportError,)
+
+
+@dataclass(frozen=True)
+class Source:
+    """One device column: the figures one file measured on one device, with that device's limits."""
+
+    path: Path
+    device: str
+    machine: str
+    matmul_peak: dict[str, float]  # precision -> FLOP/s
+    read_bandwidth: float | None  # bytes/s
+    entries: tuple[dict, ...]  # the file's benchmarks on this device
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One row's figures on one device."""
+
+    tokens_per_s: float
+    mfu: float | None
+    bw_bound_tokens_per_s: float | None
+
+    @property
+    def of_bw_bound(self) -> float | None:
+        return self.tokens_per_s / self.bw_bound_tokens_per_s if self.bw_bound_tokens_per_s else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def load_benchmark_json(path: str | Path) -> dict:
+    """A pytest-benchmark JSON file (as written by --benchmark-json), checked for its two sections."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BenchReportError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BenchReportError(f"{path}: not a readable JSON file ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list) or "machine_info" not in data:
+        raise BenchReportError(f"{path}: not a pytest-benchmark JSON file (needs 'benchmarks' and 'machine_info')")
+    return data
+
+
+def _entries(data: dict, path: Path) -> list[dict]:
+    """The file's benchmarks written by the bench/ suites (those with a workload and a median time)."""
+    out = []
+    for bench in data["benchmarks"]:
+        info = bench.get("extra_info") or {}
+        median = (bench.get("stats") or {}).get("median")
+        if "workload" not in info or "device" not in info:
+            continue
+        if not isinstance(median, (int, float)) or median <= 0:
+            raise BenchReportError(f"{path}: benchmark {bench.get('name')!r} has no positive median time")
+        missing = [k for k in REQUIRED.get(info["workload"], ()) if k not in info]
+        if missing:
+            raise BenchReportError(f"{path}: benchmark {bench.get('name')!r} lacks extra_info {', '.join(missing)}")
+        out.append({**info, "median": float(median), "name": bench.get("name")})
+    return out
+
+
+def machine_label(machine_info: dict, device: str) -> str:
+    """'<CPU model>, N threads' for a CPU column, the GPU's name for a CUDA column."""
+    info = machine_info.get("decoder") or {}
+    if device == "cuda":
+        return info.get("gpu") or "unknown GPU"
+    cpu = info.get("cpu") or (machine_info.get("cpu") or {}).get("brand_raw") or "unknown CPU"
+    threads = info.get("torch_threads")
+    return f"{cpu}, {threads} threads" if threads else cpu
+
+
+def _source(path: Path, data: dict, device: str, entries: list[dict]) -> Source:
+    peaks = {e["precision"]: e["flops"] / e["median"] for e in entries if e["workload"] == "matmul"}
+    bandwidth = [e["bytes"] / e["median"] for e in entries if e["workload"] == "bandwidth"]
+    return Source(path=path, device=device, machine=machine_label(data["machine_info"], device),
+                  matmul_peak=peaks, read_bandwidth=max(bandwidth) if bandwidth else None, entries=tuple(entries))
+
+
+def device_sources(paths: list[str | Path]) -> dict[str, list[Source]]:
+    """device -> the Sources of its column: the first file (in the order given) that measured the
+    device, then any later file measured on the same machine."""
+    if not paths:
+        raise BenchReportError("no benchmark files given")
+    sources: dict[str, list[Source]] = {}
+    found_any = False
+    for path in map(Path, paths):
+        data = load_benchmark_json(path)
+        entries = _entries(data, path)
+        found_any = found_any or bool(entries)
+        for device in DEVICES:
+            on_device = [e for e in entries if e["device"] == device]
+            if not on_device:
+                continue
+            source = _source(path, data, device, on_device)
+            column = sources.setdefault(device, [])
+            if not column or column[0].machine == source.machine:
+                column.append(source)
+    if not found_any:
+        raise BenchReportError(f"{', '.join(map(str, paths))}: no benchmarks of the bench/ suites in "
+                               "(run: pytest bench/ --benchmark-only --benchmark-json=FILE)")
+    return sources
+
+
+# ---------------------------------------------------------------------------------------------
+# Computing
+
+
+def row_key(entry: dict) -> RowKey:
+    return tuple(entry.get(f) for f in KEY_FIELDS)
+
+
+def cell_of(entry: dict, matmul_peak: dict[str, float], read_bandwidth: float | None) -> Cell:
+    """Tokens/s from the median time; MFU where FLOPs and the same precision's peak are known;
+    the bandwidth bound where the weight bytes per step and the read bandwidth are known."""
+    tokens_per_s = entry["tokens"] / entry["median"]
+    peak = matmul_peak.get(entry["precision"])
+    mfu = entry["flops"] / entry["median"] / peak if "flops" in entry and peak else None
+    bound = None
+    if entry.get("weight_bytes") and read_bandwidth:
+        bound = entry["batch"] * read_bandwidth / entry["weight_bytes"]
+    return Cell(tokens_per_s=tokens_per_s, mfu=mfu, bw_bound_tokens_per_s=bound)
+
+
+# Display order of the values the suites write; anything else sorts after them, alphabetically.
+ORDER = {
+    "model": ("reference", "small", "medium"),
+    "engine": ("reference notebook", "decoder", "torch uncached", "torch kv-cache", "transformers", "onnxruntime"),
+    "precision": ("fp32", "bf16", "int8"),
+}
+
+
+def _rank(value: Any, order: tuple) -> tuple:
+    return (order.index(value) if value in order else len(order), str(value))
+
+
+def _sort_key(key: RowKey) -> tuple:
+    workload, model, engine, precision, batch = key
+    return (WORKLOADS.index(workload), _rank(model, ORDER["model"]), batch or 0, _rank(engine, ORDER["engine"]),
+            _rank(precision, ORDER["precision"]))
+
+
+def column_cells(column: list[Source]) -> dict[RowKey, Cell]:
+    """A device column's rows; a row measured by several of its files keeps the first file's figure."""
+    machine_peak: dict[str, float] = {}
+    for source in reversed(column):  # the earliest file's peak wins
+        machine_peak.update(source.matmul_peak)
+    machine_bandwidth = next((s.read_bandwidth for s in column if s.read_bandwidth), None)
+    cells: dict[RowKey, Cell] = {}
+    for source in column:
+        peak = {**machine_peak, **source.matmul_peak}
+        bandwidth = source.read_bandwidth or machine_bandwidth
+        for entry in source.entries:
+            if entry["workload"] in WORKLOADS:
+                cells.setdefault(row_key(entry), cell_of(entry, peak, bandwidth))
+    return cells
+
+
+def build_table(sources: dict[str, list[Source]]) -> list[dict[str, Any]]:
+    """The merged rows (dicts with COLUMNS); None where a device did not measure a row."""
+    cells = {device: column_cells(column) for device, column in sources.items()}
+    keys = sorted({k for per_device in cells.values() for k in per_device}, key=_sort_key)
+    rows = []
+    for key in keys:
+        row: dict[str, Any] = dict(zip(KEY_FIELDS, key, strict=True))
+        for device in DEVICES:
+            cell = cells.get(device, {}).get(key)
+            row[f"{device}_tokens_per_s"] = cell.tokens_per_s if cell else None
+            row[f"{device}_mfu"] = cell.mfu if cell else None
+            row[f"{device}_bw_bound_tokens_per_s"] = cell.bw_bound_tokens_per_s if cell else None
+            row[f"{device}_of_bw_bound"] = cell.of_bw_bound if cell else None
+            row[f"{device}_machine"] = sources[device][0].machine if cell else None
+        cpu, cuda = row["cpu_tokens_per_s"], row["cuda_tokens_per_s"]
+        row["cuda_over_cpu"] = cuda / cpu if cpu and cuda else None
+        rows.append({c: row[c] for c in COLUMNS})
+    return rows
+
+
+@dataclass(frozen=True)
+class Check:
+    """A figure an issue sets a target for. kind 'ratio': row / other on the same device;
+    'mfu': the row's MFU; 'cuda_over_cpu': the row's CUDA/CPU ratio."""
+
+    label: str
+    kind: str
+    row: dict
+    other: dict | None = None
+    target: float | None = None
+    issue: str = ""
+
+
+def _generation_checks(batch: int) -> list[Check]:
+    def gen(engine: str, precision: str = "fp32") -> dict:
+        return {"workload": "generate", "engine": engine, "precision": precision, "batch": batch}
+
+    targeted = batch == 1  # the issues set their targets at batch 1
+    return [
+        Check(f"generate b{batch}: onnxruntime fp32 / transformers", "ratio", gen("onnxruntime"),
+              gen("transformers"), 2.0 if targeted else None, "#4"),
+        Check(f"generate b{batch}: onnxruntime int8 / transformers", "ratio", gen("onnxruntime", "int8"),
+              gen("transformers"), 5.0 if targeted else None, "#4"),
+        Check(f"generate b{batch}: onnxruntime fp32 (cache) / torch uncached", "ratio", gen("onnxruntime"),
+              gen("torch uncached"), 4.0 if targeted else None, "#4"),
+        Check(f"generate b{batch}: torch kv-cache / torch uncached", "ratio", gen("torch kv-cache"),
+              gen("torch uncached")),
+    ]
+
+
+def _checks() -> list[Check]:
+    ref = {"workload": "train", "model": "reference"}
+    medium = {"workload": "train", "model": "medium", "engine": "decoder"}
+    return [
+        *[Check(f"train reference config: decoder {p} (compact vocab) / reference notebook fp32 (full vocab)", "ratio",
+                {**ref, "engine": "decoder", "precision": p}, {**ref, "engine": "reference notebook",
+                                                               "precision": "fp32"}, 8.0, "#2")
+          for p in ("fp32", "bf16")],
+        *[Check(f"train medium: decoder {p} MFU", "mfu", {**medium, "precision": p}, None, 0.5, "#5")
+          for p in ("fp32", "bf16")],
+        *[Check(f"train medium: decoder {p} CUDA/CPU", "cuda_over_cpu", {**medium, "precision": p}, None, 20.0, "#5")
+          for p in ("fp32", "bf16")],
+        *_generation_checks(1),
+        *_generation_checks(8),
+    ]
+
+
+def find_row(rows: list[dict], fields: dict) -> dict | None:
+    """The single row matching every given field, or None."""
+    found = [r for r in rows if all(r[k] == v for k, v in fields.items())]
+    return found[0] if len(found) == 1 else None
+
+
+def _check_values(check: Check, rows: list[dict]) -> list[tuple[str, float | None]]:
+    row = find_row(rows, check.row)
+    if check.kind == "cuda_over_cpu":
+        return [("cuda vs cpu", row["cuda_over_cpu"] if row else None)]
+    other = find_row(rows, check.other) if check.other else None
+    values = []
+    for device in DEVICES:
+        if check.kind == "mfu":
+            value = row[f"{device}_mfu"] if row else None
+        else:
+            num = row[f"{device}_tokens_per_s"] if row else None
+            den = other[f"{device}_tokens_per_s"] if other else None
+            value = num / den if num and den else None
+        values.append((device, value))
+    return values
+
+
+def comparisons(rows: list[dict]) -> list[dict[str, Any]]:
+    """The issues' comparisons computed from the table: one entry per (check, device) measured."""
+    out = []
+    for check in _checks():
+        for device, value in _check_values(check, rows):
+            if value is None:
+                continue
+            out.append({"comparison": check.label, "device": device, "kind": check.kind, "value": value,
+                        "target": check.target, "met": None if check.target is None else value >= check.target,
+                        "issue": check.issue})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    return round(value, 6) if isinstance(value, float) else value
+
+
+def table_csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _csv_value(v) for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def _num(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def _times(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}×"
+
+
+def _md_table(header: list[str], lines: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return out + ["| " + " | ".join(line) + " |" for line in lines]
+
+
+def _limits_lines(sources: dict[str, list[Source]]) -> list[str]:
+    lines = []
+    for device in DEVICES:
+        if device not in sources:
+            lines.append([device.upper(), "not measured", "—", "—", "—", "—"])
+        for s in sources.get(device, []):
+            lines.append(_limits_line(s))
+    return _md_table(["column", "machine", "matmul fp32 TFLOP/s", "matmul bf16 TFLOP/s", "read GB/s", "file"], lines)
+
+
+def _limits_line(s: Source) -> list[str]:
+    peak = {p: (f"{s.matmul_peak[p] / 1e12:.3g}" if p in s.matmul_peak else "—") for p in ("fp32", "bf16")}
+    bw = f"{s.read_bandwidth / 1e9:.3g}" if s.read_bandwidth else "—"
+    return [s.device.upper(), s.machine, peak["fp32"], peak["bf16"], bw, f"`{s.path}`"]
+
+
+def _row_lines(rows: list[dict]) -> list[list[str]]:
+    return [[
+        r["workload"], str(r["model"]), r["engine"], r["precision"], str(r["batch"]),
+        _num(r["cpu_tokens_per_s"]), _num(r["cuda_tokens_per_s"]), _times(r["cuda_over_cpu"]),
+        _pct(r["cpu_mfu"]), _pct(r["cuda_mfu"]),
+        _bound(r["cpu_of_bw_bound"], r["cpu_bw_bound_tokens_per_s"]),
+        _bound(r["cuda_of_bw_bound"], r["cuda_bw_bound_tokens_per_s"]),
+    ] for r in rows]
+
+
+def _bound(share: float | None, bound: float | None) -> str:
+    return "—" if share is None else f"{_pct(share)} of {_num(bound)}"
+
+
+def _comparison_lines(comps: list[dict]) -> list[list[str]]:
+    lines = []
+    for c in comps:
+        fmt = _pct if c["kind"] == "mfu" else _times
+        target = "—" if c["target"] is None else f"≥ {fmt(c['target'])}"
+        met = "—" if c["met"] is None else ("yes" if c["met"] else "**no**")
+        lines.append([c["comparison"], c["device"], fmt(c["value"]), target, met, c["issue"] or "—"])
+    return lines
+
+
+def table_markdown(rows: list[dict], comps: list[dict], sources: dict[str, list[Source]], command: str) -> str:
+    parts = [
+        "# Throughput: tokens per second on CPU and CUDA",
+        "",
+        f"Made by `{command}` from pytest-benchmark medians (warm-up excluded, device synchronised). "
+        "Each column comes from one machine; \"—\" means not measured.",
+        "",
+        "## Machines and their measured limits",
+        "",
+        *_limits_lines(sources),
+        "",
+        "## Throughput",
+        "",
+        "Tokens/s: training counts the tokens of a step (forward + backward + optimizer), prefill the "
+        "tokens of a full-context forward pass, generation the new tokens (batch x 128 after a 16-token "
+        "prompt, prompt processing included). MFU: FLOPs per token (6N + attention for training, a third "
+        "of that for prefill) x tokens/s over the measured matmul peak of the same precision. "
+        "Bandwidth bound (generation): batch x read bandwidth / weight bytes, as each decoding step "
+        "streams every weight once; shown as the share reached of that bound.",
+        "",
+        *_md_table(["workload", "model", "engine", "precision", "batch", "CPU tok/s", "CUDA tok/s", "CUDA/CPU",
+                    "MFU CPU", "MFU CUDA", "bw bound CPU", "bw bound CUDA"], _row_lines(rows)),
+        "",
+        "## Comparisons the issues set targets for",
+        "",
+        *_md_table(["comparison", "device", "value", "target", "met", "issue"], _comparison_lines(comps)),
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def row_label(row: dict) -> str:
+    return f"{row['workload']} · {row['model']} · {row['engine']} · {row['precision']} · b{row['batch']}"
+
+
+def plot_png(rows: list[dict]) -> bytes:
+    """Horizontal bars of tokens/s per row, CPU and CUDA side by side, log scale."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 1.5 + 0.32 * len(rows)))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    measured = [d for d in DEVICES if any(r[f"{d}_tokens_per_s"] for r in rows)]
+    height = 0.8 / len(measured)
+    for i, device in enumerate(measured):
+        offset = (i - (len(measured) - 1) / 2) * height
+        shown = [(n, r[f"{device}_tokens_per_s"]) for n, r in enumerate(rows) if r[f"{device}_tokens_per_s"]]
+        bars = ax.barh([n + offset for n, _ in shown], [v for _, v in shown], height=height,
+                       color=COLOURS[device], label=device.upper())
+        ax.bar_label(bars, labels=[_num(v) for _, v in shown], fontsize=7, padding=2)
+    ax.set_yticks(range(len(rows)), [row_label(r) for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    values = [r[f"{d}_tokens_per_s"] for r in rows for d in measured if r[f"{d}_tokens_per_s"]]
+    ax.set_xlim(min(values) / 2, max(values) * 4)  # room for the value labels
+    ax.set_xlabel("tokens per second (log scale)")
+    ax.set_title("Throughput by workload, model, engine, precision and batch")
+    ax.grid(axis="x", which="both", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def write_report(json_paths: list[str | Path], out_dir: str | Path, command: str = "decoder bench") -> dict[str, Path]:
+    """Read the benchmark files and write throughput.csv, throughput.md and throughput.png to out_dir."""
+    sources = device_sources(list(json_paths))
+    rows = build_table(sources)
+    if not rows:
+        raise BenchReportError(f"{', '.join(map(str, json_paths))}: no training, prefill or generation benchmarks")
+    out = Path(out_dir)
+    paths = {"csv": out / "throughput.csv", "md": out / "throughput.md", "png": out / "throughput.png"}
+    _atomic_write(paths["csv"], table_csv(rows).encode())
+    _atomic_write(paths["md"], table_markdown(rows, comparisons(rows), sources, command).encode())
+    _atomic_write(paths["png"], plot_png(rows))
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the suite, and the command
+
+
+def run_suite(out_dir: str | Path, pytest_args: list[str] | None = None) -> Path:
+    """Run bench/ timed in a subprocess; returns its JSON (OUT/throughput.cpu.json, or .cuda.json
+    on a machine with a GPU, whose file then holds both columns)."""
+    import torch
+
+    if not (BENCH_DIR / "conftest.py").is_file():
+        raise BenchReportError(f"{BENCH_DIR}: the benchmark suites are not there (--run needs a source checkout)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / f"throughput.{'cuda' if torch.cuda.is_available() else 'cpu'}.json"
+    command = [sys.executable, "-m", "pytest", str(BENCH_DIR), "--benchmark-only",
+               f"--benchmark-json={json_path.resolve()}", "-p", "no:cacheprovider", *(pytest_args or [])]
+    print("running:", shlex.join(command), file=sys.stderr)
+    code = subprocess.run(command, cwd=BENCH_DIR.parent).returncode
+    if code != 0:
+        raise BenchReportError(f"the benchmark suite failed (pytest exit status {code}); see its output above")
+    return json_path
+
+
+def _command_line(args: argparse.Namespace, json_paths: list[Path]) -> str:
+    return f"decoder bench --json {' '.join(map(str, json_paths))} --out {args.out}"
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    json_paths = [Path(p) for p in args.json or []]
+    if args.run:
+        json_paths.insert(0, run_suite(args.out, shlex.split(args.pytest_args)))
+    if not json_paths:
+        raise BenchReportError("nothing to report: give --json FILE [FILE ...] or --run")
+    paths = write_report(json_paths, args.out, command=_command_line(args, json_paths))
+    for path in paths.values():
+        print(path)
+    return 0
+
+
+def add_commands(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "bench", help="throughput table (CPU vs CUDA) from pytest-benchmark JSON files, or run the suite",
+        description="Write OUT/throughput.{csv,md,png} from the bench/ suites' pytest-benchmark JSON. "
+                    "Each device column comes from one machine: the first file given that measured the "
+                    "device, plus later files from the same machine.",
+    )
+    p.add_argument("--json", nargs="+", metavar="FILE", help="saved pytest-benchmark JSON files (--benchmark-json)")
+    p.add_argument("--out", default="results", help="output folder (default results)")
+    p.add_argument("--run", action="store_true",
+                   help="first run the suite (pytest bench/ --benchmark-only) into OUT/throughput.<cpu|cuda>.json; "
+                        "its file comes before any --json files")
+    p.add_argument("--pytest-args", default="",
+                   help="extra pytest arguments for --run, e.g. \"-k generate --bench-seconds 2\"")
+    p.set_defaults(func=cmd_bench)
