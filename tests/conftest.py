@@ -30,3 +30,33 @@ def small_corpus(tmp_path, book_text) -> Path:
     path = tmp_path / "small.txt"
     path.write_text(book_text[20_000:60_000], encoding="utf-8")
     return path
+
+
+# --- ONNX export and runtime (tests/test_export.py, tests/test_runtime.py) ---------------------
+
+
+@pytest.fixture(scope="session")
+def onnx_run(tmp_path_factory, book_text) -> Path:
+    """A tiny model trained for a few dozen steps on part of the book: a real run folder to export."""
+    from tinyconf import tiny_config
+
+    from decoder.train import train
+
+    root = tmp_path_factory.mktemp("onnx")
+    corpus = root / "small.txt"
+    corpus.write_text(book_text[20_000:60_000], encoding="utf-8")
+    config = tiny_config(corpus, training={"max_steps": 80, "eval_interval": 40})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DECODER_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "decoder-cache"))
+        train(config, root / "run", quiet=True)
+    return root / "run"
+
+
+@pytest.fixture(scope="session")
+def onnx_bundle(tmp_path_factory, onnx_run) -> Path:
+    """`onnx_run` exported with its int8 variant (read-only for tests: copy it before damaging it)."""
+    from decoder.export import export_bundle
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DECODER_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "decoder-cache"))
+        return export_bundle(onnx_run, tmp_path_factory.mktemp("onnx-bundle") / "bundle", quantize="int8")

@@ -1,0 +1,422 @@
+"""ONNX export of a GPT with its KV cache, written as a self-contained bundle for `decoder.runtime`.
+
+`decoder export RUN_DIR_OR_CHECKPOINT --out BUNDLE_DIR [--quantize int8]` writes:
+
+- `model.onnx`: inputs `input_ids` (int64 [batch, seq]) and `past_key_{i}` / `past_value_{i}`
+  ([batch, n_heads, past, head_dim]) for every block i; outputs `logits` ([batch, seq, vocab]) and
+  `present_key_{i}` / `present_value_{i}` ([batch, n_heads, past + seq, head_dim]). batch, seq and
+  past are dynamic and past may be 0, so one graph serves the prefill and every incremental step.
+  Exported with torch's dynamo exporter (`torch.onnx.export(..., dynamo=True, dynamic_shapes=...)`)
+  at opset 23 (see OPSET) and checked with `onnx.checker` (full check).
+- `model.int8.onnx` (with --quantize int8): onnxruntime dynamic int8 quantization of the matmuls.
+- `bundle.json`: format version, model config, tokenizer (encoding + compact id map), <|endoftext|>
+  id, context length, opset, the training run's id and validation figures, the sha256 and size of
+  each model file, the PyTorch-vs-onnxruntime parity figures and, for int8, its agreement figures.
+
+The bundle is built in a temporary folder next to BUNDLE_DIR and renamed into place at the end, so
+a failed export never leaves a half-written bundle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+import torch.nn as nn
+
+from decoder import __version__
+from decoder.config import RunConfig
+from decoder.model import GPT
+from decoder.runtime import (
+    BUNDLE_FORMAT,
+    BUNDLE_JSON,
+    INPUT_IDS,
+    INT8_MODEL_FILE,
+    LOGITS,
+    MODEL_FILE,
+    BundleError,
+    Runtime,
+    past_names,
+    present_names,
+    sha256_of,
+)
+from decoder.tokenizer import Tokenizer
+
+QUANTIZATIONS = ("int8",)
+OPSET = 23
+"""ONNX opset of the exported graph. From 23 the exporter writes each scaled-dot-product attention
+as one ONNX `Attention` node instead of ~15 small ops (171 nodes instead of 268 for 6 blocks); at
+batch 1 per-node overhead is a large share of a decoding step, and onnxruntime (>= 1.23 has the CPU
+kernel) decoded 1.1x (fp32) and 1.3x (int8) faster than with the default opset 20 on this project's
+benchmark model."""
+PARITY_TOLERANCE = 1e-3
+"""An export whose logits differ from PyTorch's by more than this (max abs) is refused."""
+AGREEMENT_MAX_TOKENS = 32768
+"""Validation tokens scored for the int8 agreement figures (the whole split if shorter)."""
+
+
+class ExportError(RuntimeError):
+    """An export that cannot be done or whose result does not reproduce the model."""
+
+
+@contextmanager
+def _quiet_loggers(*names: str) -> Iterator[None]:
+    """Only errors from these loggers ("" is the root logger) while the block runs."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+class CachedGPT(nn.Module):
+    """The GPT with a flat signature for export: (input_ids, [k_0, v_0, k_1, ...]) -> (logits, k_0', v_0', ...)."""
+
+    def __init__(self, model: GPT) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, past: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        pairs = [(past[2 * i], past[2 * i + 1]) for i in range(len(past) // 2)]
+        logits, presents = self.model(input_ids, pairs)
+        return (logits, *[t for kv in presents for t in kv])
+
+
+def export_onnx(model: GPT, path: Path) -> int:
+    """Write `model` (in eval mode, on the CPU) as ONNX with the dynamic KV-cache signature to
+    `path`; returns the opset."""
+    c = model.config
+    batch, past_len = 2, 3  # example sizes >= 2, so torch.export keeps the dimensions symbolic
+    ids = torch.zeros(batch, past_len, dtype=torch.int64)
+    past = [torch.zeros(batch, c.n_heads, past_len, c.head_dim) for _ in range(2 * c.n_blocks)]
+    dims = {
+        "batch": torch.export.Dim("batch", min=1),
+        "seq": torch.export.Dim("seq", min=1, max=c.context_length),
+        "past": torch.export.Dim("past", min=0, max=c.context_length),
+    }
+    dynamic_shapes = {
+        "input_ids": {0: dims["batch"], 1: dims["seq"]},
+        "past": [{0: dims["batch"], 2: dims["past"]} for _ in range(2 * c.n_blocks)],
+    }
+    try:
+        with warnings.catch_warnings(), _quiet_loggers("torch.onnx"), torch.no_grad():
+            warnings.simplefilter("ignore")  # exporter chatter (unused axis names, deprecations)
+            program = torch.onnx.export(
+                CachedGPT(model), (ids, past), dynamo=True, dynamic_shapes=dynamic_shapes, verbose=False,
+                opset_version=OPSET,
+                input_names=[INPUT_IDS, *past_names(c.n_blocks)],
+                output_names=[LOGITS, *present_names(c.n_blocks)],
+            )
+            program.save(str(path), external_data=False)
+    except Exception as exc:  # the exporter wraps torch.export's and its own failures in many types
+        first_line = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()[0]
+        raise ExportError(f"torch.onnx.export failed: {type(exc).__name__}: {first_line}") from exc
+    proto = onnx.load(str(path))
+    _check_graph(proto, path)
+    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _check_graph(proto: onnx.ModelProto, path: Path) -> None:
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"{path.name}: onnx.checker rejects the graph: {str(exc).splitlines()[0]}") from exc
+
+
+def fold_weight_transposes(proto: onnx.ModelProto) -> int:
+    """Replace each Transpose of an initializer by a transposed initializer; returns how many.
+
+    With tied embeddings the exporter writes the output layer as MatMul(x, Transpose(wte)), since
+    wte is also the Gather table. onnxruntime folds that at load for fp32, but the quantizer only
+    quantizes a MatMul whose weight is an initializer: without this the largest matmul (the
+    vocabulary projection) would stay fp32 in the int8 model."""
+    initializers = {i.name: i for i in proto.graph.initializer}
+    kept, folded = [], 0
+    for node in proto.graph.node:
+        if node.op_type == "Transpose" and node.input[0] in initializers:
+            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+            weight = numpy_helper.to_array(initializers[node.input[0]])
+            transposed = np.ascontiguousarray(weight.transpose(perm))
+            proto.graph.initializer.append(numpy_helper.from_array(transposed, node.output[0]))
+            folded += 1
+        else:
+            kept.append(node)
+    del proto.graph.node[:]
+    proto.graph.node.extend(kept)
+    return folded
+
+
+def quantize_int8(src: Path, dst: Path) -> None:
+    """Dynamic int8 quantization: int8 weights (one scale per tensor), activations quantized at
+    run time, for every MatMul with a constant weight and the embedding tables. (Attention is left
+    out: the quantizer would mistake ONNX's Attention for onnxruntime's contrib op of that name.)"""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    proto = onnx.load(str(src))
+    fold_weight_transposes(proto)
+    with _quiet_loggers(""):  # it logs advice on the root logger meant for static quantization
+        quantize_dynamic(proto, dst, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gather"])
+    _check_graph(onnx.load(str(dst)), dst)
+
+
+@torch.no_grad()
+def parity_check(
+    model: GPT,
+    runtime: Runtime,
+    *,
+    past_lengths: Sequence[int] | None = None,
+    batch: int = 2,
+    seed: int = 0,
+) -> dict[int, float]:
+    """Max abs logits difference PyTorch vs onnxruntime, per past length P.
+
+    For each P: both engines prefill P random tokens (P > 0) and then take one incremental step
+    with their own cache; the figure for P is the larger difference of the two calls. Default past
+    lengths: 0, 1, a quarter, a half and the last one the context allows (context_length - 1)."""
+    ctx = model.config.context_length
+    if past_lengths is None:
+        past_lengths = sorted({0, 1, ctx // 4, ctx // 2, ctx - 1})
+    bad = [p for p in past_lengths if not 0 <= p < ctx]
+    if bad:
+        raise ValueError(f"past lengths {bad}: must be in [0, {ctx - 1}] (context_length {ctx})")
+    model.eval()
+    ids = np.random.default_rng(seed).integers(0, model.vocab_size, size=(batch, ctx), dtype=np.int64)
+    diffs = {}
+    for p in past_lengths:
+        torch_past, ort_past, worst = None, None, 0.0
+        for chunk in ([ids[:, :p]] if p else []) + [ids[:, p : p + 1]]:
+            expected, torch_past = model(torch.from_numpy(chunk), torch_past)
+            got, ort_past = runtime.run(chunk, ort_past)
+            worst = max(worst, float(np.abs(got - expected.numpy()).max()))
+        diffs[p] = worst
+    return diffs
+
+
+def _score_window(runtime: Runtime, window: np.ndarray, targets: np.ndarray) -> tuple[float, np.ndarray]:
+    """(summed cross-entropy in nats of `targets`, argmax per position) for one (T,) window."""
+    logits = runtime.run(window[None])[0][0].astype(np.float64)  # (T, V)
+    peak = logits.max(axis=-1)
+    log_z = np.log(np.exp(logits - peak[:, None]).sum(axis=-1)) + peak
+    nats = float((log_z - logits[np.arange(len(targets)), targets]).sum())
+    return nats, logits.argmax(axis=-1)
+
+
+def int8_agreement(
+    bundle_dir: str | Path,
+    tokens: np.ndarray,
+    byte_lengths: np.ndarray,
+    *,
+    max_tokens: int | None = AGREEMENT_MAX_TOKENS,
+    threads: int | None = None,
+) -> dict:
+    """How far the bundle's int8 model strays from its fp32 model on `tokens` (validation ids).
+
+    Both score consecutive windows of context_length (every token after the first predicted once,
+    as decoder.train.evaluate does), at most max_tokens predictions. Returns the top-1 agreement
+    rate (share of positions where both pick the same argmax) and each model's bits per byte."""
+    engines = {"fp32": Runtime(bundle_dir, threads=threads),
+               "int8": Runtime(bundle_dir, model_file=INT8_MODEL_FILE, threads=threads)}
+    tokens = np.asarray(tokens, dtype=np.int64)[: None if max_tokens is None else max_tokens + 1]
+    if len(tokens) < 2:
+        raise ValueError(f"int8 agreement needs at least 2 tokens, got {len(tokens)}")
+    T, n_pred = engines["fp32"].context_length, len(tokens) - 1
+    agree, nats = 0, {name: 0.0 for name in engines}
+    for start in range(0, n_pred, T):
+        window = tokens[start : min(start + T, n_pred)]
+        targets = tokens[start + 1 : start + 1 + len(window)]
+        picks = []
+        for name, runtime in engines.items():
+            window_nats, argmax = _score_window(runtime, window, targets)
+            nats[name] += window_nats
+            picks.append(argmax)
+        agree += int((picks[0] == picks[1]).sum())
+    bits_per_byte = 1 / math.log(2) / max(int(byte_lengths[tokens[1:]].sum()), 1)
+    return {
+        "top1_agreement": agree / n_pred,
+        "val_bpb_fp32": nats["fp32"] * bits_per_byte,
+        "val_bpb_int8": nats["int8"] * bits_per_byte,
+        "tokens": n_pred,
+    }
+
+
+def _file_record(path: Path) -> dict:
+    return {"sha256": sha256_of(path), "bytes": path.stat().st_size}
+
+
+def _bundle_json(model: GPT, tokenizer: Tokenizer, config: RunConfig, opset: int, run_meta: dict | None) -> dict:
+    run_meta = run_meta or {}
+    train_state = run_meta.get("train_state") or {}
+    return {
+        "format": BUNDLE_FORMAT,
+        "created_by": f"decoder {__version__}, torch {torch.__version__}, onnx {onnx.__version__}",
+        "model": {**dataclasses.asdict(config.model), "vocab_size": model.vocab_size},
+        "tokenizer": tokenizer.to_dict(),
+        "eot_id": tokenizer.eot_id,
+        "context_length": config.model.context_length,
+        "opset": opset,
+        "inputs": [INPUT_IDS, *past_names(config.model.n_blocks)],
+        "outputs": [LOGITS, *present_names(config.model.n_blocks)],
+        "run": {
+            "id": run_meta.get("run_id"),
+            "step": train_state.get("step"),
+            "tokens_seen": train_state.get("tokens_seen"),
+            "val": run_meta.get("val"),
+            "source": run_meta.get("path"),
+        },
+        "files": {},
+    }
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def _validation_tokens(config: RunConfig, tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray]:
+    from decoder.data import prepare
+
+    dataset = prepare(config.data)
+    if dataset.tokenizer.to_dict() != tokenizer.to_dict():
+        raise ExportError(
+            f"the tokenizer rebuilt from corpus {config.data.corpus!r} differs from the model's; "
+            "pass val_tokens to score int8 agreement"
+        )
+    return dataset.val, tokenizer.byte_lengths()
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """Refuse to replace anything but an older bundle or an empty folder."""
+    if not out_dir.exists():
+        return
+    replaceable = out_dir.is_dir() and (not any(out_dir.iterdir()) or (out_dir / BUNDLE_JSON).is_file())
+    if not replaceable:
+        raise ExportError(f"{out_dir}: exists and is not a bundle folder (or an empty one); choose another --out")
+
+
+def _move_into_place(tmp: Path, out_dir: Path) -> None:
+    """Rename the finished temp folder to out_dir, replacing an older bundle there."""
+    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+    if out_dir.exists():
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def export_model(
+    model: GPT,
+    tokenizer: Tokenizer,
+    config: RunConfig,
+    out_dir: str | Path,
+    *,
+    quantize: str | None = None,
+    run_meta: dict | None = None,
+    val_tokens: np.ndarray | None = None,
+) -> Path:
+    """Write the bundle of `model` to `out_dir` (atomically) and return its path.
+
+    run_meta: the training run's metadata (decoder.train.load_model's meta: run_id, train_state,
+    val, path) recorded in bundle.json. quantize='int8' adds model.int8.onnx and its agreement
+    figures on `val_tokens` (model ids; default: the validation split of config.data)."""
+    if quantize not in (None, *QUANTIZATIONS):
+        raise ExportError(f"quantize={quantize!r}: allowed {', '.join(QUANTIZATIONS)} or none")
+    if model.vocab_size != tokenizer.vocab_size:
+        raise ExportError(f"model vocab_size {model.vocab_size} != tokenizer vocab_size {tokenizer.vocab_size}")
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    was_training = model.training
+    try:
+        cpu_model = model if next(model.parameters()).device.type == "cpu" else copy.deepcopy(model).cpu()
+        _build_bundle(cpu_model.eval(), tokenizer, config, tmp, quantize, run_meta, val_tokens)
+        _move_into_place(tmp, out_dir)
+    finally:
+        model.train(was_training)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def _build_bundle(
+    model: GPT,
+    tokenizer: Tokenizer,
+    config: RunConfig,
+    tmp: Path,
+    quantize: str | None,
+    run_meta: dict | None,
+    val_tokens: np.ndarray | None,
+) -> None:
+    """Write model.onnx (+ int8) and bundle.json into `tmp`, checking parity before the figures."""
+    opset = export_onnx(model, tmp / MODEL_FILE)
+    meta = _bundle_json(model, tokenizer, config, opset, run_meta)
+    meta["files"][MODEL_FILE] = _file_record(tmp / MODEL_FILE)
+    if quantize == "int8":
+        quantize_int8(tmp / MODEL_FILE, tmp / INT8_MODEL_FILE)
+        meta["files"][INT8_MODEL_FILE] = _file_record(tmp / INT8_MODEL_FILE)
+    _write_json(tmp / BUNDLE_JSON, meta)
+    diffs = parity_check(model, Runtime(tmp))
+    meta["parity"] = {"max_abs_logits_diff": {str(p): d for p, d in diffs.items()}}
+    worst = max(diffs.values())
+    if not worst <= PARITY_TOLERANCE:
+        raise ExportError(f"onnxruntime logits differ from PyTorch by {worst:.3g} (> {PARITY_TOLERANCE}); not exported")
+    if quantize == "int8":
+        if val_tokens is None:
+            val_tokens, byte_lengths = _validation_tokens(config, tokenizer)
+        else:
+            byte_lengths = tokenizer.byte_lengths()
+        meta["int8"] = int8_agreement(tmp, val_tokens, byte_lengths)
+    _write_json(tmp / BUNDLE_JSON, meta)
+
+
+def export_bundle(source: str | Path, out_dir: str | Path, *, quantize: str | None = None) -> Path:
+    """Export a run folder (its best checkpoint, else latest) or a checkpoint file to a bundle."""
+    from decoder.train import load_model
+
+    model, tokenizer, config, meta = load_model(source)
+    return export_model(model, tokenizer, config, out_dir, quantize=quantize, run_meta=meta)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    bundle = export_bundle(args.source, args.out, quantize=args.quantize)
+    meta = json.loads((bundle / BUNDLE_JSON).read_text())
+    diffs = meta["parity"]["max_abs_logits_diff"]
+    print(f"exported {args.source} -> {bundle}")
+    for name, record in meta["files"].items():
+        print(f"  {name}: {record['bytes'] / 1e6:.1f} MB, sha256 {record['sha256'][:16]}...")
+    print("  parity, max abs logits diff vs PyTorch by past length: "
+          + ", ".join(f"{p}: {d:.2e}" for p, d in diffs.items()))
+    if "int8" in meta:
+        q = meta["int8"]
+        print(f"  int8: top-1 agreement {q['top1_agreement']:.2%} over {q['tokens']} validation tokens, "
+              f"val bpb {q['val_bpb_int8']:.4f} (fp32 {q['val_bpb_fp32']:.4f})")
+    return 0
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("export", help="export a run or checkpoint to an ONNX bundle for the torch-free runtime")
+    p.add_argument("source", metavar="RUN_DIR_OR_CHECKPOINT", help="run folder or checkpoint file")
+    p.add_argument("--out", required=True, metavar="BUNDLE_DIR", help="bundle folder to write (built aside, then renamed into place)")
+    p.add_argument("--quantize", choices=QUANTIZATIONS, help="also write model.int8.onnx (dynamic int8)")
+    p.set_defaults(func=cmd_export)
+
+
+USER_ERRORS = (ExportError, BundleError)

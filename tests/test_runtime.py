@@ -1,0 +1,257 @@
+"""The onnxruntime runtime: same text as PyTorch, batching, streaming, no torch, bad bundles and input."""
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from decoder.cli import main as cli_main
+from decoder.export import export_model
+from decoder.generate import generate_ids as torch_generate_ids
+from decoder.generate import generate_text
+from decoder.model import GPT
+from decoder.runtime import INT8_MODEL_FILE, MODEL_FILE, BundleError, Runtime, sha256_of
+from decoder.sampling import SamplingParams
+from decoder.train import load_model
+
+GREEDY = SamplingParams(greedy=True)
+SAMPLED = SamplingParams(temperature=1.0, top_k=40, top_p=0.95)
+# Words of the training text (in the compact vocabulary), and one prompt longer than the context.
+PROMPTS = ["The sea", "He said that", "and the engineer", "Harding wondered"]
+
+
+@pytest.fixture(scope="module")
+def sharp(onnx_run, tmp_path_factory):
+    """(model, tokenizer, its bundle): random weights scaled up 25x. A tiny model trained for
+    seconds barely looks at its context (greedy text is newlines whatever the prompt); these
+    weights give varied, context-dependent text with clear argmax margins, so a cache or position
+    mistake changes the text."""
+    _, tokenizer, config, _ = load_model(onnx_run)
+    torch.manual_seed(0)
+    model = GPT(config.model, tokenizer.vocab_size).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.mul_(25.0)
+    bundle = export_model(model, tokenizer, config, tmp_path_factory.mktemp("sharp") / "bundle")
+    return model, tokenizer, bundle
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer(sharp):
+    return sharp[0], sharp[1]
+
+
+@pytest.fixture(scope="module")
+def runtime(sharp):
+    return Runtime(sharp[2], threads=1)
+
+
+@pytest.fixture
+def bundle_copy(tmp_path, onnx_bundle):
+    """A private copy of the bundle that a test may damage."""
+    return shutil.copytree(onnx_bundle, tmp_path / "bundle")
+
+
+def both_ids(model, runtime, prompt_ids, **kwargs) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, B) token ids from PyTorch and from onnxruntime for the same arguments."""
+    ours = np.stack(list(runtime.generate_ids(prompt_ids, stop_at_eot=False, **kwargs)))
+    theirs = np.stack(list(torch_generate_ids(model, prompt_ids, **kwargs)))
+    return ours, theirs
+
+
+@pytest.mark.parametrize("params", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_text_is_identical_to_pytorch(model_and_tokenizer, runtime, prompt, params):
+    model, tokenizer = model_and_tokenizer
+    kwargs = dict(max_new_tokens=12, params=params, seed=7)
+    ours = runtime.generate(prompt, **kwargs)
+    assert ours == generate_text(model, tokenizer, prompt, **kwargs)
+    assert "".join(runtime.stream(prompt, **kwargs)) == ours
+
+
+def test_text_depends_on_prompt_and_seed(runtime):
+    greedy = {runtime.generate(p, max_new_tokens=12, params=GREEDY) for p in PROMPTS}
+    sampled = {runtime.generate("The sea", max_new_tokens=12, params=SAMPLED, seed=s) for s in range(4)}
+    assert len(greedy) == len(PROMPTS) and len(sampled) == 4
+
+
+def test_trained_model_text_is_identical_to_pytorch(onnx_run, onnx_bundle):
+    model, tokenizer, _, _ = load_model(onnx_run)
+    runtime = Runtime(onnx_bundle, threads=1)
+    for params in (GREEDY, SAMPLED):
+        kwargs = dict(max_new_tokens=20, params=params, seed=1)
+        assert runtime.generate("The sea", **kwargs) == generate_text(model, tokenizer, "The sea", **kwargs)
+
+
+@pytest.mark.parametrize("use_cache", [True, False], ids=["cached", "uncached"])
+@pytest.mark.parametrize("params", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
+def test_generation_past_the_context_slides_like_pytorch(model_and_tokenizer, runtime, params, use_cache):
+    model, tokenizer = model_and_tokenizer
+    prompt = np.array([tokenizer.encode(p)[:2] for p in PROMPTS])  # (4, 2): a batch of equal lengths
+    steps = 3 * model.config.context_length  # the window slides several times
+    ours, theirs = both_ids(model, runtime, prompt, max_new_tokens=steps, params=params, seed=3,
+                            use_cache=use_cache)
+    assert ours.shape == (steps, len(PROMPTS))
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_a_prompt_longer_than_the_context_keeps_its_end(model_and_tokenizer, runtime):
+    model, tokenizer = model_and_tokenizer
+    long_prompt = tokenizer.encode(" ".join(PROMPTS * 3))
+    assert len(long_prompt) > model.config.context_length
+    ours, theirs = both_ids(model, runtime, long_prompt, max_new_tokens=8, params=GREEDY)
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_batch_groups_equal_length_prompts_and_keeps_order(runtime):
+    prompts = ["The sea", "He said that", "The island", "and the engineer", "The sea"]
+    lengths = [len(runtime.tokenizer.encode(p)) for p in prompts]
+    assert len(set(lengths)) < len(prompts)  # at least one group of several prompts
+    batch = runtime.generate(prompts, max_new_tokens=10, params=GREEDY)
+    alone = [runtime.generate(p, max_new_tokens=10, params=GREEDY) for p in prompts]
+    assert batch == alone and batch[0] == batch[4]
+    solo = next(i for i, n in enumerate(lengths) if lengths.count(n) == 1)  # a group of one
+    sampled = runtime.generate(prompts, max_new_tokens=10, params=SAMPLED, seed=5)
+    assert sampled[solo] == runtime.generate(prompts[solo], max_new_tokens=10, params=SAMPLED, seed=5)
+
+
+def test_int8_model_generates(onnx_bundle):
+    runtime = Runtime(onnx_bundle, model_file=INT8_MODEL_FILE, threads=1)
+    ids = list(runtime.generate_ids(runtime.tokenizer.encode("The sea"), max_new_tokens=8, params=GREEDY,
+                                    stop_at_eot=False))
+    assert len(ids) == 8 and all(0 <= int(t[0]) < runtime.tokenizer.vocab_size for t in ids)
+
+
+def test_properties_come_from_the_bundle(runtime, model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    assert runtime.context_length == model.config.context_length
+    assert runtime.tokenizer.to_dict() == tokenizer.to_dict() and runtime.eot_id == tokenizer.eot_id
+
+
+def test_generate_command_with_onnx_prints_prompt_and_continuation(sharp, runtime, capsys):
+    args = ["generate", "--onnx", str(sharp[2]), "--prompt", "The engineer", "--max-new-tokens", "9",
+            "--seed", "2", "--top-k", "40"]
+    assert cli_main(args) == 0
+    expected = runtime.generate("The engineer", max_new_tokens=9, params=SamplingParams(top_k=40), seed=2)
+    assert capsys.readouterr().out == "The engineer" + expected + "\n"
+
+
+TORCH_FREE = textwrap.dedent("""
+    import importlib.abc, json, sys
+
+    class NoTorch(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" or name.startswith("torch."):
+                raise ImportError(f"{name} is blocked in this test")
+            return None
+
+    sys.meta_path.insert(0, NoTorch())
+    from decoder.runtime import Runtime
+    from decoder.sampling import SamplingParams
+
+    runtime = Runtime(sys.argv[1], threads=1)
+    greedy = runtime.generate(sys.argv[2], max_new_tokens=12, params=SamplingParams(greedy=True))
+    sampled = runtime.generate(sys.argv[2], max_new_tokens=12, params=SamplingParams(top_k=40), seed=4)
+    torch_modules = [m for m in sys.modules if m.split(".")[0] == "torch"]
+    print(json.dumps({"greedy": greedy, "sampled": sampled, "torch": torch_modules}))
+""")
+
+
+def test_runtime_works_where_torch_cannot_be_imported(sharp, tmp_path):
+    model, tokenizer, bundle = sharp
+    prompt = "He said that"
+    script = tmp_path / "torch_free.py"
+    script.write_text(TORCH_FREE)
+    result = subprocess.run([sys.executable, str(script), str(bundle), prompt], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["torch"] == []
+    assert out["greedy"] == generate_text(model, tokenizer, prompt, max_new_tokens=12, params=GREEDY)
+    assert out["sampled"] == generate_text(model, tokenizer, prompt, max_new_tokens=12,
+                                           params=SamplingParams(top_k=40), seed=4)
+
+
+def test_the_torch_blocker_really_blocks(tmp_path):
+    script = tmp_path / "blocked.py"
+    script.write_text(TORCH_FREE.split("from decoder.runtime")[0] + "import decoder.generate\n")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "torch is blocked in this test" in result.stderr
+
+
+def set_bundle_json(bundle, **changes):
+    meta = json.loads((bundle / "bundle.json").read_text())
+    meta.update(changes)
+    (bundle / "bundle.json").write_text(json.dumps(meta))
+
+
+def damage_missing_model(bundle):
+    (bundle / MODEL_FILE).unlink()
+
+
+def damage_truncated_model(bundle):
+    data = (bundle / MODEL_FILE).read_bytes()
+    (bundle / MODEL_FILE).write_bytes(data[: len(data) // 2])
+
+
+def damage_flipped_byte(bundle):
+    data = bytearray((bundle / MODEL_FILE).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bundle / MODEL_FILE).write_bytes(bytes(data))
+
+
+def damage_garbage_model_with_matching_sha(bundle):
+    (bundle / MODEL_FILE).write_bytes(b"not an onnx graph")
+    meta = json.loads((bundle / "bundle.json").read_text())
+    meta["files"][MODEL_FILE] = {"sha256": sha256_of(bundle / MODEL_FILE), "bytes": 17}
+    (bundle / "bundle.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (damage_missing_model, "model.onnx: missing"),
+    (damage_truncated_model, "model.onnx: truncated or changed"),
+    (damage_flipped_byte, "model.onnx: sha256 does not match bundle.json"),
+    (damage_garbage_model_with_matching_sha, "cannot load it (the graph uses ONNX opset 23"),
+    (lambda b: set_bundle_json(b, format=99), "bundle format 99 is unknown; this runtime reads format 1"),
+    (lambda b: (b / "bundle.json").unlink(), "not a bundle (no bundle.json)"),
+    (lambda b: (b / "bundle.json").write_text("{not json"), "bundle.json: unreadable"),
+    (lambda b: set_bundle_json(b, context_length=None), "bundle.json: bad or missing entry"),
+])
+def test_a_damaged_bundle_is_refused_in_one_line(bundle_copy, damage, message, capsys):
+    damage(bundle_copy)
+    with pytest.raises(BundleError) as info:
+        Runtime(bundle_copy)
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert cli_main(["generate", "--onnx", str(bundle_copy), "--prompt", "Harding"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("decoder generate: error:") and message in err and err.count("\n") == 1
+
+
+def test_an_unlisted_model_file_is_refused(onnx_bundle):
+    with pytest.raises(BundleError, match="model.fp16.onnx is not part of this bundle"):
+        Runtime(onnx_bundle, model_file="model.fp16.onnx")
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda rt: rt.generate("", max_new_tokens=5, params=GREEDY), "prompt is empty"),
+    (lambda rt: rt.generate(["ok", ""], max_new_tokens=5, params=GREEDY), "prompt 1 is empty"),
+    (lambda rt: rt.generate([], max_new_tokens=5, params=GREEDY), "no prompts"),
+    (lambda rt: rt.stream("", max_new_tokens=5, params=GREEDY), "prompt is empty"),
+    (lambda rt: rt.stream("Harding", max_new_tokens=0, params=GREEDY), "max_new_tokens=0: must be >= 1"),
+    (lambda rt: rt.generate("Harding", max_new_tokens=-3, params=GREEDY), "max_new_tokens=-3: must be >= 1"),
+    (lambda rt: rt.generate_ids([], max_new_tokens=5, params=GREEDY), "prompt is empty"),
+])
+def test_bad_generation_arguments_raise_before_any_work(runtime, call, message):
+    with pytest.raises(ValueError, match=message):
+        call(runtime)
+
+
+def test_bad_thread_count_is_refused(onnx_bundle):
+    with pytest.raises(ValueError, match="threads=0: must be >= 1"):
+        Runtime(onnx_bundle, threads=0)
