@@ -22,18 +22,18 @@ class UsageError(Exception):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from decoder.config import ConfigError
-    from decoder.data import DataError
-    from decoder.tokenizer import TokenizerError
-    from decoder.train import TrainingError
-
-    errors: list[type[BaseException]] = [ConfigError, DataError, TokenizerError, TrainingError, UsageError,
-                                         FileNotFoundError, ValueError]
-    for name in COMMAND_MODULES:
+    """Exception classes that mean a user mistake, from whichever modules this install can import
+    (a deployment install has no torch: its `generate --onnx` must still report errors cleanly)."""
+    errors: list[type[BaseException]] = [UsageError, FileNotFoundError, ValueError]
+    sources = {"decoder.config": ("ConfigError",), "decoder.data": ("DataError",),
+               "decoder.tokenizer": ("TokenizerError",), "decoder.train": ("TrainingError",),
+               "decoder.runtime": ("BundleError",)}
+    for name in (*sources, *COMMAND_MODULES):
         try:
             module = importlib.import_module(name)
         except ImportError:
             continue
+        errors.extend(getattr(module, attr) for attr in sources.get(name, ()) if hasattr(module, attr))
         errors.extend(getattr(module, "USER_ERRORS", ()))
     return tuple(errors)
 
@@ -176,9 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         try:
             module = importlib.import_module(name)
-        except ImportError as exc:
-            if exc.name != name:
-                raise
+        except ImportError:
+            # An install without the training extras (torch, pandas, onnx): the deployment case.
+            # Its commands are absent; `generate --onnx` needs none of them.
             continue
         module.add_commands(sub)
     return parser

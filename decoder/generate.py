@@ -13,7 +13,7 @@ import torch
 
 from decoder.model import GPT, KVCache
 from decoder.sampling import SamplingParams, decode_loop
-from decoder.tokenizer import StreamDecoder, Tokenizer
+from decoder.tokenizer import Tokenizer, text_pieces
 
 
 def torch_forward(model: GPT, device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None):
@@ -68,19 +68,11 @@ def stream_text(
     """Yield pieces of generated text (not including the prompt) as tokens are produced."""
     if not prompt:
         raise ValueError("prompt is empty: give at least one character of text")
-    decoder = StreamDecoder(tokenizer)
-    for token in generate_ids(
+    steps = generate_ids(
         model, tokenizer.encode(prompt), max_new_tokens=max_new_tokens, params=params,
         seed=seed, eot_id=tokenizer.eot_id, device=device,
-    ):
-        if token[0] == tokenizer.eot_id:
-            break
-        piece = decoder.push(int(token[0]))
-        if piece:
-            yield piece
-    tail = decoder.flush()
-    if tail:
-        yield tail
+    )
+    yield from text_pieces(tokenizer, steps)
 
 
 def generate_text(model: GPT, tokenizer: Tokenizer, prompt: str, **kwargs) -> str:

@@ -26,7 +26,7 @@ import numpy as np
 import onnxruntime as ort
 
 from decoder.sampling import SamplingParams, check_generation_args, decode_loop
-from decoder.tokenizer import StreamDecoder, Tokenizer, TokenizerError
+from decoder.tokenizer import Tokenizer, TokenizerError, text_pieces
 
 BUNDLE_FORMAT = 1
 """Version of the bundle layout; a runtime refuses bundles of another version."""
@@ -231,19 +231,7 @@ class Runtime:
     ) -> Iterator[str]:
         """Yield pieces of the continuation of `prompt` (not the prompt) as tokens are produced."""
         tokens = self.generate_ids(self._encode(prompt), max_new_tokens=max_new_tokens, params=params, seed=seed)
-        return self._pieces(tokens)
-
-    def _pieces(self, tokens: Iterator[np.ndarray]) -> Iterator[str]:
-        decoder = StreamDecoder(self._tokenizer)
-        for token in tokens:
-            if token[0] == self._eot_id:
-                break
-            piece = decoder.push(int(token[0]))
-            if piece:
-                yield piece
-        tail = decoder.flush()
-        if tail:
-            yield tail
+        return text_pieces(self._tokenizer, tokens)
 
     def generate(
         self,

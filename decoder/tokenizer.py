@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import tiktoken
@@ -193,3 +193,20 @@ class StreamDecoder:
     def flush(self) -> str:
         text, self._pending = self._pending.decode("utf-8", errors="replace"), b""
         return text
+
+
+def text_pieces(tokenizer: Tokenizer, steps: Iterable) -> Iterator[str]:
+    """Text pieces of a single-row generation, step by step ((1,) arrays or ints), ending at
+    <|endoftext|>; incomplete UTF-8 sequences are held back until their last byte arrives."""
+    decoder = StreamDecoder(tokenizer)
+    eot = tokenizer.eot_id
+    for step in steps:
+        token = int(np.asarray(step).reshape(-1)[0])
+        if token == eot:
+            break
+        piece = decoder.push(token)
+        if piece:
+            yield piece
+    tail = decoder.flush()
+    if tail:
+        yield tail

@@ -74,3 +74,17 @@ def test_set_dotted_rejects_bad_paths():
     assert raw == {"model": {"d_model": 64}}
     with pytest.raises(ConfigError, match="section.key"):
         set_dotted(raw, "d_model", 64)
+
+
+def test_readme_documents_every_config_key():
+    """The README's configuration reference lists every key of every section (docs cannot rot)."""
+    import dataclasses
+    from pathlib import Path
+
+    from decoder.config import SECTIONS
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for section, cls in SECTIONS.items():
+        table = readme.split(f"**`{section}`**", 1)[1].split("**`", 1)[0]
+        for f in dataclasses.fields(cls):
+            assert f"| `{f.name}` |" in table, f"README config reference lacks {section}.{f.name}"

@@ -178,6 +178,35 @@ def test_runtime_works_where_torch_cannot_be_imported(sharp, tmp_path):
                                            params=SamplingParams(top_k=40), seed=4)
 
 
+CLI_TORCH_FREE = TORCH_FREE.split("from decoder.runtime")[0] + textwrap.dedent("""
+    from decoder.cli import main
+
+    code = main(sys.argv[1:])
+    print("torch modules:", [m for m in sys.modules if m.split(".")[0] == "torch"], file=sys.stderr)
+    sys.exit(code)
+""")
+
+
+def test_generate_command_works_where_torch_cannot_be_imported(sharp, runtime, tmp_path):
+    """A deployment machine installs numpy, onnxruntime and tiktoken only: `decoder generate --onnx`
+    must still run there, and its bad input must still be a one-line error."""
+    bundle = sharp[2]
+    script = tmp_path / "cli_torch_free.py"
+    script.write_text(CLI_TORCH_FREE)
+    args = ["generate", "--onnx", str(bundle), "--prompt", "The engineer", "--max-new-tokens", "9", "--seed", "2",
+            "--top-k", "40"]
+    result = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    expected = runtime.generate("The engineer", max_new_tokens=9, params=SamplingParams(top_k=40), seed=2)
+    assert result.stdout == "The engineer" + expected + "\n"
+    assert "torch modules: []" in result.stderr
+    (tmp_path / "broken").mkdir()
+    bad = subprocess.run([sys.executable, str(script), "generate", "--onnx", str(tmp_path / "broken")],
+                         capture_output=True, text=True, timeout=120)
+    errors = [line for line in bad.stderr.splitlines() if not line.startswith("torch modules:")]
+    assert bad.returncode == 2 and len(errors) == 1 and "not a bundle" in errors[0], bad.stderr
+
+
 def test_the_torch_blocker_really_blocks(tmp_path):
     script = tmp_path / "blocked.py"
     script.write_text(TORCH_FREE.split("from decoder.runtime")[0] + "import decoder.generate\n")
