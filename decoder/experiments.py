@@ -38,6 +38,7 @@ import io
 import itertools
 import json
 import math
+import os
 import re
 import shutil
 import time
@@ -390,22 +391,29 @@ class PointOutcome:
 def run_point(point: Point, run_dir: Path, dataset: Any, *, force: bool, quiet: bool,
               say: Callable[[str], None]) -> PointOutcome:
     """Train one point into run_dir (skip, resume or start over as its folder's state says)."""
+    from decoder import distributed as dist_utils
     from decoder.train import train
 
+    ctx = dist_utils.init()  # under torchrun every rank runs the same points together (DDP)
     state = point_state(run_dir)
+    dist_utils.barrier(ctx)  # every rank has read the folder's state before rank 0 changes it
     if state == "done" and not force:
         summary = _read_json(run_dir / "summary.json")
         say(f"skipped: already {summary['status']} (--force re-runs it)")
         return PointOutcome(point, run_dir, "skipped", summary=summary)
     if force or state == "failed":
-        shutil.rmtree(run_dir, ignore_errors=True)
+        if ctx.rank == 0:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        dist_utils.barrier(ctx)
     resume = state == "resumable" and not force
     say(f"resuming from {run_dir / 'checkpoints' / 'latest.pt'}" if resume else "training")
     start = time.perf_counter()
     try:
         summary = train(point.config, run_dir, resume=resume, quiet=quiet, dataset=dataset)
     except Exception as exc:  # one failing point (OOM, NaN, bad data) must not stop the grid
-        error = _write_failure(run_dir, point, exc)
+        error = _write_failure(run_dir, point, exc) if ctx.rank == 0 else str(exc)
+        if ctx.world_size > 1:
+            raise  # ranks cannot skip a point independently: take the job down (torchrun shows why)
         say(f"FAILED: {error}")
         return PointOutcome(point, run_dir, "failed", error=error)
     bpb = summary.get("best_val_bpb")
@@ -438,6 +446,8 @@ def run_experiment(experiment: Experiment, runs_dir: str | Path = "runs", *, for
 
 
 def _print(message: str) -> None:
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return
     print(message, flush=True)
 
 
@@ -1015,10 +1025,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_data(experiment)
         print(dry_run_table(experiment, args.runs_dir, args.shard))
         return 0
-    outcomes = run_experiment(experiment, args.runs_dir, force=args.force, shard=args.shard, quiet=args.quiet)
+    from decoder.distributed import shutdown
+
+    try:
+        outcomes = run_experiment(experiment, args.runs_dir, force=args.force, shard=args.shard, quiet=args.quiet)
+    finally:
+        shutdown()
     counts: dict[str, int] = {}
     for o in outcomes:
         counts[o.status] = counts.get(o.status, 0) + 1
+    if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 reports
+        return 1 if counts.get("failed") else 0
     print(f"{experiment.name}: {len(outcomes)} points: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     folder = write_report([args.experiment], runs_dir=args.runs_dir, out=args.out,
                           command=f"decoder report {args.experiment}")

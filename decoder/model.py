@@ -9,10 +9,12 @@ trainer, not here.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from decoder.config import ModelConfig
 
@@ -28,6 +30,8 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
+        # SDPA kernel for the uncached (training) path; None lets SDPA choose (see GPT.set_attention_backend).
+        self.backend: SDPBackend | None = None
 
     def forward(
         self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None
@@ -40,7 +44,8 @@ class CausalSelfAttention(nn.Module):
         dropout_p = self.dropout if self.training else 0.0
         if past is None:
             # No cache: the plain causal mask, which lets SDPA pick its fastest (flash) kernel.
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+            with sdpa_kernel(self.backend) if self.backend is not None else nullcontext():
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
         else:
             k = torch.cat([past[0], k], dim=2)  # (B, nh, P+T, hs)
             v = torch.cat([past[1], v], dim=2)
@@ -137,6 +142,13 @@ class GPT(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def set_attention_backend(self, backend: SDPBackend | None) -> None:
+        """Pin the SDPA kernel of the uncached path (None: SDPA's own choice). On CPU its default,
+        the flash kernel, is several times slower than the math kernel at short contexts; the
+        trainer pins decoder.hardware.training_attention_backend's choice."""
+        for block in self.transformer.h:
+            block.attn.backend = backend
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameters counted once (a tied head is not double counted); non_embedding drops wte/wpe."""

@@ -26,7 +26,7 @@ from decoder import distributed as dist_utils
 from decoder.config import RunConfig, config_from_dict, dump_config
 from decoder.data import BatchSampler, Dataset, prepare
 from decoder.generate import generate_text
-from decoder.hardware import cpu_name, resolve_device, resolve_precision
+from decoder.hardware import cpu_name, resolve_device, resolve_precision, training_attention_backend
 from decoder.model import GPT
 from decoder.sampling import SamplingParams
 from decoder.tokenizer import Tokenizer
@@ -354,6 +354,7 @@ def _train(
     model = GPT(config.model, tokenizer.vocab_size).to(device)
     optimizer = make_optimizer(model, config)
     micro_batch = t.batch_size // t.grad_accum_steps
+    model.set_attention_backend(training_attention_backend(device.type, config.model.context_length))
     sampler = BatchSampler(dataset.train, config.model.context_length, micro_batch, config.data.windows,
                            seed=t.seed + 1000003 * ctx.rank)
     state = TrainState()

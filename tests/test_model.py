@@ -100,3 +100,19 @@ def test_d_ff_default_and_override():
 def test_bad_model_config_rejected():
     with pytest.raises(ValueError, match="divisible"):
         GPT(ModelConfig(d_model=30, n_heads=4), 10)
+
+
+def test_pinned_attention_kernels_agree():
+    from torch.nn.attention import SDPBackend
+
+    from decoder.hardware import training_attention_backend
+
+    model = make()
+    idx = torch.randint(VOCAB, (2, 16))
+    reference, _ = model(idx)
+    for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.MATH):
+        model.set_attention_backend(backend)
+        logits, _ = model(idx)
+        torch.testing.assert_close(logits, reference, rtol=1e-5, atol=1e-5)
+    assert training_attention_backend("cpu", 128) == SDPBackend.MATH
+    assert training_attention_backend("cpu", 1024) is None and training_attention_backend("cuda", 128) is None
