@@ -70,6 +70,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"{summary['status']}: {summary['step']} steps, {summary['tokens_seen']:,} tokens in "
               f"{summary['elapsed_s']:.0f} s, best val bpb {bpb:.4f} -> {run_dir}" if bpb is not None else
               f"{summary['status']}: {summary['step']} steps -> {run_dir}")
+    if summary["status"] == "interrupted":
+        return 130
     return 0 if summary["status"] in ("completed", "early_stopped") else 1
 
 
@@ -87,6 +89,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UsageError(f"--max-new-tokens={args.max_new_tokens}: must be >= 1")
     if not args.prompt:
         raise UsageError("--prompt is empty: give at least one character of text")
+    if args.onnx and args.run:
+        raise UsageError("give either a run folder/checkpoint or --onnx BUNDLE_DIR, not both")
     if args.onnx:
         from decoder.runtime import Runtime
 
@@ -94,7 +98,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         pieces = runtime.stream(args.prompt, max_new_tokens=args.max_new_tokens, params=params, seed=args.seed)
     else:
         if not args.run:
-            raise UsageError("give a run folder or checkpoint (--run PATH), or an ONNX bundle (--onnx DIR)")
+            raise UsageError("give a run folder or checkpoint (RUN_DIR_OR_CKPT), or an ONNX bundle (--onnx DIR)")
         from decoder.generate import stream_text
         from decoder.train import load_model
 
@@ -177,8 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(name)
         except ImportError:
-            # An install without the training extras (torch, pandas, onnx): the deployment case.
-            # Its commands are absent; `generate --onnx` needs none of them.
+            # A module whose own imports are missing (e.g. export without torch/onnx) is left out;
+            # `generate --onnx` needs none of them.
             continue
         module.add_commands(sub)
     return parser
@@ -191,6 +195,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("decoder: interrupted", file=sys.stderr)
         return 130
+    except ImportError as exc:
+        if os.environ.get("DECODER_DEBUG"):
+            raise
+        print(f"decoder {args.command}: error: needs {exc.name or 'a missing package'}, which is not installed; "
+              f"install the extras: pip install \"decoder[train,export]\" (deployment: decoder[runtime])",
+              file=sys.stderr)
+        return 2
     except _user_errors() as exc:
         if os.environ.get("DECODER_DEBUG"):
             raise

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -187,7 +189,7 @@ class TrainingConfig:
             out.append(f"training.patience={self.patience}: must be >= 1 or null")
         if self.log_interval < 1:
             out.append(f"training.log_interval={self.log_interval}: must be >= 1")
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+        if not (self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device)):
             out.append(f"training.device={self.device!r}: allowed 'auto', 'cpu', 'cuda', 'cuda:N'")
         if self.precision not in ("auto", "fp32", "bf16"):
             out.append(f"training.precision={self.precision!r}: allowed 'auto', 'fp32', 'bf16'")
@@ -293,6 +295,9 @@ def _build_section(name: str, cls: type, raw: Any, problems: list[str]) -> Any:
             continue
         if not _type_ok(value, hints[key]):
             problems.append(f"{name}.{key}={value!r}: must be {_type_name(hints[key])}")
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"{name}.{key}={value!r}: must be a finite number")
             continue
         if hints[key] is float or (float in typing.get_args(hints[key]) and isinstance(value, int)):
             value = float(value) if value is not None else None

@@ -15,6 +15,10 @@ import time
 import torch
 
 
+class DeviceError(ValueError):
+    """A device or precision this machine does not offer."""
+
+
 def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -50,7 +54,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"training.device={name!r}: CUDA is not available on this machine; use 'cpu' or 'auto'")
+        raise DeviceError(f"training.device={name!r}: CUDA is not available on this machine; use 'cpu' or 'auto'")
     return device
 
 
@@ -97,7 +101,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         return "bf16" if bf16_pays(device.type) else "fp32"
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise RuntimeError("training.precision='bf16': this GPU does not support bf16; use 'fp32' or 'auto'")
+        raise DeviceError("training.precision='bf16': this GPU does not support bf16; use 'fp32' or 'auto'")
     return precision
 
 

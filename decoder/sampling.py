@@ -22,11 +22,11 @@ class SamplingParams:
     greedy: bool = False
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise ValueError(f"temperature={self.temperature}: must be >= 0 (0 is greedy)")
+        if not self.temperature >= 0:  # also rejects NaN
+            raise ValueError(f"temperature={self.temperature}: must be a number >= 0 (0 is greedy)")
         if self.top_k < 0:
             raise ValueError(f"top_k={self.top_k}: must be >= 0 (0 keeps all tokens)")
-        if not 0.0 < self.top_p <= 1.0:
+        if not 0.0 < self.top_p <= 1.0:  # also rejects NaN
             raise ValueError(f"top_p={self.top_p}: must be in (0, 1]")
 
     @property

@@ -8,6 +8,7 @@ runtime uses this module).
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 from pathlib import Path
@@ -54,6 +55,8 @@ class Tokenizer:
             self._byte_ids = np.array([encoding.encode_single_token(bytes([b])) for b in range(256)])
         else:
             to_tiktoken = np.asarray(ids, dtype=np.int64)
+            if to_tiktoken.size and (to_tiktoken.min() < 0 or to_tiktoken.max() >= encoding.n_vocab):
+                raise TokenizerError(f"compact vocabulary ids must be in [0, {encoding.n_vocab}) for {encoding.name}")
             if len(set(to_tiktoken.tolist())) != len(to_tiktoken):
                 raise TokenizerError("compact vocabulary has duplicate ids")
             to_model = np.full(encoding.n_vocab, -1, dtype=np.int64)
@@ -173,26 +176,18 @@ class Tokenizer:
 
 
 class StreamDecoder:
-    """Turns model ids into text pieces as they arrive, holding back incomplete UTF-8 sequences."""
+    """Turns model ids into text pieces as they arrive, holding back incomplete UTF-8 sequences
+    (invalid bytes come out as U+FFFD at once, so one bad byte never stalls the stream)."""
 
     def __init__(self, tokenizer: Tokenizer) -> None:
         self.tokenizer = tokenizer
-        self._pending = b""
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def push(self, model_id: int) -> str:
-        self._pending += self.tokenizer.decode_bytes([model_id])
-        for cut in range(len(self._pending), max(len(self._pending) - 4, -1), -1):
-            try:
-                text = self._pending[:cut].decode("utf-8")
-            except UnicodeDecodeError:
-                continue
-            self._pending = self._pending[cut:]
-            return text
-        return ""
+        return self._utf8.decode(self.tokenizer.decode_bytes([model_id]))
 
     def flush(self) -> str:
-        text, self._pending = self._pending.decode("utf-8", errors="replace"), b""
-        return text
+        return self._utf8.decode(b"", final=True)
 
 
 def text_pieces(tokenizer: Tokenizer, steps: Iterable) -> Iterator[str]:

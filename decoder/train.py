@@ -576,7 +576,7 @@ def write_samples(run_dir: Path, config: RunConfig, tokenizer: Tokenizer, device
     samples = []
     for strategy, params in (
         ("greedy", SamplingParams(greedy=True)),
-        ("sampled", SamplingParams(temperature=s.temperature or 1.0, top_k=s.top_k, top_p=s.top_p)),
+        ("sampled", SamplingParams(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)),
     ):
         text = generate_text(model, tokenizer, s.prompt, max_new_tokens=s.max_new_tokens, params=params,
                              seed=s.seed, device=device)

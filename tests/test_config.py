@@ -25,6 +25,8 @@ def test_defaults_are_valid():
         ({"sampling": {"top_k": -2}}, "sampling.top_k=-2", ">= 0"),
         ({"model": {"d_model": "big"}}, "model.d_model='big'", "must be int"),
         ({"model": {"n_blocks": True}}, "model.n_blocks=True", "must be int"),
+        ({"training": {"lr": float("nan"), "max_steps": 1}}, "training.lr=nan", "finite"),
+        ({"training": {"device": "cuda:x", "max_steps": 1}}, "training.device='cuda:x'", "'cuda:N'"),
     ],
 )
 def test_bad_values_name_field_and_allowed(raw, field, allowed):

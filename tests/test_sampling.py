@@ -43,6 +43,7 @@ def test_sampling_follows_distribution_and_is_seeded():
     ({"top_k": -1}, "top_k=-1"),
     ({"top_p": 0.0}, "top_p=0.0"),
     ({"top_p": 1.5}, "top_p=1.5"),
+    ({"temperature": float("nan")}, "temperature=nan"),
 ])
 def test_bad_params(kwargs, message):
     with pytest.raises(ValueError, match=message):

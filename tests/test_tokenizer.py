@@ -79,3 +79,20 @@ def test_stream_decoder_holds_back_partial_utf8():
     pieces = [stream.push(i) for i in ids] + [stream.flush()]
     assert "".join(pieces) == "🚀 ok"
     assert pieces[:3] == ["", "", ""]
+
+
+def test_stream_decoder_does_not_stall_after_an_invalid_byte():
+    t = Tokenizer.build("gpt2", compact=True, training_tiktoken_ids=np.array([]))
+    bad = int(t._byte_ids[0xFF])
+    stream = StreamDecoder(t)
+    pieces = [stream.push(i) for i in [bad] + t.encode(" hello world, and more")]
+    assert pieces[0] == "\ufffd"
+    assert "".join(pieces) + stream.flush() == "\ufffd hello world, and more"
+    assert all(pieces[1:])
+
+
+def test_compact_ids_out_of_range_are_a_clear_error():
+    enc = tok.get_encoding("gpt2")
+    ids = [enc.encode_single_token(bytes([b])) for b in range(256)] + [enc.eot_token, 10**6]
+    with pytest.raises(TokenizerError, match=r"must be in \[0, 50257\)"):
+        Tokenizer(enc, ids)
