@@ -43,7 +43,7 @@ def test_train_decoder(benchmark, timing, tokenizer, device: str, size: str, pre
     torch.manual_seed(0)
     model = GPT(spec.model, tokenizer.vocab_size).to(device)
     optimizer = make_optimizer(model, config)
-    model.set_attention_backend(training_attention_backend(device, spec.model.context_length))  # as train does
+    model.set_attention_backend(training_attention_backend(device, spec.model.context_length, precision))  # as train does
     x, y = _batch(tokenizer.vocab_size, spec.batch, spec.model.context_length, device)
     loss = measure(
         benchmark,
@@ -63,9 +63,9 @@ def test_train_reference(benchmark, timing, full_vocab_size, device: str) -> Non
     torch.manual_seed(0)
     model = ReferenceModel(full_vocab_size, c.d_model, c.n_heads, c.n_blocks, c.ff_width, c.context_length).to(device)
     optimizer = reference_optimizer(model)
-    # The same attention kernel rule as ours (on CPU the math kernel at this short context is the
-    # faster one), so the baseline is not slowed by a kernel choice we avoid.
-    backend = training_attention_backend(device, c.context_length)
+    # The same attention kernel rule as ours, for its precision (fp32), so the baseline gets the
+    # kernel that is fastest for it.
+    backend = training_attention_backend(device, c.context_length, "fp32")
     x, y = _batch(full_vocab_size, spec.batch, c.context_length, device)
     loss = measure(
         benchmark, lambda: _with_kernel(backend, reference_step, model, optimizer, x, y),

@@ -105,17 +105,17 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def training_attention_backend(device_type: str, context_length: int):
-    """SDPA kernel for the uncached (training) attention: on CPU the math kernel up to a context of
-    256, SDPA's default (flash) beyond; on CUDA SDPA's own dispatch (None).
+def training_attention_backend(device_type: str, context_length: int, precision: str):
+    """SDPA kernel for the uncached (training) attention: on CPU in bf16 the math kernel up to a
+    context of 128; otherwise SDPA's own choice (None: flash on CPU, flash/memory-efficient on CUDA).
 
-    A rule, not a per-run measurement, so that two runs of one config take the same kernel and
-    give the same numbers (the kernels round differently). Measured on an AMD EPYC (Zen 5), causal
-    forward + backward in bf16, per block: the CPU flash kernel took 4.8x the math kernel's time at
-    T=40 (batch 50, head_dim 50), 1.7x at T=128 and the same at T=256; beyond that the math
-    kernel's T x T score matrix grows quadratically in memory."""
+    A rule, not a per-run measurement, so that two runs of one config take the same kernel and give
+    the same numbers (the kernels round differently). Measured by `python -m bench.attention_kernels`
+    (causal forward + backward; AMD EPYC Zen 5, 2 threads): in bf16 the CPU flash kernel took 3.4x
+    the math kernel's time at the notebook's shape (T=40), 1.7x at T=128 and 0.94x at T=256; in fp32
+    flash was the faster at every shape (0.80-0.88x)."""
     from torch.nn.attention import SDPBackend
 
-    if device_type == "cpu" and context_length <= 256:
+    if device_type == "cpu" and precision == "bf16" and context_length <= 128:
         return SDPBackend.MATH
     return None

@@ -354,7 +354,7 @@ def _train(
     model = GPT(config.model, tokenizer.vocab_size).to(device)
     optimizer = make_optimizer(model, config)
     micro_batch = t.batch_size // t.grad_accum_steps
-    model.set_attention_backend(training_attention_backend(device.type, config.model.context_length))
+    model.set_attention_backend(training_attention_backend(device.type, config.model.context_length, precision))
     sampler = BatchSampler(dataset.train, config.model.context_length, micro_batch, config.data.windows,
                            seed=t.seed + 1000003 * ctx.rank)
     state = TrainState()

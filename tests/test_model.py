@@ -114,5 +114,6 @@ def test_pinned_attention_kernels_agree():
         model.set_attention_backend(backend)
         logits, _ = model(idx)
         torch.testing.assert_close(logits, reference, rtol=1e-5, atol=1e-5)
-    assert training_attention_backend("cpu", 128) == SDPBackend.MATH
-    assert training_attention_backend("cpu", 1024) is None and training_attention_backend("cuda", 128) is None
+    assert training_attention_backend("cpu", 128, "bf16") == SDPBackend.MATH
+    assert training_attention_backend("cpu", 128, "fp32") is None
+    assert training_attention_backend("cpu", 256, "bf16") is None and training_attention_backend("cuda", 40, "bf16") is None
