@@ -79,17 +79,30 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    corpus: str = "mysterious-island"
-    """A registered corpus name (see `decoder data --list`) or a path to a UTF-8 text file."""
+    corpus: str | list[str] = "mysterious-island"
+    """A registered corpus name (see `decoder data --list`) or a path to a UTF-8 text file; or a list
+    of them: documents are joined with <|endoftext|> and each document's tail is held out."""
     tokenizer: str = "cl100k_base"
     """tiktoken encoding name, e.g. 'cl100k_base' or 'gpt2'."""
     compact_vocab: bool = True
     """Shrink the vocabulary to the 256 byte tokens + tokens seen in the training split + <|endoftext|>."""
+    min_count: int = 1
+    """Compact vocabulary only: keep a token if it occurs at least this often in the training split;
+    rarer tokens are spelled in byte tokens everywhere, so the byte fallback is trained."""
     val_fraction: float = 0.1
     """Fraction of the token stream (its end, contiguous) held out for validation."""
     windows: str = "random"
     """Training windows: 'random' (uniform random offsets) or 'sliding' (every stride-1 window once
     per epoch, shuffled: the reference notebook's scheme)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.corpus, list):  # a tuple inside, so the frozen config stays hashable
+            object.__setattr__(self, "corpus", tuple(self.corpus))
+
+    @property
+    def corpora(self) -> tuple[str, ...]:
+        """The corpus names or paths, one per document."""
+        return self.corpus if isinstance(self.corpus, tuple) else (self.corpus,)
 
     def problems(self) -> list[str]:
         out = []
@@ -97,8 +110,11 @@ class DataConfig:
             out.append(f"data.val_fraction={self.val_fraction}: must be in (0, 1)")
         if self.windows not in ("random", "sliding"):
             out.append(f"data.windows={self.windows!r}: allowed 'random', 'sliding'")
-        if not self.corpus:
-            out.append("data.corpus='': must name a registered corpus or a text file")
+        if not self.corpora or not all(isinstance(c, str) and c for c in self.corpora):
+            out.append(f"data.corpus={self.corpus!r}: must name a registered corpus or a text file, "
+                       "or be a non-empty list of them")
+        if self.min_count < 1:
+            out.append(f"data.min_count={self.min_count}: must be >= 1")
         return out
 
 
@@ -115,7 +131,10 @@ class TrainingConfig:
     min_lr_ratio: float = 0.1
     """The cosine schedule decays to lr * min_lr_ratio at the end of the budget."""
     warmup_steps: int = 50
-    """Linear warm-up steps from 0 to lr."""
+    """Linear warm-up steps from 0 to lr (ignored when warmup_fraction is set)."""
+    warmup_fraction: float | None = None
+    """Linear warm-up over this fraction of the budget (steps, tokens or seconds, whichever ends
+    first), so a short run on a slow machine is not mostly warm-up; null uses warmup_steps."""
     schedule: str = "cosine"
     """'cosine' (warm-up, then cosine decay over the budget) or 'constant' (warm-up, then flat)."""
     weight_decay: float = 0.1
@@ -133,7 +152,11 @@ class TrainingConfig:
     max_seconds: float | None = None
     """Budget in wall-clock seconds of training (evaluation excluded)."""
     eval_interval: int = 100
-    """Evaluate on the whole validation split every this many steps (and at the end)."""
+    """Evaluate on the whole validation split every this many steps (and at the end); ignored when
+    eval_fraction is set."""
+    eval_fraction: float | None = None
+    """Evaluate each time training crosses a multiple of this fraction of the budget (0.1: ten
+    evaluations, whatever the machine's speed); null uses eval_interval."""
     patience: int | None = None
     """Early stopping: stop after this many evaluations without a new best validation loss."""
     log_interval: int = 10
@@ -166,6 +189,10 @@ class TrainingConfig:
             out.append(f"training.min_lr_ratio={self.min_lr_ratio}: must be in [0, 1]")
         if self.warmup_steps < 0:
             out.append(f"training.warmup_steps={self.warmup_steps}: must be >= 0")
+        if self.warmup_fraction is not None and not 0.0 <= self.warmup_fraction < 1.0:
+            out.append(f"training.warmup_fraction={self.warmup_fraction}: must be in [0, 1) or null")
+        if self.eval_fraction is not None and not 0.0 < self.eval_fraction <= 1.0:
+            out.append(f"training.eval_fraction={self.eval_fraction}: must be in (0, 1] or null")
         if self.schedule not in ("cosine", "constant"):
             out.append(f"training.schedule={self.schedule!r}: allowed 'cosine', 'constant'")
         if self.weight_decay < 0:
@@ -212,6 +239,11 @@ class SamplingConfig:
     """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p (1 keeps all)."""
     seed: int = 0
     """Seed of the sampler's random generator."""
+    repetition_penalty: float = 1.0
+    """Divide positive logits (multiply negative ones) of tokens already in the text by this
+    (CTRL's penalty); 1 turns it off."""
+    no_repeat_ngram_size: int = 0
+    """Never complete an n-gram of this many tokens that already occurs in the text; 0 turns it off."""
 
     def problems(self) -> list[str]:
         out = []
@@ -223,6 +255,10 @@ class SamplingConfig:
             out.append(f"sampling.top_k={self.top_k}: must be >= 0 (0 keeps all)")
         if not 0.0 < self.top_p <= 1.0:
             out.append(f"sampling.top_p={self.top_p}: must be in (0, 1]")
+        if self.repetition_penalty <= 0:
+            out.append(f"sampling.repetition_penalty={self.repetition_penalty}: must be > 0 (1 is off)")
+        if self.no_repeat_ngram_size < 0:
+            out.append(f"sampling.no_repeat_ngram_size={self.no_repeat_ngram_size}: must be >= 0 (0 is off)")
         return out
 
 
@@ -237,7 +273,10 @@ class RunConfig:
         return self.model.problems() + self.data.problems() + self.training.problems() + self.sampling.problems()
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if isinstance(out["data"]["corpus"], tuple):
+            out["data"]["corpus"] = list(out["data"]["corpus"])
+        return out
 
     def validated(self) -> "RunConfig":
         problems = self.problems()

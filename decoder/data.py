@@ -132,22 +132,45 @@ class Dataset:
         return int(self.tokenizer.byte_lengths()[self.val[1:]].sum())
 
 
-def prepare(config: DataConfig) -> Dataset:
-    """Read, tokenize and split the corpus named by `config`, building the tokenizer."""
-    text = load_corpus(config.corpus)
-    raw = cached_tiktoken_ids(text, config.tokenizer).astype(np.int64)
-    n_val = int(len(raw) * config.val_fraction)
+def _split_document(name: str, raw: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """(head, tail) of one document's tiktoken ids: the tail (val_fraction of it) is validation."""
+    n_val = int(len(raw) * val_fraction)
     if n_val < 2 or len(raw) - n_val < 2:
-        raise DataError(
-            f"corpus {config.corpus!r}: {len(raw)} tokens are too few for val_fraction={config.val_fraction}"
-        )
-    raw_train, raw_val = raw[:-n_val], raw[-n_val:]
-    tokenizer = Tokenizer.build(config.tokenizer, config.compact_vocab, raw_train)
+        raise DataError(f"corpus {name!r}: {len(raw)} tokens are too few for val_fraction={val_fraction}")
+    return raw[:-n_val], raw[-n_val:]
+
+
+def _join_documents(parts: list[np.ndarray], eot: int) -> np.ndarray:
+    """Documents' ids joined with <|endoftext|> between them (none for a single document)."""
+    out = [parts[0]]
+    for part in parts[1:]:
+        out += [np.array([eot], dtype=np.int64), part]
+    return np.concatenate(out)
+
+
+def prepare(config: DataConfig) -> Dataset:
+    """Read, tokenize and split the corpora named by `config`, building the tokenizer.
+
+    Each document is split on its own (its tail is validation), so no training window ever holds
+    validation text; the documents of each split are joined with <|endoftext|>, which the model then
+    learns to predict where one text ends and the next begins."""
+    encoding = get_encoding(config.tokenizer)
+    heads, tails, text_bytes = [], [], 0
+    for name in config.corpora:
+        text = load_corpus(name)
+        text_bytes += len(text.encode("utf-8"))
+        head, tail = _split_document(name, cached_tiktoken_ids(text, config.tokenizer).astype(np.int64),
+                                     config.val_fraction)
+        heads.append(head)
+        tails.append(tail)
+    raw_train = _join_documents(heads, encoding.eot_token)
+    raw_val = _join_documents(tails, encoding.eot_token)
+    tokenizer = Tokenizer.from_encoding(encoding, config.compact_vocab, raw_train, config.min_count)
     return Dataset(
         tokenizer=tokenizer,
         train=tokenizer.to_model_ids(raw_train),
         val=tokenizer.to_model_ids(raw_val),
-        text_bytes=len(text.encode("utf-8")),
+        text_bytes=text_bytes,
     )
 
 

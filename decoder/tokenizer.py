@@ -1,8 +1,10 @@
 """tiktoken encodings with an optional compact vocabulary (byte fallback), saved as JSON.
 
-The compact vocabulary keeps the 256 single-byte tokens, every token seen in the training split
-and `<|endoftext|>`, renumbered densely. A token outside it is replaced by its bytes' single-byte
-tokens, so any text still round-trips losslessly. Imports numpy and tiktoken only (the torch-free
+The compact vocabulary keeps the 256 single-byte tokens, every token seen at least `min_count`
+times in the training split and `<|endoftext|>`, renumbered densely. A token outside it is replaced
+by its bytes' single-byte tokens, so any text still round-trips losslessly; with `min_count` > 1
+rare training words are spelled in bytes too, so the model learns to use the byte fallback that
+unseen validation words need. Imports numpy and tiktoken only (the torch-free
 runtime uses this module).
 """
 
@@ -44,8 +46,9 @@ def get_encoding(name: str) -> tiktoken.Encoding:
 class Tokenizer:
     """Text <-> model ids. `ids` maps model id -> tiktoken id (None: the full encoding, identity)."""
 
-    def __init__(self, encoding: tiktoken.Encoding, ids: Sequence[int] | None = None) -> None:
+    def __init__(self, encoding: tiktoken.Encoding, ids: Sequence[int] | None = None, min_count: int = 1) -> None:
         self.encoding = encoding
+        self.min_count = min_count
         self.eot_token = encoding.eot_token
         self.compact = ids is not None
         if ids is None:
@@ -70,22 +73,27 @@ class Tokenizer:
         self._token_bytes: list[bytes] | None = None
 
     @classmethod
-    def build(cls, encoding_name: str, compact: bool, training_tiktoken_ids: np.ndarray | None = None) -> "Tokenizer":
+    def build(cls, encoding_name: str, compact: bool, training_tiktoken_ids: np.ndarray | None = None,
+              min_count: int = 1) -> "Tokenizer":
         """Make a tokenizer; a compact one from the tiktoken ids of the training split."""
-        return cls.from_encoding(get_encoding(encoding_name), compact, training_tiktoken_ids)
+        return cls.from_encoding(get_encoding(encoding_name), compact, training_tiktoken_ids, min_count)
 
     @classmethod
     def from_encoding(
-        cls, encoding: tiktoken.Encoding, compact: bool, training_tiktoken_ids: np.ndarray | None = None
+        cls, encoding: tiktoken.Encoding, compact: bool, training_tiktoken_ids: np.ndarray | None = None,
+        min_count: int = 1,
     ) -> "Tokenizer":
         if not compact:
             return cls(encoding)
         if training_tiktoken_ids is None:
             raise TokenizerError("a compact vocabulary needs the training split's token ids")
+        if min_count < 1:
+            raise TokenizerError(f"min_count={min_count}: must be >= 1")
         byte_tt = [encoding.encode_single_token(bytes([b])) for b in range(256)]
-        seen = np.unique(np.asarray(training_tiktoken_ids, dtype=np.int64))
-        extra = sorted(set(seen.tolist()) - set(byte_tt) - {encoding.eot_token})
-        return cls(encoding, byte_tt + extra + [encoding.eot_token])
+        seen, counts = np.unique(np.asarray(training_tiktoken_ids, dtype=np.int64), return_counts=True)
+        kept = seen[counts >= min_count]
+        extra = sorted(set(kept.tolist()) - set(byte_tt) - {encoding.eot_token})
+        return cls(encoding, byte_tt + extra + [encoding.eot_token], min_count)
 
     @property
     def eot_id(self) -> int:
@@ -151,13 +159,14 @@ class Tokenizer:
             "encoding": self.encoding.name,
             "compact": self.compact,
             "ids": None if self._to_tiktoken is None else self._to_tiktoken.tolist(),
+            "min_count": self.min_count,
         }
 
     @classmethod
     def from_dict(cls, data: dict, encoding: tiktoken.Encoding | None = None) -> "Tokenizer":
         try:
             enc = encoding if encoding is not None else get_encoding(data["encoding"])
-            return cls(enc, data["ids"] if data.get("compact") else None)
+            return cls(enc, data["ids"] if data.get("compact") else None, int(data.get("min_count", 1)))
         except (KeyError, TypeError) as exc:
             raise TokenizerError(f"tokenizer description is missing {exc}") from None
 

@@ -120,9 +120,13 @@ def load_model(path: str | Path, map_location: str = "cpu") -> tuple[GPT, Tokeni
 
 
 def lr_at(config: RunConfig, step: int, progress: float) -> float:
-    """Linear warm-up to lr over warmup_steps, then cosine decay to lr * min_lr_ratio as the budget is used."""
+    """Linear warm-up to lr (over warmup_fraction of the budget, else warmup_steps), then cosine decay
+    to lr * min_lr_ratio as the budget is used."""
     t = config.training
-    if step < t.warmup_steps:
+    if t.warmup_fraction is not None:
+        if progress < t.warmup_fraction:
+            return t.lr * max(progress, 0.0) / t.warmup_fraction
+    elif step < t.warmup_steps:
         return t.lr * (step + 1) / t.warmup_steps
     if t.schedule == "constant":
         return t.lr
@@ -279,6 +283,15 @@ def _budget_progress(config: RunConfig, state: TrainState) -> float:
     if t.max_seconds is not None:
         parts.append(state.elapsed_s / t.max_seconds)
     return max(parts)
+
+
+def eval_due(config: RunConfig, step: int, progress_before: float, progress_after: float) -> bool:
+    """Whether the step just taken (ending at `step`) is followed by an evaluation: every
+    eval_interval steps, or, with eval_fraction, when the budget crosses a multiple of it."""
+    t = config.training
+    if t.eval_fraction is None:
+        return step % t.eval_interval == 0
+    return math.floor(progress_after / t.eval_fraction) > math.floor(progress_before / t.eval_fraction)
 
 
 def _progress_bar(config: RunConfig, tokens_per_step: int, quiet: bool):
@@ -461,7 +474,8 @@ def _train(
         try:
             while _budget_progress(config, state) < 1.0:
                 step_start = time.perf_counter()
-                lr = lr_at(config, state.step, _budget_progress(config, state))
+                progress_before = _budget_progress(config, state)
+                lr = lr_at(config, state.step, progress_before)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 micro_batches = [sampler.next_batch() for _ in range(t.grad_accum_steps)]
@@ -476,7 +490,7 @@ def _train(
                 state.elapsed_s += time.perf_counter() - step_start
                 state.elapsed_s = dist_utils.broadcast_float(state.elapsed_s, ctx)
 
-                due_eval = state.step % t.eval_interval == 0
+                due_eval = eval_due(config, state.step, progress_before, _budget_progress(config, state))
                 if state.step % t.log_interval == 0 or due_eval:
                     train_loss = dist_utils.mean_float((loss_sum / loss_count).item(), ctx)
                     if not math.isfinite(train_loss):
