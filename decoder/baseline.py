@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from decoder.config import DataConfig
+from decoder.io import FileFormatError, read_json, write_json
+from decoder.metrics import quality
 
 MAX_ORDER = 3
 
@@ -132,11 +132,8 @@ class KneserNey:
 def score(model: KneserNey, tokens: np.ndarray, byte_lengths: np.ndarray) -> dict:
     """val_loss (nats/token), val_ppl, val_bpb, val_tokens, as decoder.train.evaluate reports them."""
     nats = model.split_nats(tokens)
-    total = float(nats.sum())
     n_bytes = int(byte_lengths[np.asarray(tokens)[1:]].sum())
-    loss = total / len(nats)
-    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 700.0)),
-            "val_bpb": total / math.log(2) / max(n_bytes, 1), "val_tokens": len(nats)}
+    return {**quality(float(nats.sum()), len(nats), n_bytes), "val_tokens": len(nats)}
 
 
 def _cache_path(data: DataConfig, order: int):
@@ -156,14 +153,11 @@ def kn_baseline(data: DataConfig, order: int = 3) -> dict:
     path = _cache_path(data, order)
     if path.is_file():
         try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError):
+            return read_json(path)
+        except FileFormatError:
             pass  # a damaged cache file is recomputed
     dataset = prepare(data)
     model = KneserNey(dataset.train, dataset.tokenizer.vocab_size, order)
     result = {"order": order, **score(model, dataset.val, dataset.tokenizer.byte_lengths())}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(result))
-    os.replace(tmp, path)
+    write_json(path, result, indent=None)
     return result

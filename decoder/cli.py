@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 # Modules that add their own sub-commands through `add_commands(subparsers)`.
-COMMAND_MODULES = ("decoder.experiments", "decoder.export", "decoder.benchreport")
+COMMAND_MODULES = ("decoder.experiments", "decoder.export", "decoder.report.throughput")
 
 
 class UsageError(Exception):

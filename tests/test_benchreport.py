@@ -11,8 +11,9 @@ import json
 
 import pytest
 
-from decoder.benchreport import (COLUMNS, BenchReportError, build_table, comparisons, device_sources, find_row,
-                                 write_report)
+from decoder.report.throughput import write_report
+from decoder.report.throughput_table import (COLUMNS, BenchReportError, build_table, comparisons, device_sources,
+                                             find_row)
 from decoder.cli import main as cli_main
 
 CPU_PEAK = {"fp32": (2e11, 2.0), "bf16": (4e11, 1.0)}  # precision -> (flops per call, median s)
@@ -196,7 +197,7 @@ def test_same_file_gives_both_columns(cuda_json, tmp_path):
 
 
 @pytest.mark.parametrize("content, message", [
-    ("{not json", "not a readable JSON file"),
+    ("{not json", "not readable JSON"),
     (json.dumps({"benchmarks": []}), "not a pytest-benchmark JSON file"),
     (json.dumps({"machine_info": {}, "benchmarks": [{"name": "x", "extra_info": {}, "stats": {"median": 1}}]}),
      "no benchmarks of the bench/ suites"),

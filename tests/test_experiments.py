@@ -18,16 +18,14 @@ import decoder.train
 from decoder.cli import main
 from decoder.config import ConfigError
 from decoder.experiments import (
-    REPORT_COLUMNS,
     experiment_from_dict,
     load_experiment,
-    memorisation,
-    ngram_set,
     parse_shard,
     point_state,
     run_experiment,
-    write_report,
 )
+from decoder.report import REPORT_COLUMNS, write_report
+from decoder.report.table import memorisation, ngram_set
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL_TRAIN = decoder.train.train

@@ -1,16 +1,13 @@
-"""`decoder bench`: pytest-benchmark JSON files -> the CPU-vs-CUDA throughput table, ratios and plot.
+"""pytest-benchmark JSON files -> the rows of the CPU-vs-CUDA throughput table and the comparisons
+the issues set targets for (written out by `decoder.report.throughput`).
 
 The suites under bench/ store, with every benchmark, what turns its median time into a figure
 (`extra_info`: workload, model, engine, precision, batch, device, tokens per call, and FLOPs per
-call or weight bytes per decoding step) and the machine in `machine_info["decoder"]`. This module
-reads one or more such files (e.g. one from a CPU machine, one from a GPU machine) and writes:
-
-- `throughput.csv` / `throughput.md`: one row per (workload, model, engine, precision, batch):
-  tokens/s on CPU and on CUDA, the CUDA/CPU ratio, MFU (achieved FLOP/s over the matmul peak
-  measured on the same machine and device in the same precision), and for generation the
-  memory-bandwidth bound (batch x read bandwidth / weight bytes: each decoding step streams every
-  weight once) and the share of it reached; plus the comparisons the issues set targets for;
-- `throughput.png`: the tokens/s of every row, CPU and CUDA side by side, log scale.
+call or weight bytes per decoding step) and the machine in `machine_info["decoder"]`. A row is one
+(workload, model, engine, precision, batch): tokens/s on CPU and on CUDA, the CUDA/CPU ratio, MFU
+(achieved FLOP/s over the matmul peak measured on the same machine and device in the same
+precision), and for generation the memory-bandwidth bound (batch x read bandwidth / weight bytes:
+each decoding step streams every weight once) and the share of it reached.
 
 Each device column comes from one machine: the first file given that measured the device sets
 it; later files add rows to it only when measured on the same machine (same CPU model and
@@ -21,17 +18,12 @@ another file of the same machine), so a figure and its limits always come from t
 
 from __future__ import annotations
 
-import argparse
-import csv
-import io
-import json
-import os
-import shlex
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from decoder.errors import UserError
+from decoder.io import FileFormatError, read_json
 
 DEVICES = ("cpu", "cuda")
 WORKLOADS = ("train", "prefill", "generate")
@@ -48,17 +40,12 @@ REQUIRED = {
     "matmul": ("precision", "flops"),
     "bandwidth": ("bytes",),
 }
-COLOURS = {"cpu": "tab:blue", "cuda": "tab:green"}
-BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
 
 RowKey = tuple  # (workload, model, engine, precision, batch)
 
 
-class BenchReportError(ValueError):
+class BenchReportError(UserError, ValueError):
     """Benchmark files that cannot be read or reported, or a suite run that failed."""
-
-
-USER_ERRORS = (BenchReportError,)
 
 
 @dataclass(frozen=True)
@@ -94,11 +81,9 @@ def load_benchmark_json(path: str | Path) -> dict:
     """A pytest-benchmark JSON file (as written by --benchmark-json), checked for its two sections."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BenchReportError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BenchReportError(f"{path}: not a readable JSON file ({exc})") from None
+        data = read_json(path)
+    except FileFormatError as exc:
+        raise BenchReportError(str(exc)) from None
     if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list) or "machine_info" not in data:
         raise BenchReportError(f"{path}: not a pytest-benchmark JSON file (needs 'benchmarks' and 'machine_info')")
     return data
@@ -318,223 +303,3 @@ def comparisons(rows: list[dict]) -> list[dict[str, Any]]:
                         "target": check.target, "met": None if check.target is None else value >= check.target,
                         "issue": check.issue})
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Writing
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _csv_value(value: Any) -> Any:
-    if value is None:
-        return ""
-    return round(value, 6) if isinstance(value, float) else value
-
-
-def table_csv(rows: list[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _csv_value(v) for k, v in row.items()})
-    return buffer.getvalue()
-
-
-def _num(value: float | None) -> str:
-    if value is None:
-        return "—"
-    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
-
-
-def _pct(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:.1f}%"
-
-
-def _times(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2f}×"
-
-
-def _md_table(header: list[str], lines: list[list[str]]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return out + ["| " + " | ".join(line) + " |" for line in lines]
-
-
-def _limits_lines(sources: dict[str, list[Source]]) -> list[str]:
-    lines = []
-    for device in DEVICES:
-        if device not in sources:
-            lines.append([device.upper(), "not measured", "—", "—", "—", "—"])
-        for s in sources.get(device, []):
-            lines.append(_limits_line(s))
-    return _md_table(["column", "machine", "matmul fp32 TFLOP/s", "matmul bf16 TFLOP/s", "read GB/s", "file"], lines)
-
-
-def _limits_line(s: Source) -> list[str]:
-    peak = {p: (f"{s.matmul_peak[p] / 1e12:.3g}" if p in s.matmul_peak else "—") for p in ("fp32", "bf16")}
-    bw = f"{s.read_bandwidth / 1e9:.3g}" if s.read_bandwidth else "—"
-    return [s.device.upper(), s.machine, peak["fp32"], peak["bf16"], bw, f"`{s.path}`"]
-
-
-def _row_lines(rows: list[dict]) -> list[list[str]]:
-    return [[
-        r["workload"], str(r["model"]), r["engine"], r["precision"], str(r["batch"]),
-        _num(r["cpu_tokens_per_s"]), _num(r["cuda_tokens_per_s"]), _times(r["cuda_over_cpu"]),
-        _pct(r["cpu_mfu"]), _pct(r["cuda_mfu"]),
-        _bound(r["cpu_of_bw_bound"], r["cpu_bw_bound_tokens_per_s"]),
-        _bound(r["cuda_of_bw_bound"], r["cuda_bw_bound_tokens_per_s"]),
-    ] for r in rows]
-
-
-def _bound(share: float | None, bound: float | None) -> str:
-    return "—" if share is None else f"{_pct(share)} of {_num(bound)}"
-
-
-def _comparison_lines(comps: list[dict]) -> list[list[str]]:
-    lines = []
-    for c in comps:
-        fmt = _pct if c["kind"] == "mfu" else _times
-        target = "—" if c["target"] is None else f"≥ {fmt(c['target'])}"
-        met = "—" if c["met"] is None else ("yes" if c["met"] else "**no**")
-        lines.append([c["comparison"], c["device"], fmt(c["value"]), target, met, c["issue"] or "—"])
-    return lines
-
-
-def table_markdown(rows: list[dict], comps: list[dict], sources: dict[str, list[Source]], command: str) -> str:
-    parts = [
-        "# Throughput: tokens per second on CPU and CUDA",
-        "",
-        f"Made by `{command}` from pytest-benchmark medians (warm-up excluded, device synchronised). "
-        "Each column comes from one machine; \"—\" means not measured.",
-        "",
-        "## Machines and their measured limits",
-        "",
-        *_limits_lines(sources),
-        "",
-        "## Throughput",
-        "",
-        "Tokens/s: training counts the tokens of a step (forward + backward + optimizer), prefill the "
-        "tokens of a full-context forward pass, generation the new tokens (batch x 128 after a 16-token "
-        "prompt, prompt processing included). MFU: FLOPs per token (6N + attention for training, a third "
-        "of that for prefill) x tokens/s over the measured matmul peak of the same precision. "
-        "Bandwidth bound (generation): batch x read bandwidth / weight bytes, as each decoding step "
-        "streams every weight once; shown as the share reached of that bound.",
-        "",
-        *_md_table(["workload", "model", "engine", "precision", "batch", "CPU tok/s", "CUDA tok/s", "CUDA/CPU",
-                    "MFU CPU", "MFU CUDA", "bw bound CPU", "bw bound CUDA"], _row_lines(rows)),
-        "",
-        "## Comparisons the issues set targets for",
-        "",
-        *_md_table(["comparison", "device", "value", "target", "met", "issue"], _comparison_lines(comps)),
-        "",
-    ]
-    return "\n".join(parts)
-
-
-def row_label(row: dict) -> str:
-    return f"{row['workload']} · {row['model']} · {row['engine']} · {row['precision']} · b{row['batch']}"
-
-
-def plot_png(rows: list[dict]) -> bytes:
-    """Horizontal bars of tokens/s per row, CPU and CUDA side by side, log scale."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 1.5 + 0.32 * len(rows)))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    measured = [d for d in DEVICES if any(r[f"{d}_tokens_per_s"] for r in rows)]
-    height = 0.8 / len(measured)
-    for i, device in enumerate(measured):
-        offset = (i - (len(measured) - 1) / 2) * height
-        shown = [(n, r[f"{device}_tokens_per_s"]) for n, r in enumerate(rows) if r[f"{device}_tokens_per_s"]]
-        bars = ax.barh([n + offset for n, _ in shown], [v for _, v in shown], height=height,
-                       color=COLOURS[device], label=device.upper())
-        ax.bar_label(bars, labels=[_num(v) for _, v in shown], fontsize=7, padding=2)
-    ax.set_yticks(range(len(rows)), [row_label(r) for r in rows], fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xscale("log")
-    values = [r[f"{d}_tokens_per_s"] for r in rows for d in measured if r[f"{d}_tokens_per_s"]]
-    ax.set_xlim(min(values) / 2, max(values) * 4)  # room for the value labels
-    ax.set_xlabel("tokens per second (log scale)")
-    ax.set_title("Throughput by workload, model, engine, precision and batch")
-    ax.grid(axis="x", which="both", alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    return buffer.getvalue()
-
-
-def write_report(json_paths: list[str | Path], out_dir: str | Path, command: str = "decoder bench") -> dict[str, Path]:
-    """Read the benchmark files and write throughput.csv, throughput.md and throughput.png to out_dir."""
-    sources = device_sources(list(json_paths))
-    rows = build_table(sources)
-    if not rows:
-        raise BenchReportError(f"{', '.join(map(str, json_paths))}: no training, prefill or generation benchmarks")
-    out = Path(out_dir)
-    paths = {"csv": out / "throughput.csv", "md": out / "throughput.md", "png": out / "throughput.png"}
-    _atomic_write(paths["csv"], table_csv(rows).encode())
-    _atomic_write(paths["md"], table_markdown(rows, comparisons(rows), sources, command).encode())
-    _atomic_write(paths["png"], plot_png(rows))
-    return paths
-
-
-# ---------------------------------------------------------------------------------------------
-# Running the suite, and the command
-
-
-def run_suite(out_dir: str | Path, pytest_args: list[str] | None = None) -> Path:
-    """Run bench/ timed in a subprocess; returns its JSON (OUT/throughput.cpu.json, or .cuda.json
-    on a machine with a GPU, whose file then holds both columns)."""
-    import torch
-
-    if not (BENCH_DIR / "conftest.py").is_file():
-        raise BenchReportError(f"{BENCH_DIR}: the benchmark suites are not there (--run needs a source checkout)")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    json_path = out / f"throughput.{'cuda' if torch.cuda.is_available() else 'cpu'}.json"
-    command = [sys.executable, "-m", "pytest", str(BENCH_DIR), "--benchmark-only",
-               f"--benchmark-json={json_path.resolve()}", "-p", "no:cacheprovider", *(pytest_args or [])]
-    print("running:", shlex.join(command), file=sys.stderr)
-    code = subprocess.run(command, cwd=BENCH_DIR.parent).returncode
-    if code != 0:
-        raise BenchReportError(f"the benchmark suite failed (pytest exit status {code}); see its output above")
-    return json_path
-
-
-def _command_line(args: argparse.Namespace, json_paths: list[Path]) -> str:
-    return f"decoder bench --json {' '.join(map(str, json_paths))} --out {args.out}"
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    json_paths = [Path(p) for p in args.json or []]
-    if args.run:
-        json_paths.insert(0, run_suite(args.out, shlex.split(args.pytest_args)))
-    if not json_paths:
-        raise BenchReportError("nothing to report: give --json FILE [FILE ...] or --run")
-    paths = write_report(json_paths, args.out, command=_command_line(args, json_paths))
-    for path in paths.values():
-        print(path)
-    return 0
-
-
-def add_commands(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "bench", help="throughput table (CPU vs CUDA) from pytest-benchmark JSON files, or run the suite",
-        description="Write OUT/throughput.{csv,md,png} from the bench/ suites' pytest-benchmark JSON. "
-                    "Each device column comes from one machine: the first file given that measured the "
-                    "device, plus later files from the same machine.",
-    )
-    p.add_argument("--json", nargs="+", metavar="FILE", help="saved pytest-benchmark JSON files (--benchmark-json)")
-    p.add_argument("--out", default="results", help="output folder (default results)")
-    p.add_argument("--run", action="store_true",
-                   help="first run the suite (pytest bench/ --benchmark-only) into OUT/throughput.<cpu|cuda>.json; "
-                        "its file comes before any --json files")
-    p.add_argument("--pytest-args", default="",
-                   help="extra pytest arguments for --run, e.g. \"-k generate --bench-seconds 2\"")
-    p.set_defaults(func=cmd_bench)

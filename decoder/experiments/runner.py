@@ -1,0 +1,280 @@
+"""Running an experiment's points, and reading run folders back.
+
+A point's run folder is runs/<experiment>/<run id>. Re-running an experiment file skips completed
+points, resumes interrupted ones from their latest checkpoint and retries failed ones from scratch;
+--force re-runs everything, --shard I/N runs only the points whose index is I modulo N. A failing
+point writes failure.json and the grid goes on. Reading a folder back (`read_run`, `load_records`)
+is what the report is made from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from decoder.config import ConfigError, RunConfig, load_config
+from decoder.experiments.grid import (SEED_KEY, Experiment, ExperimentError, Point, load_experiment, raise_problems,
+                                      setting_text)
+from decoder.io import FileFormatError, atomic_write, read_json
+
+DONE = ("completed", "early_stopped")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'i/n' -> (i, n) with 0 <= i < n: run points whose index is i modulo n."""
+    match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+    if not match or not 0 <= int(match[1]) < int(match[2]):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected i/n with 0 <= i < n, e.g. 0/2 and 1/2")
+    return int(match[1]), int(match[2])
+
+
+def read_json_or_none(path: Path) -> Any:
+    """A run folder's JSON file, or None when it is missing or damaged (a crash mid-run)."""
+    try:
+        return read_json(path)
+    except FileFormatError:
+        return None
+
+
+def point_state(run_dir: Path) -> str:
+    """'done', 'failed', 'resumable' (a checkpoint without a finished summary) or 'new'."""
+    summary = read_json_or_none(run_dir / "summary.json") or {}
+    if summary.get("status") in DONE:
+        return "done"
+    if (run_dir / "failure.json").is_file() or summary.get("status") == "diverged":
+        return "failed"
+    if (run_dir / "checkpoints" / "latest.pt").is_file():
+        return "resumable"
+    return "new"
+
+
+def check_data(experiment: Experiment) -> dict:
+    """Prepare every distinct data config (corpus found, tokenizer loads, split long enough);
+    returns {DataConfig: Dataset}; raises one ConfigError listing every problem."""
+    from decoder.data import DataError, prepare
+    from decoder.tokenizer import TokenizerError
+
+    datasets, problems = {}, []
+    for point in experiment.points:
+        data = point.config.data
+        if data not in datasets:
+            try:
+                datasets[data] = prepare(data)
+            except (DataError, TokenizerError) as exc:
+                datasets[data] = None
+                problems.append(f"data {data.corpus!r} / {data.tokenizer}: {exc}")
+        dataset = datasets[data]
+        need = point.config.model.context_length + 1
+        if dataset is not None and len(dataset.train) < need:
+            problems.append(f"point {point.index + 1} ({point.label}): training split has {len(dataset.train)} "
+                            f"tokens, fewer than context_length + 1 = {need}")
+    raise_problems(str(experiment.path or experiment.name), list(dict.fromkeys(problems)))
+    return datasets
+
+
+def _write_failure(run_dir: Path, point: Point, exc: BaseException) -> str:
+    error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    record = {"status": "failed", "error": error, "settings": point.settings, "run_id": point.run_id,
+              "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))}
+    atomic_write(run_dir / "failure.json", json.dumps(record, indent=2, default=str))
+    return error
+
+
+@dataclass
+class PointOutcome:
+    point: Point
+    run_dir: Path
+    status: str  # completed, early_stopped, skipped, failed, interrupted
+    error: str | None = None
+    summary: dict | None = None
+
+
+def run_point(point: Point, run_dir: Path, dataset: Any, *, force: bool, quiet: bool,
+              say: Callable[[str], None]) -> PointOutcome:
+    """Train one point into run_dir (skip, resume or start over as its folder's state says)."""
+    from decoder import distributed as dist_utils
+    from decoder.train import train
+
+    ctx = dist_utils.init()  # under torchrun every rank runs the same points together (DDP)
+    state = point_state(run_dir)
+    dist_utils.barrier(ctx)  # every rank has read the folder's state before rank 0 changes it
+    if state == "done" and not force:
+        summary = read_json_or_none(run_dir / "summary.json")
+        say(f"skipped: already {summary['status']} (--force re-runs it)")
+        return PointOutcome(point, run_dir, "skipped", summary=summary)
+    if force or state == "failed":
+        if ctx.rank == 0:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        dist_utils.barrier(ctx)
+    resume = state == "resumable" and not force
+    say(f"resuming from {run_dir / 'checkpoints' / 'latest.pt'}" if resume else "training")
+    start = time.perf_counter()
+    try:
+        summary = train(point.config, run_dir, resume=resume, quiet=quiet, dataset=dataset)
+    except Exception as exc:  # one failing point (OOM, NaN, bad data) must not stop the grid
+        error = _write_failure(run_dir, point, exc) if ctx.rank == 0 else str(exc)
+        if ctx.world_size > 1:
+            raise  # ranks cannot skip a point independently: take the job down (torchrun shows why)
+        say(f"FAILED: {error}")
+        return PointOutcome(point, run_dir, "failed", error=error)
+    bpb = summary.get("best_val_bpb")
+    say(f"{summary['status']} in {time.perf_counter() - start:.0f} s"
+        + (f", best val bpb {bpb:.4f}" if bpb is not None else ""))
+    return PointOutcome(point, run_dir, summary["status"], summary=summary)
+
+
+def run_experiment(experiment: Experiment, runs_dir: str | Path = "runs", *, force: bool = False,
+                   shard: tuple[int, int] = (0, 1), quiet: bool = False,
+                   say: Callable[[str], None] | None = None) -> list[PointOutcome]:
+    """Train every point of this shard in turn; stops early only when a run is interrupted."""
+    say = say or _print
+    datasets = check_data(experiment)
+    folder = Path(runs_dir) / experiment.name
+    mine = [p for p in experiment.points if p.index % shard[1] == shard[0]]
+    n = len(experiment.points)
+    outcomes = []
+    for point in mine:
+        run_dir = folder / point.run_id
+        prefix = f"[{point.index + 1}/{n}] {point.label} -> {run_dir}"
+        say(prefix)
+        outcome = run_point(point, run_dir, datasets[point.config.data], force=force, quiet=quiet,
+                            say=lambda message: say(f"[{point.index + 1}/{n}] {message}"))
+        outcomes.append(outcome)
+        if outcome.status == "interrupted":
+            say(f"interrupted at point {point.index + 1}; run the same command again to resume it")
+            break
+    return outcomes
+
+
+def _print(message: str) -> None:
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return
+    print(message, flush=True)
+
+
+def dry_run_table(experiment: Experiment, runs_dir: str | Path, shard: tuple[int, int] = (0, 1)) -> str:
+    """The expanded points as a text table: number, run id, folder state, settings."""
+    folder = Path(runs_dir) / experiment.name
+    keys = experiment.varied_keys
+    rows = [[str(p.index + 1), p.run_id, point_state(folder / p.run_id)] + [setting_text(p.settings[k]) for k in keys]
+            for p in experiment.points if p.index % shard[1] == shard[0]]
+    header = ["#", "run id", "state"] + keys
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header] + rows]
+    lines.append(f"{len(rows)} of {len(experiment.points)} points in shard {shard[0]}/{shard[1]}; runs in {folder}")
+    return "\n".join(lines)
+
+
+
+@dataclass
+class RunRecord:
+    """What a run folder says about one run (or that it has not run)."""
+
+    experiment: str
+    run_dir: Path
+    config: RunConfig | None
+    status: str  # completed, early_stopped, interrupted, diverged, failed, incomplete, not run
+    summary: dict = field(default_factory=dict)
+    metrics: list[dict] = field(default_factory=list)
+    samples: list[dict] = field(default_factory=list)
+    error: str | None = None
+
+
+def read_metrics(path: Path) -> tuple[list[dict], bool]:
+    """Rows of metrics.jsonl (last row per step wins, as a resumed run may repeat steps) and
+    whether the file ended in a damaged line (a crash mid-write)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return [], False
+    rows: dict[int, dict] = {}
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            return list(rows.values()), True
+        if isinstance(row, dict) and "step" in row:
+            rows[row["step"]] = row
+    return sorted(rows.values(), key=lambda r: r["step"]), False
+
+
+def read_run(run_dir: Path, experiment: str, config: RunConfig | None = None) -> RunRecord:
+    """A RunRecord from a run folder; `config` (the point's) is used when the folder has none."""
+    if not run_dir.is_dir():
+        return RunRecord(experiment, run_dir, config, "not run")
+    if (run_dir / "config.yaml").is_file():
+        try:
+            config = load_config(run_dir / "config.yaml")
+        except ConfigError:
+            pass
+    summary = read_json_or_none(run_dir / "summary.json") or {}
+    failure = read_json_or_none(run_dir / "failure.json") or {}
+    metrics, truncated = read_metrics(run_dir / "metrics.jsonl")
+    samples = read_json_or_none(run_dir / "samples.json") or []
+    if failure:
+        status, error = "failed", failure.get("error")
+    elif summary.get("status"):
+        status, error = summary["status"], summary.get("error")
+    else:
+        status, error = "incomplete", "metrics.jsonl ends in a damaged line" if truncated else None
+    return RunRecord(experiment, run_dir, config, status, summary, metrics, samples, error)
+
+
+def _is_run_folder(path: Path) -> bool:
+    return (path / "config.yaml").is_file() or (path / "summary.json").is_file() or (path / "failure.json").is_file()
+
+
+def load_records(sources: Iterable[str | Path], runs_dir: str | Path = "runs") -> tuple[list[RunRecord], list[str]]:
+    """Records of every source (experiment files: all their points; run folders; folders of run
+    folders) and the names of the sources."""
+    records, names = [], []
+    for source in sources:
+        path = Path(source)
+        if path.is_file():
+            experiment = load_experiment(path)
+            folder = Path(runs_dir) / experiment.name
+            records += [read_run(folder / p.run_id, experiment.name, p.config) for p in experiment.points]
+            names.append(experiment.name)
+        elif path.is_dir() and _is_run_folder(path):
+            records.append(read_run(path, path.resolve().parent.name))
+            names.append(path.resolve().parent.name)
+        elif path.is_dir() and any(_is_run_folder(p) for p in path.iterdir()):
+            records += [read_run(p, path.resolve().name) for p in sorted(path.iterdir()) if _is_run_folder(p)]
+            names.append(path.resolve().name)
+        else:
+            raise ExperimentError(f"{source}: neither an experiment file nor a run folder (or a folder of them)")
+    return records, list(dict.fromkeys(names))
+
+
+def flat_settings(config: RunConfig | None) -> dict[str, Any]:
+    if config is None:
+        return {}
+    return {f"{s}.{k}": v for s, section in config.to_dict().items() for k, v in section.items()}
+
+
+def seeds_vary(records: list[RunRecord]) -> bool:
+    return len({flat_settings(r.config).get(SEED_KEY) for r in records}) > 1
+
+
+def varied_keys(records: list[RunRecord]) -> list[str]:
+    """Dotted keys (training.seed aside) whose value differs between runs of the same experiment."""
+    keys: dict[str, None] = {}
+    for name in dict.fromkeys(r.experiment for r in records):
+        flats = [flat_settings(r.config) for r in records if r.experiment == name and r.config is not None]
+        for key in flats[0] if flats else []:
+            if key != SEED_KEY and len({repr(f.get(key)) for f in flats}) > 1:
+                keys[key] = None
+    return list(keys)
+
+
