@@ -104,3 +104,30 @@ def test_too_short_corpus(tmp_path):
     path.write_text("hi")
     with pytest.raises(DataError, match="too few"):
         prepare(DataConfig(corpus=str(path), tokenizer="gpt2"))
+
+
+def test_several_documents_split_each_tail_and_join_with_endoftext(tmp_path, book_text):
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_text(book_text[20_000:40_000], encoding="utf-8")
+    second.write_text(book_text[300_000:320_000], encoding="utf-8")
+    ds = prepare(DataConfig(corpus=[str(first), str(second)], tokenizer="gpt2", val_fraction=0.2))
+    eot = ds.tokenizer.eot_id
+    for split in (ds.train, ds.val):
+        assert (split == eot).sum() == 1  # one boundary: where the two documents meet
+    a, b = (ds.tokenizer.decode(part) for part in np.split(ds.train, np.flatnonzero(ds.train == eot)))
+    va, vb = (ds.tokenizer.decode(part) for part in np.split(ds.val, np.flatnonzero(ds.val == eot)))
+    assert a + va == data.strip_gutenberg(first.read_text())  # each document's tail is its validation
+    assert b + vb == data.strip_gutenberg(second.read_text())
+    # No training window can hold validation text: the two splits share no 20-byte span.
+    train_text = ds.tokenizer.decode(ds.train)
+    assert va[5:25] not in train_text and vb[5:25] not in train_text
+
+
+def test_a_single_document_has_no_endoftext(small_corpus):
+    ds = prepare(DataConfig(corpus=[str(small_corpus)], tokenizer="gpt2"))
+    assert not (ds.train == ds.tokenizer.eot_id).any() and not (ds.val == ds.tokenizer.eot_id).any()
+    assert (ds.train == prepare(DataConfig(corpus=str(small_corpus), tokenizer="gpt2")).train).all()
+
+
+def test_corpus_list_must_not_be_empty():
+    assert any("data.corpus" in p for p in DataConfig(corpus=[]).problems())

@@ -96,3 +96,36 @@ def test_compact_ids_out_of_range_are_a_clear_error():
     ids = [enc.encode_single_token(bytes([b])) for b in range(256)] + [enc.eot_token, 10**6]
     with pytest.raises(TokenizerError, match=r"must be in \[0, 50257\)"):
         Tokenizer(enc, ids)
+
+
+@pytest.mark.parametrize("min_count", [2, 4])
+def test_min_count_spells_rare_training_tokens_in_bytes_and_round_trips(book_text, min_count):
+    enc = tok.get_encoding("gpt2")
+    train_ids = np.array(enc.encode_ordinary(book_text[:50_000]))
+    every = Tokenizer.from_encoding(enc, True, train_ids)
+    rare = Tokenizer.from_encoding(enc, True, train_ids, min_count=min_count)
+    ids, counts = np.unique(train_ids, return_counts=True)
+    once = int(ids[(counts < min_count) & (ids > 255)][0])
+    assert rare.vocab_size < every.vocab_size
+    assert rare.to_model_ids(np.array([once])).size == len(enc.decode_single_token_bytes(once))  # bytes
+    assert every.to_model_ids(np.array([once])).size == 1
+    for text in (ODD_TEXT, book_text[:3000], book_text[-2000:]):
+        assert rare.decode(rare.encode(text)) == text
+    assert len(rare.encode(book_text[:50_000])) > len(train_ids)  # rare words of the training text too
+
+
+def test_min_count_is_saved_and_old_files_without_it_load(tmp_path):
+    enc = tok.get_encoding("gpt2")
+    t = Tokenizer.from_encoding(enc, True, np.array(enc.encode_ordinary("the the island island cave")), min_count=2)
+    t.save(tmp_path / "tok.json")
+    assert Tokenizer.load(tmp_path / "tok.json").min_count == 2
+    old = t.to_dict()
+    del old["min_count"]  # a tokenizer.json written before the field existed
+    loaded = Tokenizer.from_dict(old)
+    assert loaded.min_count == 1 and loaded.encode("the cave") == t.encode("the cave")
+
+
+def test_min_count_below_one_is_refused():
+    enc = tok.get_encoding("gpt2")
+    with pytest.raises(TokenizerError, match="min_count=0"):
+        Tokenizer.from_encoding(enc, True, np.array([1, 2]), min_count=0)
