@@ -139,7 +139,9 @@ def score(model: KneserNey, tokens: np.ndarray, byte_lengths: np.ndarray) -> dic
 def _cache_path(data: DataConfig, order: int):
     from decoder.data import cache_dir, corpus_path
 
-    corpus = hashlib.sha256(corpus_path(data.corpus).read_bytes()).hexdigest()
+    corpus = [hashlib.sha256(corpus_path(name).read_bytes()).hexdigest() for name in data.corpora]
+    if len(corpus) == 1:
+        corpus = corpus[0]  # the key of single-document caches written before lists existed
     key = json.dumps({"data": asdict(data), "order": order, "corpus_sha256": corpus, "version": 1}, sort_keys=True)
     return cache_dir() / "baselines" / f"kn{order}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
