@@ -2,16 +2,17 @@
 
 `decoder export RUN_DIR_OR_CHECKPOINT --out BUNDLE_DIR [--quantize int8]` writes:
 
-- `model.onnx`: inputs `input_ids` (int64 [batch, seq]) and `past_key_{i}` / `past_value_{i}`
-  ([batch, n_heads, past, head_dim]) for every block i; outputs `logits` ([batch, seq, vocab]) and
-  `present_key_{i}` / `present_value_{i}` ([batch, n_heads, past + seq, head_dim]). batch, seq and
-  past are dynamic and past may be 0, so one graph serves the prefill and every incremental step.
-  Exported with torch's dynamo exporter (`torch.onnx.export(..., dynamo=True, dynamic_shapes=...)`)
-  at opset 23 (see OPSET) and checked with `onnx.checker` (full check).
+- `model.onnx`: the graph of `decoder.bundle`'s contract (format 2): inputs `input_ids`,
+  `attention_mask`, `position_ids` and the left-padded cache `past_key_{i}` / `past_value_{i}`;
+  outputs `logits` and `present_key_{i}` / `present_value_{i}`. batch, seq and past are dynamic
+  and past may be 0, so one graph serves the prefill and every incremental step, for rows of equal
+  or different lengths. Exported with torch's dynamo exporter (`torch.onnx.export(...,
+  dynamo=True, dynamic_shapes=...)`) at opset 23 (see OPSET) and checked with `onnx.checker`.
 - `model.int8.onnx` (with --quantize int8): onnxruntime dynamic int8 quantization of the matmuls.
 - `bundle.json`: format version, model config, tokenizer (encoding + compact id map), <|endoftext|>
   id, context length, opset, the training run's id and validation figures, the sha256 and size of
-  each model file, the PyTorch-vs-onnxruntime parity figures and, for int8, its agreement figures.
+  each model file, the PyTorch-vs-onnxruntime parity figures (by past length, and for a padded
+  batch of rows of different lengths) and, for int8, its agreement figures.
 
 The bundle is built in a temporary folder next to BUNDLE_DIR and renamed into place at the end, so
 a failed export never leaves a half-written bundle.
@@ -19,10 +20,8 @@ a failed export never leaves a half-written bundle.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -40,21 +39,22 @@ from onnx import numpy_helper
 import torch.nn as nn
 
 from decoder import __version__
-from decoder.config import RunConfig
-from decoder.model import GPT
-from decoder.runtime import (
+from decoder.bundle import (
+    ATTENTION_MASK,
     BUNDLE_FORMAT,
     BUNDLE_JSON,
-    INPUT_IDS,
     INT8_MODEL_FILE,
-    LOGITS,
     MODEL_FILE,
-    BundleError,
-    Runtime,
-    past_names,
-    present_names,
-    sha256_of,
+    file_record,
+    input_names,
+    output_names,
 )
+from decoder.config import RunConfig
+from decoder.errors import UserError
+from decoder.io import write_json
+from decoder.kvcache import left_padded
+from decoder.model import GPT
+from decoder.runtime import Runtime
 from decoder.tokenizer import Tokenizer
 
 QUANTIZATIONS = ("int8",)
@@ -70,7 +70,7 @@ AGREEMENT_MAX_TOKENS = 32768
 """Validation tokens scored for the int8 agreement figures (the whole split if shorter)."""
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """An export that cannot be done or whose result does not reproduce the model."""
 
 
@@ -89,24 +89,33 @@ def _quiet_loggers(*names: str) -> Iterator[None]:
 
 
 class CachedGPT(nn.Module):
-    """The GPT with a flat signature for export: (input_ids, [k_0, v_0, k_1, ...]) -> (logits, k_0', v_0', ...)."""
+    """The GPT with a flat signature for export:
+    (input_ids, attention_mask, position_ids, [k_0, v_0, k_1, ...]) -> (logits, k_0', v_0', ...)."""
 
     def __init__(self, model: GPT) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, past: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        past: list[torch.Tensor],
+    ) -> tuple[torch.Tensor, ...]:
         pairs = [(past[2 * i], past[2 * i + 1]) for i in range(len(past) // 2)]
-        logits, presents = self.model(input_ids, pairs)
+        logits, presents = self.model(input_ids, pairs, attention_mask, position_ids)
         return (logits, *[t for kv in presents for t in kv])
 
 
-def export_onnx(model: GPT, path: Path) -> int:
-    """Write `model` (in eval mode, on the CPU) as ONNX with the dynamic KV-cache signature to
-    `path`; returns the opset."""
+def _example_inputs(model: GPT) -> tuple[tuple, dict]:
+    """Example inputs for the exporter and their dynamic dimensions (the sizes are >= 2 and
+    distinct, so torch.export keeps each dimension symbolic instead of specialising it)."""
     c = model.config
-    batch, past_len = 2, 3  # example sizes >= 2, so torch.export keeps the dimensions symbolic
-    ids = torch.zeros(batch, past_len, dtype=torch.int64)
+    batch, seq, past_len = 2, 3, 4
+    ids = torch.zeros(batch, seq, dtype=torch.int64)
+    mask = torch.ones(batch, past_len + seq, dtype=torch.int64)
+    positions = torch.arange(past_len, past_len + seq).repeat(batch, 1)
     past = [torch.zeros(batch, c.n_heads, past_len, c.head_dim) for _ in range(2 * c.n_blocks)]
     dims = {
         "batch": torch.export.Dim("batch", min=1),
@@ -115,24 +124,47 @@ def export_onnx(model: GPT, path: Path) -> int:
     }
     dynamic_shapes = {
         "input_ids": {0: dims["batch"], 1: dims["seq"]},
+        "attention_mask": {0: dims["batch"], 1: torch.export.Dim.AUTO},  # past + seq: torch.export infers it
+        "position_ids": {0: dims["batch"], 1: dims["seq"]},
         "past": [{0: dims["batch"], 2: dims["past"]} for _ in range(2 * c.n_blocks)],
     }
+    return (ids, mask, positions, past), dynamic_shapes
+
+
+def export_onnx(model: GPT, path: Path) -> int:
+    """Write `model` (in eval mode, on the CPU) as ONNX with the dynamic KV-cache signature to
+    `path`; returns the opset."""
+    n_blocks = model.config.n_blocks
+    args, dynamic_shapes = _example_inputs(model)
     try:
         with warnings.catch_warnings(), _quiet_loggers("torch.onnx"), torch.no_grad():
             warnings.simplefilter("ignore")  # exporter chatter (unused axis names, deprecations)
             program = torch.onnx.export(
-                CachedGPT(model), (ids, past), dynamo=True, dynamic_shapes=dynamic_shapes, verbose=False,
-                opset_version=OPSET,
-                input_names=[INPUT_IDS, *past_names(c.n_blocks)],
-                output_names=[LOGITS, *present_names(c.n_blocks)],
+                CachedGPT(model), args, dynamo=True, dynamic_shapes=dynamic_shapes, verbose=False,
+                opset_version=OPSET, input_names=input_names(n_blocks), output_names=output_names(n_blocks),
             )
             program.save(str(path), external_data=False)
     except Exception as exc:  # the exporter wraps torch.export's and its own failures in many types
         first_line = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()[0]
         raise ExportError(f"torch.onnx.export failed: {type(exc).__name__}: {first_line}") from exc
     proto = onnx.load(str(path))
+    _name_mask_length(proto)
+    onnx.save(proto, str(path))
     _check_graph(proto, path)
     return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _name_mask_length(proto: onnx.ModelProto) -> None:
+    """Call attention_mask's second dimension "past + seq" (as the present outputs' is) instead of
+    the symbol torch.export made up for it."""
+    mask = next(i for i in proto.graph.input if i.name == ATTENTION_MASK)
+    symbol = mask.type.tensor_type.shape.dim[1].dim_param
+    if not symbol:
+        return
+    for value in [*proto.graph.input, *proto.graph.value_info, *proto.graph.output]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param == symbol:
+                dim.dim_param = "past + seq"
 
 
 def _check_graph(proto: onnx.ModelProto, path: Path) -> None:
@@ -211,6 +243,29 @@ def parity_check(
     return diffs
 
 
+@torch.no_grad()
+def padded_parity_check(model: GPT, runtime: Runtime, *, batch: int = 3, seed: int = 0) -> float:
+    """Max abs logits difference PyTorch vs onnxruntime for rows of different lengths: over the real
+    columns of a left-padded prefill (row i: context_length - 1 - i tokens, at least 1) and of one
+    step after it, both engines given the same attention mask and position ids."""
+    model.eval()
+    ctx = model.config.context_length
+    rng = np.random.default_rng(seed)
+    prompts = [rng.integers(0, model.vocab_size, size=max(1, ctx - 1 - i)) for i in range(batch)]
+    step_ids, mask, positions = left_padded(prompts)
+    torch_past, ort_past, worst = None, None, 0.0
+    for _ in range(2):
+        as_torch = [torch.from_numpy(a) for a in (step_ids, mask, positions)]
+        expected, torch_past = model(as_torch[0], torch_past, as_torch[1], as_torch[2])
+        got, ort_past = runtime.step(step_ids, mask, positions, ort_past, last_only=False)
+        real = mask[:, -step_ids.shape[1]:].astype(bool)
+        worst = max(worst, float(np.abs(got - expected.numpy())[real].max()))
+        step_ids = expected.numpy()[:, -1].argmax(axis=-1)[:, None]
+        positions = positions[:, -1:] + 1
+        mask = np.concatenate([mask, np.ones_like(step_ids)], axis=1)
+    return worst
+
+
 def _score_window(runtime: Runtime, window: np.ndarray, targets: np.ndarray) -> tuple[float, np.ndarray]:
     """(summed cross-entropy in nats of `targets`, argmax per position) for one (T,) window."""
     logits = runtime.run(window[None])[0][0].astype(np.float64)  # (T, V)
@@ -234,7 +289,7 @@ def int8_agreement(
     as decoder.train.evaluate does), at most max_tokens predictions. Returns the top-1 agreement
     rate (share of positions where both pick the same argmax) and each model's bits per byte."""
     engines = {"fp32": Runtime(bundle_dir, threads=threads),
-               "int8": Runtime(bundle_dir, model_file=INT8_MODEL_FILE, threads=threads)}
+               "int8": Runtime(bundle_dir, quantized=True, threads=threads)}
     tokens = np.asarray(tokens, dtype=np.int64)[: None if max_tokens is None else max_tokens + 1]
     if len(tokens) < 2:
         raise ValueError(f"int8 agreement needs at least 2 tokens, got {len(tokens)}")
@@ -258,10 +313,6 @@ def int8_agreement(
     }
 
 
-def _file_record(path: Path) -> dict:
-    return {"sha256": sha256_of(path), "bytes": path.stat().st_size}
-
-
 def _bundle_json(model: GPT, tokenizer: Tokenizer, config: RunConfig, opset: int, run_meta: dict | None) -> dict:
     run_meta = run_meta or {}
     train_state = run_meta.get("train_state") or {}
@@ -273,8 +324,8 @@ def _bundle_json(model: GPT, tokenizer: Tokenizer, config: RunConfig, opset: int
         "eot_id": tokenizer.eot_id,
         "context_length": config.model.context_length,
         "opset": opset,
-        "inputs": [INPUT_IDS, *past_names(config.model.n_blocks)],
-        "outputs": [LOGITS, *present_names(config.model.n_blocks)],
+        "inputs": input_names(config.model.n_blocks),
+        "outputs": output_names(config.model.n_blocks),
         "run": {
             "id": run_meta.get("run_id"),
             "step": train_state.get("step"),
@@ -284,10 +335,6 @@ def _bundle_json(model: GPT, tokenizer: Tokenizer, config: RunConfig, opset: int
         },
         "files": {},
     }
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def _validation_tokens(config: RunConfig, tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray]:
@@ -368,14 +415,17 @@ def _build_bundle(
     """Write model.onnx (+ int8) and bundle.json into `tmp`, checking parity before the figures."""
     opset = export_onnx(model, tmp / MODEL_FILE)
     meta = _bundle_json(model, tokenizer, config, opset, run_meta)
-    meta["files"][MODEL_FILE] = _file_record(tmp / MODEL_FILE)
+    meta["files"][MODEL_FILE] = file_record(tmp / MODEL_FILE)
     if quantize == "int8":
         quantize_int8(tmp / MODEL_FILE, tmp / INT8_MODEL_FILE)
-        meta["files"][INT8_MODEL_FILE] = _file_record(tmp / INT8_MODEL_FILE)
-    _write_json(tmp / BUNDLE_JSON, meta)
-    diffs = parity_check(model, Runtime(tmp))
-    meta["parity"] = {"max_abs_logits_diff": {str(p): d for p, d in diffs.items()}}
-    worst = max(diffs.values())
+        meta["files"][INT8_MODEL_FILE] = file_record(tmp / INT8_MODEL_FILE)
+    write_json(tmp / BUNDLE_JSON, meta)
+    runtime = Runtime(tmp)
+    diffs = parity_check(model, runtime)
+    padded = padded_parity_check(model, runtime)
+    meta["parity"] = {"max_abs_logits_diff": {str(p): d for p, d in diffs.items()},
+                      "padded_max_abs_logits_diff": padded}
+    worst = max(*diffs.values(), padded)
     if not worst <= PARITY_TOLERANCE:
         raise ExportError(f"onnxruntime logits differ from PyTorch by {worst:.3g} (> {PARITY_TOLERANCE}); not exported")
     if quantize == "int8":
@@ -384,7 +434,7 @@ def _build_bundle(
         else:
             byte_lengths = tokenizer.byte_lengths()
         meta["int8"] = int8_agreement(tmp, val_tokens, byte_lengths)
-    _write_json(tmp / BUNDLE_JSON, meta)
+    write_json(tmp / BUNDLE_JSON, meta)
 
 
 def export_bundle(source: str | Path, out_dir: str | Path, *, quantize: str | None = None) -> Path:
@@ -394,29 +444,3 @@ def export_bundle(source: str | Path, out_dir: str | Path, *, quantize: str | No
     model, tokenizer, config, meta = load_model(source)
     return export_model(model, tokenizer, config, out_dir, quantize=quantize, run_meta=meta)
 
-
-def cmd_export(args: argparse.Namespace) -> int:
-    bundle = export_bundle(args.source, args.out, quantize=args.quantize)
-    meta = json.loads((bundle / BUNDLE_JSON).read_text())
-    diffs = meta["parity"]["max_abs_logits_diff"]
-    print(f"exported {args.source} -> {bundle}")
-    for name, record in meta["files"].items():
-        print(f"  {name}: {record['bytes'] / 1e6:.1f} MB, sha256 {record['sha256'][:16]}...")
-    print("  parity, max abs logits diff vs PyTorch by past length: "
-          + ", ".join(f"{p}: {d:.2e}" for p, d in diffs.items()))
-    if "int8" in meta:
-        q = meta["int8"]
-        print(f"  int8: top-1 agreement {q['top1_agreement']:.2%} over {q['tokens']} validation tokens, "
-              f"val bpb {q['val_bpb_int8']:.4f} (fp32 {q['val_bpb_fp32']:.4f})")
-    return 0
-
-
-def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("export", help="export a run or checkpoint to an ONNX bundle for the torch-free runtime")
-    p.add_argument("source", metavar="RUN_DIR_OR_CHECKPOINT", help="run folder or checkpoint file")
-    p.add_argument("--out", required=True, metavar="BUNDLE_DIR", help="bundle folder to write (built aside, then renamed into place)")
-    p.add_argument("--quantize", choices=QUANTIZATIONS, help="also write model.int8.onnx (dynamic int8)")
-    p.set_defaults(func=cmd_export)
-
-
-USER_ERRORS = (ExportError, BundleError)

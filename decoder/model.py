@@ -4,6 +4,19 @@
 the key/value cache including the new positions, so the same signature serves training (which
 ignores `presents`), incremental generation and the exported ONNX graph. The loss lives in the
 trainer, not here.
+
+Rows of different lengths in one batch (the serving case) use a left-padded cache: every row's
+cache has the same number of columns P, a row shorter than the longest has padding columns on its
+left, and `attention_mask` (B, P+T) marks each column of the cache and of the T new tokens as real
+(1) or padding (0). `position_ids` (B, T) gives each new token its position in its own row (the
+number of real tokens before it), so a row's positions never count padding. Why left padding:
+every row's next token goes into the same column P, so one (B, 1) step serves the whole batch and
+the new keys are a plain concatenation; a row joining a running batch only needs zero columns
+prepended to its cache (or to the batch's), and columns that are padding in every row (after a
+long row leaves) can be cut from the left. Padding columns are never attended to, so a padded row
+computes what it would compute alone (up to float rounding). Without attention_mask and
+position_ids (training, single-row generation) nothing changes: no mask without a cache lets SDPA
+use its causal kernel.
 """
 
 from __future__ import annotations
@@ -34,28 +47,24 @@ class CausalSelfAttention(nn.Module):
         self.backend: SDPBackend | None = None
 
     def forward(
-        self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None
+        self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None, mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """mask: None for the plain causal case (no cache, no padding), else the boolean mask of
+        `attention_mask_for` (True: the query may see the key)."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q = q.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)  # (B, nh, T, hs)
+        if past is not None:
+            k = torch.cat([past[0], k], dim=2)  # (B, nh, P+T, hs)
+            v = torch.cat([past[1], v], dim=2)
         dropout_p = self.dropout if self.training else 0.0
-        if past is None:
-            # No cache: the plain causal mask, which lets SDPA pick its fastest (flash) kernel.
+        if mask is None:
+            # No cache, no padding: the plain causal mask, which lets SDPA pick its fastest (flash) kernel.
             with sdpa_kernel(self.backend) if self.backend is not None else nullcontext():
                 y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
         else:
-            k = torch.cat([past[0], k], dim=2)  # (B, nh, P+T, hs)
-            v = torch.cat([past[1], v], dim=2)
-            # is_causal=True would align the mask to the top-left corner, i.e. query i would see
-            # keys 0..i of the concatenation and miss the last T-1-i cached positions. Query i sits
-            # at absolute position P+i and may see keys 0..P+i: build that mask explicitly.
-            P = k.shape[2] - T
-            q_pos = torch.arange(T, device=x.device) + P
-            k_pos = torch.arange(k.shape[2], device=x.device)
-            mask = k_pos[None, :] <= q_pos[:, None]  # (T, P+T)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y)), (k, v)
@@ -84,12 +93,30 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(
-        self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None
+        self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None, mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        a, present = self.attn(self.ln_1(x), past)
+        a, present = self.attn(self.ln_1(x), past, mask)
         x = x + a
         x = x + self.mlp(self.ln_2(x))
         return x, present
+
+
+def attention_mask_for(P: int, T: int, attention_mask: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    """Boolean attention mask for T new queries after P cached positions: (T, P+T) without padding,
+    (B, 1, T, P+T) with an attention_mask (B, P+T).
+
+    Query i sits in column P+i and may see columns 0..P+i (is_causal=True would align the mask to
+    the top-left corner instead and hide the last T-1-i cached columns), minus padding columns. A
+    padding query would then see no column at all: its softmax would be NaN, and a NaN value
+    poisons every row that later weighs it by zero. So every query also sees its own column, which
+    changes nothing for real queries and keeps padding rows finite (their outputs are never used)."""
+    q_col = torch.arange(T, device=device)[:, None] + P
+    k_col = torch.arange(P + T, device=device)[None, :]
+    causal = k_col <= q_col  # (T, P+T)
+    if attention_mask is None:
+        return causal
+    real = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, P+T)
+    return (causal & real) | (k_col == q_col)
 
 
 def sinusoidal_table(n_positions: int, d_model: int) -> torch.Tensor:
@@ -169,21 +196,36 @@ class GPT(nn.Module):
         return 6 * matmul_params + attention
 
     def forward(
-        self, idx: torch.Tensor, past: KVCache | None = None
+        self,
+        idx: torch.Tensor,
+        past: KVCache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, KVCache]:
-        """idx (B, T) token ids -> logits (B, T, vocab) and the cache with the T new positions appended."""
+        """idx (B, T) token ids -> logits (B, T, vocab) and the cache with the T new positions appended.
+
+        attention_mask (B, P+T): 1 for a real token, 0 for padding, over the cached columns and the
+        new ones (see the module docstring for the layout); position_ids (B, T): each new token's
+        position (default P..P+T-1 for every row). Without both the model is the plain causal
+        decoder that training uses."""
         B, T = idx.shape
         P = 0 if past is None else past[0][0].shape[2]
-        pos = torch.arange(P, P + T, device=idx.device)  # (T,)
+        if attention_mask is not None and attention_mask.shape != (B, P + T):
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}: "
+                             f"must be (batch, past + seq) = {(B, P + T)}")
+        if position_ids is not None and position_ids.shape != (B, T):
+            raise ValueError(f"position_ids has shape {tuple(position_ids.shape)}: must be (batch, seq) = {(B, T)}")
+        pos = torch.arange(P, P + T, device=idx.device) if position_ids is None else position_ids  # (T,) or (B, T)
         tok_emb = self.transformer.wte(idx)  # (B, T, C)
         if "wpe" in self.transformer:
-            pos_emb = self.transformer.wpe(pos)  # (T, C)
+            pos_emb = self.transformer.wpe(pos)  # (T, C) or (B, T, C)
         else:
             pos_emb = self.wpe_table[pos]
         x = self.transformer.drop(tok_emb + pos_emb)
+        mask = None if past is None and attention_mask is None else attention_mask_for(P, T, attention_mask, idx.device)
         presents: KVCache = []
         for i, block in enumerate(self.transformer.h):
-            x, present = block(x, None if past is None else past[i])
+            x, present = block(x, None if past is None else past[i], mask)
             presents.append(present)
         x = self.transformer.ln_f(x)
         return self.lm_head(x), presents  # (B, T, vocab)

@@ -1,23 +1,24 @@
 """Text generation from an exported bundle with onnxruntime: no torch needed.
 
-A bundle (written by `decoder.export`) is a folder with `model.onnx` (optionally
-`model.int8.onnx`) and `bundle.json` (format version, tokenizer, context length, sha256 of each
-model file). `Runtime(bundle_dir)` checks the bundle, opens an onnxruntime session tuned for CPU
-and generates text with the same decoding loop and sampler as the PyTorch path
+`Runtime(bundle_dir)` checks the bundle (`decoder.bundle`), opens an onnxruntime session tuned for
+CPU and generates text with the same decoding loop and sampler as the PyTorch path
 (`decoder.sampling.decode_loop`), so for the same weights, prompt and seed both give the same text.
+
+For a server's scheduler (rows of different lengths joining and leaving one batch) there is the
+low-level `Runtime.step(input_ids, attention_mask, position_ids, past)` and, over it,
+`prefill(prompts)` / `decode(cache, tokens)` on a `decoder.kvcache.BatchCache` (the left-padded
+cache layout and its row operations are documented there).
 
 The cache between steps is the previous step's `present_*` outputs (numpy arrays) fed back as the
 next step's `past_*` inputs. Binding them as OrtValues through I/O binding instead measured no
 faster here (batch 1, past lengths 16-250, fp32 and int8), so the plain `session.run` is used.
 
-This module imports only numpy, onnxruntime, tiktoken and the torch-free `decoder.tokenizer` and
-`decoder.sampling`: a deployment machine needs no PyTorch.
+This module imports only numpy, onnxruntime, tiktoken and torch-free `decoder` modules: a
+deployment machine needs no PyTorch.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -25,80 +26,24 @@ from typing import Iterator, Sequence
 import numpy as np
 import onnxruntime as ort
 
-from decoder.sampling import SamplingParams, check_generation_args, decode_loop
+from decoder.bundle import (
+    ATTENTION_MASK,
+    BUNDLE_JSON,
+    INPUT_IDS,
+    INT8_MODEL_FILE,
+    MODEL_FILE,
+    POSITION_IDS,
+    REEXPORT,
+    BundleError,
+    input_names,
+    output_names,
+    past_names,
+    read_bundle_json,
+    verify_model_file,
+)
+from decoder.kvcache import BatchCache, Cache, left_padded
+from decoder.sampling import SamplingParams, check_generation_args, check_prompt, decode_loop
 from decoder.tokenizer import Tokenizer, TokenizerError, text_pieces
-
-BUNDLE_FORMAT = 1
-"""Version of the bundle layout; a runtime refuses bundles of another version."""
-BUNDLE_JSON = "bundle.json"
-MODEL_FILE = "model.onnx"
-INT8_MODEL_FILE = "model.int8.onnx"
-INPUT_IDS = "input_ids"
-LOGITS = "logits"
-
-# The cache between steps: keys and values of every block in graph-input order, each (B, nh, P, hs).
-Cache = list[np.ndarray]
-
-
-class BundleError(ValueError):
-    """A bundle that cannot be used: missing or corrupt files, or an unknown format."""
-
-
-def past_names(n_blocks: int) -> list[str]:
-    """Graph input names of the cache, in order: past_key_0, past_value_0, past_key_1, ..."""
-    return [f"past_{kind}_{i}" for i in range(n_blocks) for kind in ("key", "value")]
-
-
-def present_names(n_blocks: int) -> list[str]:
-    """Graph output names of the updated cache, in the order of `past_names`."""
-    return [f"present_{kind}_{i}" for i in range(n_blocks) for kind in ("key", "value")]
-
-
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def read_bundle_json(bundle_dir: str | Path) -> dict:
-    """bundle.json of `bundle_dir`, checked for a known format version."""
-    path = Path(bundle_dir) / BUNDLE_JSON
-    if not path.is_file():
-        raise BundleError(f"{bundle_dir}: not a bundle (no {BUNDLE_JSON}); make one with `decoder export`")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
-    version = meta.get("format") if isinstance(meta, dict) else None
-    if version != BUNDLE_FORMAT:
-        raise BundleError(
-            f"{path}: bundle format {version!r} is unknown; this runtime reads format {BUNDLE_FORMAT} "
-            "(re-export the model with this version of `decoder export`)"
-        )
-    return meta
-
-
-def verify_model_file(bundle_dir: str | Path, meta: dict, model_file: str) -> Path:
-    """The path of `model_file` after checking it exists, is complete and matches its sha256."""
-    path = Path(bundle_dir) / model_file
-    files = meta.get("files")
-    if not isinstance(files, dict) or model_file not in files:
-        listed = ", ".join(files) if isinstance(files, dict) and files else "none"
-        raise BundleError(f"{bundle_dir}: {model_file} is not part of this bundle (it lists: {listed})")
-    record = files[model_file]
-    if not (isinstance(record, dict) and isinstance(record.get("bytes"), int)
-            and isinstance(record.get("sha256"), str)):
-        raise BundleError(f"{Path(bundle_dir) / BUNDLE_JSON}: bad entry for {model_file} (needs bytes and sha256)")
-    if not path.is_file():
-        raise BundleError(f"{path}: missing; the bundle lists it (re-export or copy the whole folder)")
-    size = path.stat().st_size
-    if size != record["bytes"]:
-        raise BundleError(f"{path}: truncated or changed: {size} bytes, bundle.json says {record['bytes']}")
-    if sha256_of(path) != record["sha256"]:
-        raise BundleError(f"{path}: sha256 does not match bundle.json (the file is corrupt or was replaced)")
-    return path
 
 
 def default_threads() -> int:
@@ -122,23 +67,27 @@ def cpu_session_options(threads: int | None = None) -> ort.SessionOptions:
 class Runtime:
     """An exported model ready to generate: `Runtime(bundle_dir).generate("Harding wondered", ...)`.
 
-    threads: intra-op threads (default all usable cores); session_options replaces the tuned
-    options entirely. model_file picks `model.onnx` (fp32) or `model.int8.onnx`. Measure the
-    thread count for your model: on 2 Zen 5 cores a 6-block d_model-384 model decoded fp32 faster
-    on 2 threads (~860 vs ~560 tokens/s) but int8 faster on 1 (~2370 vs ~1970 tokens/s), its
-    steps being too short for the threads' hand-offs to pay.
+    quantized=True loads `model.int8.onnx` (the bundle must have one: `decoder export --quantize
+    int8`); model_file names any other model file of the bundle. threads: intra-op threads (default
+    all usable cores); session_options replaces the tuned options entirely. Measure the thread
+    count for your model: on 2 Zen 5 cores a 6-block d_model-384 model decoded fp32 faster on 2
+    threads (~860 vs ~560 tokens/s) but int8 faster on 1 (~2370 vs ~1970 tokens/s), its steps
+    being too short for the threads' hand-offs to pay.
     """
 
     def __init__(
         self,
         bundle_dir: str | Path,
         *,
-        model_file: str = MODEL_FILE,
+        quantized: bool = False,
+        model_file: str | None = None,
         threads: int | None = None,
         session_options: ort.SessionOptions | None = None,
     ) -> None:
         if threads is not None and threads < 1:
             raise ValueError(f"threads={threads}: must be >= 1 or None (all usable cores)")
+        if quantized and model_file not in (None, INT8_MODEL_FILE):
+            raise ValueError(f"quantized=True loads {INT8_MODEL_FILE}; it contradicts model_file={model_file!r}")
         self.bundle_dir = Path(bundle_dir)
         self.meta = read_bundle_json(self.bundle_dir)
         try:
@@ -153,7 +102,8 @@ class Runtime:
             ) from None
         self._eot_id = self._tokenizer.eot_id
         self._past_names = past_names(n_blocks)
-        self._output_names = [LOGITS, *present_names(n_blocks)]
+        self._output_names = output_names(n_blocks)
+        model_file = model_file or (INT8_MODEL_FILE if quantized else MODEL_FILE)
         path = verify_model_file(self.bundle_dir, self.meta, model_file)
         try:
             self.session = ort.InferenceSession(
@@ -166,8 +116,9 @@ class Runtime:
                 f"{self.meta.get('opset')}; opset 23 needs onnxruntime >= 1.23): {str(exc).splitlines()[0]}"
             ) from None
         shapes = {i.name: i.shape for i in self.session.get_inputs()}
-        if set(shapes) != {INPUT_IDS, *self._past_names}:
-            raise BundleError(f"{path}: graph inputs {sorted(shapes)} do not match a {n_blocks}-block bundle")
+        if set(shapes) != set(input_names(n_blocks)):
+            raise BundleError(f"{path}: graph inputs {sorted(shapes)} are not those of a {n_blocks}-block "
+                              f"bundle; re-export it with `{REEXPORT}`")
         self._heads, self._head_dim = int(shapes[self._past_names[0]][1]), int(shapes[self._past_names[0]][3])
 
     @property
@@ -187,18 +138,68 @@ class Runtime:
         empty = np.zeros((batch, self._heads, 0, self._head_dim), dtype=np.float32)
         return [empty] * len(self._past_names)
 
-    def run(self, ids: np.ndarray, past: Cache | None = None) -> tuple[np.ndarray, Cache]:
-        """(B, T) int64 ids and a cache (None: empty) -> (B, T, V) float32 logits and the new cache."""
-        ids = np.ascontiguousarray(ids, dtype=np.int64)
-        feed = dict(zip(self._past_names, past if past is not None else self.empty_cache(ids.shape[0])))
-        feed[INPUT_IDS] = ids
+    def step(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        position_ids: np.ndarray,
+        past: Cache | None,
+        *,
+        last_only: bool = True,
+    ) -> tuple[np.ndarray, Cache]:
+        """One run of the graph: the low-level step of a batching scheduler.
+
+        input_ids (B, T) int64; attention_mask (B, P+T): 1 real, 0 padding, over the P cached
+        columns and the T new ones; position_ids (B, T), each below context_length; past: the
+        previous step's presents (None: empty). Returns the logits of the last column (B, V), or of
+        every column (B, T, V) with last_only=False, and the presents (B, n_heads, P+T, head_dim).
+        With left padding the last column is a real token in every row."""
+        ids = np.ascontiguousarray(input_ids, dtype=np.int64)
+        if ids.ndim != 2 or ids.shape[1] == 0:
+            raise ValueError(f"input_ids has shape {ids.shape}: must be (batch, seq) with seq >= 1")
+        past = past if past is not None else self.empty_cache(ids.shape[0])
+        B, T, P = ids.shape[0], ids.shape[1], past[0].shape[2]
+        mask = np.ascontiguousarray(attention_mask, dtype=np.int64)
+        positions = np.ascontiguousarray(position_ids, dtype=np.int64)
+        if mask.shape != (B, P + T) or positions.shape != (B, T):
+            raise ValueError(f"attention_mask {mask.shape} and position_ids {positions.shape} must be "
+                             f"(batch, past + seq) = {(B, P + T)} and (batch, seq) = {(B, T)}")
+        if positions.size and not 0 <= positions.min() <= positions.max() < self._context_length:
+            raise ValueError(f"position_ids reach {positions.max()}: positions must be in [0, "
+                             f"{self._context_length - 1}] (the context length); finish or slide the row")
+        feed = dict(zip(self._past_names, past))
+        feed.update({INPUT_IDS: ids, ATTENTION_MASK: mask, POSITION_IDS: positions})
         logits, *presents = self.session.run(self._output_names, feed)
-        return logits, presents
+        return (logits[:, -1] if last_only else logits), presents
+
+    def run(self, ids: np.ndarray, past: Cache | None = None) -> tuple[np.ndarray, Cache]:
+        """(B, T) int64 ids after an unpadded cache (None: empty) -> (B, T, V) float32 logits and
+        the new cache: every row real, positions P..P+T-1."""
+        ids = np.asarray(ids, dtype=np.int64)
+        B, T = ids.shape
+        P = 0 if past is None else past[0].shape[2]
+        mask = np.ones((B, P + T), dtype=np.int64)
+        positions = np.broadcast_to(np.arange(P, P + T, dtype=np.int64), (B, T))
+        return self.step(ids, mask, positions, past, last_only=False)
 
     def forward(self, ids: np.ndarray, past: Cache | None) -> tuple[np.ndarray, Cache]:
         """The `decoder.sampling.Forward` step: logits of the last position only, (B, V) float32."""
         logits, presents = self.run(ids, past)
         return logits[:, -1], presents
+
+    def prefill(self, prompts: Sequence[Sequence[int]]) -> tuple[np.ndarray, BatchCache]:
+        """Run prompts (token id lists of any lengths, each at most context_length) as one
+        left-padded batch: the (B, V) logits of each prompt's last token and the batch's cache."""
+        ids, mask, positions = left_padded(prompts)
+        logits, presents = self.step(ids, mask, positions, None)
+        return logits, BatchCache(presents, mask)
+
+    def decode(self, cache: BatchCache, tokens: np.ndarray) -> tuple[np.ndarray, BatchCache]:
+        """Append one token (B,) to every row of `cache`: the (B, V) next-token logits and the new cache."""
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(cache.batch, 1)
+        mask, positions = cache.next_inputs(1)
+        logits, presents = self.step(tokens, mask, positions, cache.past)
+        return logits, cache.extended(presents, 1)
 
     def generate_ids(
         self,
@@ -245,10 +246,8 @@ class Runtime:
 
         Batching: prompts with the same number of tokens form one group that runs as a single
         batch (no padding, so every row sees exactly what it would see alone); groups run one
-        after another. Greedy text is therefore the same as generating each prompt alone. Each
-        group draws its samples from one generator seeded with `seed`, so sampled text of a
-        prompt depends on which prompts share its group; generate prompts one by one for text
-        that depends on the prompt and seed only.
+        after another. Every row samples from its own generator seeded with `seed`, so each
+        prompt's text, greedy or sampled, is the text it gets alone.
         """
         if isinstance(prompt, str):
             return "".join(self.stream(prompt, max_new_tokens=max_new_tokens, params=params, seed=seed))
@@ -280,6 +279,5 @@ class Runtime:
         where = "prompt" if index is None else f"prompt {index}"
         if not isinstance(prompt, str):
             raise ValueError(f"{where} is a {type(prompt).__name__}: give text (str)")
-        if not prompt:
-            raise ValueError(f"{where} is empty: give at least one character of text")
+        check_prompt(prompt, where)
         return self._tokenizer.encode(prompt)

@@ -1,4 +1,5 @@
-"""Next-token selection on numpy logits: greedy, temperature, top-k, top-p.
+"""Next-token selection on numpy logits: greedy, temperature, top-k, top-p, and the repetition
+controls (CTRL's repetition penalty, a ban on repeated n-grams).
 
 Shared by the PyTorch generator and the onnxruntime runtime, so that both pick the same token
 from the same logits with the same seed. Imports numpy only.
@@ -7,19 +8,30 @@ from the same logits with the same seed. Imports numpy only.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
+
+from decoder.errors import UserError
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to pick the next token. temperature 0 (or greedy=True) means argmax."""
+    """How to pick the next token. temperature 0 (or greedy=True) means argmax.
+
+    The repetition controls look at the whole sequence, prompt included, and apply to greedy
+    decoding too. repetition_penalty (CTRL, Keskar et al. 2019): the logit of every token already
+    in the sequence is divided by it when positive and multiplied by it when negative (once per
+    token, however often it occurs); 1 is off, above 1 discourages repetition.
+    no_repeat_ngram_size n: a token that would complete an n-gram already in the sequence is never
+    picked (unless that bans every token); 0 is off."""
 
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
     greedy: bool = False
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
 
     def __post_init__(self) -> None:
         if not self.temperature >= 0:  # also rejects NaN
@@ -28,10 +40,49 @@ class SamplingParams:
             raise ValueError(f"top_k={self.top_k}: must be >= 0 (0 keeps all tokens)")
         if not 0.0 < self.top_p <= 1.0:  # also rejects NaN
             raise ValueError(f"top_p={self.top_p}: must be in (0, 1]")
+        if not 0.0 < self.repetition_penalty < float("inf"):
+            raise ValueError(f"repetition_penalty={self.repetition_penalty}: must be a number > 0 (1 is off)")
+        if self.no_repeat_ngram_size < 0:
+            raise ValueError(f"no_repeat_ngram_size={self.no_repeat_ngram_size}: must be >= 0 (0 is off)")
 
     @property
     def is_greedy(self) -> bool:
         return self.greedy or self.temperature == 0.0
+
+    @property
+    def controls_repetition(self) -> bool:
+        return self.repetition_penalty != 1.0 or self.no_repeat_ngram_size > 0
+
+
+def banned_by_ngrams(tokens: np.ndarray, n: int) -> np.ndarray:
+    """Tokens that would complete an n-gram already in `tokens` (1-D): the tokens that followed
+    each earlier occurrence of the last n-1 tokens (for n = 1: every token so far)."""
+    tokens = np.asarray(tokens, dtype=np.int64)
+    if n < 1 or len(tokens) < n:
+        return np.zeros(0, dtype=np.int64)
+    grams = np.lib.stride_tricks.sliding_window_view(tokens, n)  # (L-n+1, n)
+    prefix = tokens[len(tokens) - n + 1:]
+    return np.unique(grams[(grams[:, :-1] == prefix).all(axis=1), -1])
+
+
+def repetition_controlled(
+    logits: np.ndarray, params: SamplingParams, history: Sequence[Sequence[int]] | np.ndarray
+) -> np.ndarray:
+    """(B, V) float64 logits after the repetition penalty and the n-gram ban, given each row's
+    token sequence so far (`history`, prompt included; rows may differ in length)."""
+    z = np.array(logits, dtype=np.float64)
+    if len(history) != z.shape[0]:
+        raise ValueError(f"history has {len(history)} rows for {z.shape[0]} rows of logits")
+    for row, tokens in zip(z, history):
+        tokens = np.asarray(tokens, dtype=np.int64)
+        if params.repetition_penalty != 1.0 and tokens.size:
+            seen = np.unique(tokens)
+            row[seen] = np.where(row[seen] > 0, row[seen] / params.repetition_penalty,
+                                 row[seen] * params.repetition_penalty)
+        banned = banned_by_ngrams(tokens, params.no_repeat_ngram_size)
+        if banned.size < row.shape[0]:  # a ban of every token would leave nothing to pick: skip it
+            row[banned] = -np.inf
+    return z
 
 
 def probabilities(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
@@ -56,19 +107,42 @@ def probabilities(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
     return p
 
 
-def next_tokens(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> np.ndarray:
+Generators = np.random.Generator | Sequence[np.random.Generator]
+"""One generator for the whole batch (one draw per row, in row order), or one per row."""
+
+
+def _uniforms(rng: Generators, rows: int) -> np.ndarray:
+    if isinstance(rng, np.random.Generator):
+        return rng.random(rows)
+    if len(rng) != rows:
+        raise ValueError(f"{len(rng)} generators for {rows} rows: give one generator, or one per row")
+    return np.array([g.random() for g in rng])
+
+
+def next_tokens(
+    logits: np.ndarray,
+    params: SamplingParams,
+    rng: Generators,
+    history: Sequence[Sequence[int]] | np.ndarray | None = None,
+) -> np.ndarray:
     """Pick one token per row of (B, V) logits; returns int64 (B,).
 
-    Sampling draws one uniform number per row and inverts the cumulative distribution, so the
-    choice depends only on the logits and the generator's state.
+    Sampling draws one uniform number per row and inverts the cumulative distribution, so a row's
+    choice depends only on its logits and its generator's state: with one generator per row (a
+    server's per-request seed) a row picks the same token whatever else shares the batch.
+    history: each row's tokens so far (prompt included), needed when params control repetition.
     """
     logits = np.asarray(logits)
     if logits.ndim != 2:
         raise ValueError(f"logits must be (batch, vocab), got shape {logits.shape}")
+    if params.controls_repetition:
+        if history is None:
+            raise ValueError("repetition_penalty / no_repeat_ngram_size need each row's tokens so far (history)")
+        logits = repetition_controlled(logits, params, history)
     if params.is_greedy:
         return logits.argmax(axis=-1).astype(np.int64)
     p = probabilities(logits, params)
-    u = rng.random(p.shape[0])[:, None]
+    u = _uniforms(rng, p.shape[0])[:, None]
     cdf = np.cumsum(p, axis=-1)
     choice = (cdf < u * cdf[:, -1:]).sum(axis=-1)
     return np.minimum(choice, p.shape[-1] - 1).astype(np.int64)
@@ -79,14 +153,28 @@ Forward = Callable[[np.ndarray, Any], tuple[np.ndarray, Any]]
 ((B, V) logits of the last position, the new cache)."""
 
 
+class GenerationError(UserError, ValueError):
+    """A prompt or generation length a user must fix."""
+
+
+def check_prompt(prompt: str | Sequence[int] | np.ndarray, where: str = "prompt") -> None:
+    """Refuse an empty prompt: text, or token ids (T,) or (B, T). The one home of this rule (the
+    CLI checks the text before it loads a model; `check_generation_args` checks the ids)."""
+    if (len(prompt) if isinstance(prompt, str) else np.size(prompt)) == 0:
+        raise GenerationError(f"{where} is empty: give at least one character of text")
+
+
 def check_generation_args(prompt_ids: np.ndarray, max_new_tokens: int) -> np.ndarray:
+    """(B, T) int64 prompt ids from (T,) or (B, T) ones, after refusing an empty prompt or a
+    length below 1."""
     prompt_ids = np.asarray(prompt_ids, dtype=np.int64)
     if prompt_ids.ndim == 1:
         prompt_ids = prompt_ids[None, :]
-    if prompt_ids.ndim != 2 or prompt_ids.shape[1] == 0:
-        raise ValueError("prompt is empty: give at least one character of text")
+    if prompt_ids.ndim != 2:
+        raise ValueError(f"prompt ids must be (T,) or (B, T), got shape {prompt_ids.shape}")
+    check_prompt(prompt_ids)
     if max_new_tokens <= 0:
-        raise ValueError(f"max_new_tokens={max_new_tokens}: must be >= 1")
+        raise GenerationError(f"max_new_tokens={max_new_tokens}: must be >= 1")
     return prompt_ids
 
 
@@ -109,14 +197,17 @@ def decode_loop(
     decoding continues from there. Without the cache (the reference notebook's way) every step
     re-runs the last context_length tokens. Rows stop at <|endoftext|> (later tokens of a finished
     row are reported as eot_id); the loop ends when every row has stopped or after max_new_tokens.
+    Every row samples from its own generator seeded with `seed`, so a row's text is the text its
+    prompt gets alone. The repetition controls see the whole prompt, even beyond the window.
     """
-    ids = check_generation_args(prompt_ids, max_new_tokens)[:, -context_length:]
-    rng = np.random.default_rng(seed)
+    history = check_generation_args(prompt_ids, max_new_tokens)
+    ids = history[:, -context_length:]
+    rngs = [np.random.default_rng(seed) for _ in range(ids.shape[0])]
     done = np.zeros(ids.shape[0], dtype=bool)
     logits, past = forward(ids, None)
     cached = ids.shape[1]
     for step in range(max_new_tokens):
-        token = next_tokens(logits, params, rng)
+        token = next_tokens(logits, params, rngs, history)
         if eot_id is not None:
             token = np.where(done, eot_id, token)
             done |= token == eot_id
@@ -124,6 +215,7 @@ def decode_loop(
         if done.all() or step == max_new_tokens - 1:
             return
         ids = np.concatenate([ids, token[:, None]], axis=1)
+        history = np.concatenate([history, token[:, None]], axis=1)
         if not use_cache:
             logits, past = forward(ids[:, -context_length:], None)
         elif cached + 1 > context_length:

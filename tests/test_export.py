@@ -13,8 +13,9 @@ import torch
 from decoder import export as export_module
 from decoder.cli import main as cli_main
 from decoder.model import GPT
-from decoder.export import ExportError, export_model, int8_agreement, parity_check
-from decoder.runtime import INT8_MODEL_FILE, MODEL_FILE, Runtime, sha256_of
+from decoder.export import ExportError, export_model, int8_agreement, padded_parity_check, parity_check
+from decoder.bundle import BUNDLE_FORMAT, INT8_MODEL_FILE, MODEL_FILE, input_names, output_names, sha256_of
+from decoder.runtime import Runtime
 from decoder.train import load_model
 
 
@@ -47,6 +48,10 @@ def test_graph_signature_has_dynamic_batch_seq_and_past(onnx_bundle, loaded):
     assert inputs.pop("input_ids") == ["batch", "seq"]
     assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT64
     assert outputs.pop("logits") == ["batch", "seq", model.vocab_size]
+    assert inputs.pop("attention_mask") == ["batch", "past + seq"]
+    assert inputs.pop("position_ids") == ["batch", "seq"]
+    assert [i.name for i in graph.input] == input_names(c.n_blocks)
+    assert [o.name for o in graph.output] == output_names(c.n_blocks)
     assert sorted(inputs) == sorted(f"past_{k}_{i}" for i in range(c.n_blocks) for k in ("key", "value"))
     assert set(map(tuple, inputs.values())) == {("batch", c.n_heads, "past", c.head_dim)}
     assert sorted(outputs) == sorted(n.replace("past", "present") for n in inputs)
@@ -56,7 +61,10 @@ def test_graph_signature_has_dynamic_batch_seq_and_past(onnx_bundle, loaded):
 def test_bundle_json_describes_model_tokenizer_run_and_files(onnx_bundle, onnx_run, loaded):
     model, tokenizer, config, meta = loaded
     bundle = json.loads((onnx_bundle / "bundle.json").read_text())
-    assert bundle["format"] == export_module.BUNDLE_FORMAT
+    assert bundle["format"] == BUNDLE_FORMAT == 2
+    assert bundle["inputs"] == input_names(config.model.n_blocks)
+    assert bundle["outputs"] == output_names(config.model.n_blocks)
+    assert bundle["parity"]["padded_max_abs_logits_diff"] < 1e-4
     assert bundle["model"]["d_model"] == config.model.d_model and bundle["model"]["vocab_size"] == model.vocab_size
     assert bundle["tokenizer"] == tokenizer.to_dict() and bundle["tokenizer"]["compact"]
     assert bundle["eot_id"] == tokenizer.eot_id
@@ -93,6 +101,32 @@ def test_multi_token_chunks_after_a_cache_match_pytorch(loaded, runtime, batch, 
     for (k, v), i in zip(presents, range(0, len(ort_presents), 2)):
         torch.testing.assert_close(torch.from_numpy(ort_presents[i]), k, rtol=0, atol=1e-5)
         torch.testing.assert_close(torch.from_numpy(ort_presents[i + 1]), v, rtol=0, atol=1e-5)
+
+
+def test_padded_rows_match_pytorch_and_each_row_alone(loaded, runtime):
+    """Left-padded rows of different lengths through the graph: every real column's logits equal
+    PyTorch's for the same mask and positions, and the row's own logits run alone."""
+    model = loaded[0]
+    assert padded_parity_check(model, runtime, batch=4, seed=3) < 1e-4
+    rows = [[5, 9, 2], [7, 1, 4, 4, 8, 3, 6], [11]]
+    logits, cache = runtime.prefill(rows)
+    for i, row in enumerate(rows):
+        with torch.no_grad():
+            expected, _ = model(torch.tensor([row]))
+        torch.testing.assert_close(torch.from_numpy(logits[i]), expected[0, -1], rtol=0, atol=1e-4)
+    assert cache.mask.tolist() == [[0, 0, 0, 0, 1, 1, 1], [1] * 7, [0] * 6 + [1]]
+
+
+def test_position_ids_are_respected_by_the_graph(loaded, runtime):
+    model = loaded[0]
+    ids = np.array([[5, 9, 2, 7]] * 2)
+    mask = np.ones((2, 4), dtype=np.int64)
+    positions = np.array([[0, 1, 2, 3], [6, 7, 8, 9]])
+    got, _ = runtime.step(ids, mask, positions, None, last_only=False)
+    with torch.no_grad():
+        expected, _ = model(torch.from_numpy(ids), None, torch.from_numpy(mask), torch.from_numpy(positions))
+    torch.testing.assert_close(torch.from_numpy(got), expected, rtol=0, atol=1e-4)
+    assert not np.allclose(got[0], got[1], atol=1e-3)  # same tokens, other positions: other logits
 
 
 def test_other_model_variants_export_with_parity(tmp_path, loaded):
@@ -187,3 +221,21 @@ def test_export_command_errors_are_one_line(tmp_path, capsys):
     assert err.startswith("decoder export: error:") and err.count("\n") == 1
     assert not os.path.exists(tmp_path / "b")
 
+
+
+def test_a_graph_without_the_mask_inputs_is_refused(tmp_path, onnx_bundle):
+    """A format-1 graph under a format-2 bundle.json (a hand-edited bundle) names the re-export."""
+    from onnx import TensorProto, helper
+
+    from decoder.bundle import BundleError, file_record
+
+    bundle = shutil.copytree(onnx_bundle, tmp_path / "bundle")
+    ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])
+    out = helper.make_tensor_value_info("logits", TensorProto.INT64, ["batch", "seq"])
+    graph = helper.make_graph([helper.make_node("Identity", ["input_ids"], ["logits"])], "old", [ids], [out])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)]), str(bundle / MODEL_FILE))
+    meta = json.loads((bundle / "bundle.json").read_text())
+    meta["files"][MODEL_FILE] = file_record(bundle / MODEL_FILE)
+    (bundle / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="graph inputs .* re-export it with `decoder export RUN --out BUNDLE`"):
+        Runtime(bundle)

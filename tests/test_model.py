@@ -117,3 +117,66 @@ def test_pinned_attention_kernels_agree():
     assert training_attention_backend("cpu", 128, "bf16") == SDPBackend.MATH
     assert training_attention_backend("cpu", 128, "fp32") is None
     assert training_attention_backend("cpu", 256, "bf16") is None and training_attention_backend("cuda", 40, "bf16") is None
+
+
+def left_pad(rows: list[torch.Tensor], device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, attention_mask, position_ids) of rows of different lengths, padded on the left."""
+    width = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = r
+        mask[i, width - len(r):] = 1
+    return ids, mask, (mask.cumsum(1) - 1).clamp(min=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("positional", ["learned", "sinusoidal"])
+def test_padded_rows_give_the_logits_of_each_row_alone(device, positional):
+    """Prefill of left-padded rows of different lengths, then cached steps: every real column's
+    logits are those of the row run alone; padding never shifts a row's positions."""
+    model = make(ModelConfig(**{**vars(TINY), "positional": positional}), device)
+    rows = [torch.randint(VOCAB, (n,), device=device) for n in (3, 9, 1, 6)]
+    ids, mask, positions = left_pad(rows, device)
+    with torch.no_grad():
+        logits, past = model(ids, None, mask, positions)
+        alone = [model(r[None]) for r in rows]
+        for i, r in enumerate(rows):
+            torch.testing.assert_close(logits[i, -len(r):], alone[i][0][0], rtol=1e-5, atol=1e-5)
+        assert torch.isfinite(logits).all()  # padding queries stay finite (they see themselves)
+        new = torch.randint(VOCAB, (len(rows), 2), device=device)
+        for t in range(2):
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+            positions = positions[:, -1:] + 1
+            logits, past = model(new[:, t : t + 1], past, mask, positions)
+            for i in range(len(rows)):
+                expected, cache = model(new[i : i + 1, t : t + 1], alone[i][1])
+                alone[i] = (expected, cache)
+                torch.testing.assert_close(logits[i], expected[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("positional", ["learned", "sinusoidal"])
+def test_position_ids_are_respected(positional):
+    model = make(ModelConfig(**{**vars(TINY), "positional": positional}))
+    idx = torch.randint(VOCAB, (2, 6))
+    with torch.no_grad():
+        plain, past = model(idx)
+        explicit, _ = model(idx, None, torch.ones(2, 6, dtype=torch.long), torch.arange(6).repeat(2, 1))
+        torch.testing.assert_close(explicit, plain, rtol=1e-5, atol=1e-5)
+        shifted, _ = model(idx, None, None, torch.arange(5, 11).repeat(2, 1))
+        assert not torch.allclose(shifted, plain, atol=1e-3)
+        # A row's positions are its own: row 1 at positions 2..7 equals that row after a 2-token cache,
+        # whose keys are masked out (the mask marks them padding).
+        mask = torch.tensor([[1] * 8, [0, 0] + [1] * 6])
+        positions = torch.stack([torch.arange(2, 8), torch.arange(0, 6)])
+        stepped, _ = model(idx, [(k[:, :, :2], v[:, :, :2]) for k, v in past], mask, positions)
+        torch.testing.assert_close(stepped[1], plain[1], rtol=1e-5, atol=1e-5)
+
+
+def test_mask_and_positions_of_the_wrong_shape_are_refused():
+    model = make()
+    idx = torch.randint(VOCAB, (2, 4))
+    with pytest.raises(ValueError, match=r"attention_mask has shape \(2, 3\): must be \(batch, past \+ seq\)"):
+        model(idx, None, torch.ones(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"position_ids has shape \(4,\): must be \(batch, seq\) = \(2, 4\)"):
+        model(idx, None, None, torch.arange(4))

@@ -1,5 +1,6 @@
 """The onnxruntime runtime: same text as PyTorch, batching, streaming, no torch, bad bundles and input."""
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -15,7 +16,8 @@ from decoder.export import export_model
 from decoder.generate import generate_ids as torch_generate_ids
 from decoder.generate import generate_text
 from decoder.model import GPT
-from decoder.runtime import INT8_MODEL_FILE, MODEL_FILE, BundleError, Runtime, sha256_of
+from decoder.bundle import INT8_MODEL_FILE, MODEL_FILE, BundleError, sha256_of
+from decoder.runtime import Runtime
 from decoder.sampling import SamplingParams
 from decoder.train import load_model
 
@@ -122,10 +124,21 @@ def test_batch_groups_equal_length_prompts_and_keeps_order(runtime):
 
 
 def test_int8_model_generates(onnx_bundle):
-    runtime = Runtime(onnx_bundle, model_file=INT8_MODEL_FILE, threads=1)
+    runtime = Runtime(onnx_bundle, quantized=True, threads=1)
     ids = list(runtime.generate_ids(runtime.tokenizer.encode("The sea"), max_new_tokens=8, params=GREEDY,
                                     stop_at_eot=False))
     assert len(ids) == 8 and all(0 <= int(t[0]) < runtime.tokenizer.vocab_size for t in ids)
+
+
+def test_quantized_loads_the_int8_file(onnx_bundle):
+    ids = np.array([[5, 9, 2, 7]])
+    int8 = Runtime(onnx_bundle, quantized=True, threads=1).run(ids)[0]
+    named = Runtime(onnx_bundle, model_file=INT8_MODEL_FILE, threads=1).run(ids)[0]
+    fp32 = Runtime(onnx_bundle, threads=1).run(ids)[0]
+    np.testing.assert_array_equal(int8, named)
+    assert not np.allclose(int8, fp32, atol=1e-4)
+    with pytest.raises(ValueError, match="quantized=True loads model.int8.onnx"):
+        Runtime(onnx_bundle, quantized=True, model_file=MODEL_FILE)
 
 
 def test_properties_come_from_the_bundle(runtime, model_and_tokenizer):
@@ -247,7 +260,10 @@ def damage_garbage_model_with_matching_sha(bundle):
     (damage_truncated_model, "model.onnx: truncated or changed"),
     (damage_flipped_byte, "model.onnx: sha256 does not match bundle.json"),
     (damage_garbage_model_with_matching_sha, "cannot load it (the graph uses ONNX opset 23"),
-    (lambda b: set_bundle_json(b, format=99), "bundle format 99 is unknown; this runtime reads format 1"),
+    (lambda b: set_bundle_json(b, format=99), "bundle format 99 is unknown; this runtime reads format 2"),
+    (lambda b: set_bundle_json(b, format=1),
+     "bundle format 1 has no attention_mask/position_ids inputs; this runtime reads format 2: "
+     "re-export it with `decoder export RUN --out BUNDLE`"),
     (lambda b: (b / "bundle.json").unlink(), "not a bundle (no bundle.json)"),
     (lambda b: (b / "bundle.json").write_text("{not json"), "bundle.json: unreadable"),
     (lambda b: set_bundle_json(b, context_length=None), "bundle.json: bad or missing entry"),
@@ -284,3 +300,145 @@ def test_bad_generation_arguments_raise_before_any_work(runtime, call, message):
 def test_bad_thread_count_is_refused(onnx_bundle):
     with pytest.raises(ValueError, match="threads=0: must be >= 1"):
         Runtime(onnx_bundle, threads=0)
+
+
+# --- the step API and the batch cache (rows of different lengths) ---------------------------------
+
+BATCH_LENGTHS = [2, 4, 9, 3]
+"""Prompt lengths (tokens) of the batch tests: prompt 2 is the longest."""
+
+
+def batch_prompts(runtime) -> list[list[int]]:
+    text = runtime.tokenizer.encode(" ".join(PROMPTS))
+    return [text[i : i + n] for i, n in enumerate(BATCH_LENGTHS)]
+
+
+def alone(runtime, ids, n, params=GREEDY, seed=0) -> list[int]:
+    steps = runtime.generate_ids(ids, max_new_tokens=n, params=params, seed=seed, stop_at_eot=False)
+    return [int(t[0]) for t in steps]
+
+
+def test_padded_prefill_and_steps_give_each_rows_own_logits(runtime):
+    prompts = batch_prompts(runtime)
+    logits, cache = runtime.prefill(prompts)
+    assert cache.width == max(len(p) for p in prompts) and cache.lengths.tolist() == [len(p) for p in prompts]
+    tokens = np.array([7, 3, 11, 2])
+    stepped, cache = runtime.decode(cache, tokens)
+    for i, p in enumerate(prompts):
+        first, past = runtime.run(np.array([p]))
+        np.testing.assert_allclose(logits[i], first[0, -1], rtol=0, atol=1e-4)
+        second, _ = runtime.run(tokens[i : i + 1, None], past)
+        np.testing.assert_allclose(stepped[i], second[0, -1], rtol=0, atol=1e-4)
+
+
+def test_continuous_batching_with_the_step_api_equals_each_prompt_alone(runtime):
+    """Rows join (prefilled alone, left-padded into the batch) and leave (selected out, the cache
+    trimmed) while others decode; greedy tokens are each prompt's own."""
+    prompts = batch_prompts(runtime)
+    logits, cache = runtime.prefill(prompts[:2])
+    rows, out = [0, 1], {0: [], 1: []}
+    for step in range(8):
+        tokens = logits.argmax(axis=-1)
+        for row, token in zip(rows, tokens):
+            out[row].append(int(token))
+        if step == 2:  # prompt 2, longer than the batch's cache, joins
+            new_logits, new_cache = runtime.prefill([prompts[2]])
+            logits, cache = runtime.decode(cache, tokens)
+            logits, cache = np.concatenate([logits, new_logits]), type(cache).concat([cache, new_cache])
+            rows, out[2] = rows + [2], []
+            continue
+        if step == 4:  # prompt 2 leaves after 2 tokens, the longest row: the padding it caused goes
+            keep = [i for i, r in enumerate(rows) if r != 2]
+            widest = cache.width
+            cache, tokens, rows = cache.select(keep), tokens[keep], [rows[i] for i in keep]
+            assert cache.width < widest and cache.lengths.max() == cache.width
+        logits, cache = runtime.decode(cache, tokens)
+    for row, tokens in out.items():
+        assert tokens == alone(runtime, prompts[row], len(tokens)), row
+
+
+def test_seeded_sampling_per_row_is_independent_of_the_batch(runtime):
+    from decoder.sampling import next_tokens
+
+    prompts = batch_prompts(runtime)
+    rngs = [np.random.default_rng(100 + i) for i in range(len(prompts))]
+    logits, cache = runtime.prefill(prompts)
+    out = [[] for _ in prompts]
+    for _ in range(6):
+        tokens = next_tokens(logits, SAMPLED, rngs)
+        for row, token in zip(out, tokens):
+            row.append(int(token))
+        logits, cache = runtime.decode(cache, tokens)
+    for i, p in enumerate(prompts):
+        assert out[i] == alone(runtime, p, 6, SAMPLED, seed=100 + i)
+
+
+def test_step_refuses_positions_past_the_context_and_bad_shapes(runtime):
+    ctx = runtime.context_length
+    logits, cache = runtime.prefill([list(range(1, ctx + 1)), [1, 2]])
+    assert cache.lengths.tolist() == [ctx, 2]
+    with pytest.raises(ValueError, match=rf"position_ids reach {ctx}: positions must be in \[0, {ctx - 1}\]"):
+        runtime.decode(cache, np.array([1, 1]))
+    _, trimmed = runtime.decode(cache.select([1]), np.array([3]))  # the short row alone goes on
+    assert trimmed.width == 3
+    with pytest.raises(ValueError, match="prompts must be a non-empty list"):
+        runtime.prefill([[1], []])
+    with pytest.raises(ValueError, match=r"attention_mask \(1, 2\) and position_ids \(1, 1\) must be"):
+        runtime.step(np.array([[1]]), np.ones((1, 2)), np.zeros((1, 1)), None)
+
+
+def test_batch_cache_operations():
+    from decoder.kvcache import BatchCache, left_padded
+
+    def cache(mask):
+        mask = np.array(mask)
+        values = np.cumsum(np.ones(mask.shape), axis=1)[:, None, :, None] * mask[:, None, :, None]
+        return BatchCache([values.astype(np.float32)] * 2, mask)
+
+    ids, mask, positions = left_padded([[5, 6, 7], [8]])
+    np.testing.assert_array_equal(ids, [[5, 6, 7], [0, 0, 8]])
+    np.testing.assert_array_equal(mask, [[1, 1, 1], [0, 0, 1]])
+    np.testing.assert_array_equal(positions, [[0, 1, 2], [0, 0, 0]])
+    a, b = cache([[1, 1, 1], [0, 1, 1]]), cache([[1]])
+    joined = BatchCache.concat([a, b])
+    np.testing.assert_array_equal(joined.mask, [[1, 1, 1], [0, 1, 1], [0, 0, 1]])
+    np.testing.assert_array_equal(joined.past[0][2, 0, :, 0], [0, 0, 1])  # zero columns prepended
+    assert joined.lengths.tolist() == [3, 2, 1]
+    mask, positions = joined.next_inputs(2)
+    np.testing.assert_array_equal(positions, [[3, 4], [2, 3], [1, 2]])
+    assert mask.shape == (3, 5) and mask[:, 3:].all()
+    rest = joined.select([2, 1])  # the longest row leaves: one all-padding column goes
+    np.testing.assert_array_equal(rest.mask, [[0, 1], [1, 1]])
+    np.testing.assert_array_equal(rest.past[1][:, 0, :, 0], [[0, 1], [2, 3]])
+    assert joined.select([]).width == 0 and BatchCache.concat([joined.select([]), b]).mask.tolist() == [[1]]
+    with pytest.raises(ValueError, match="do not match the mask"):
+        BatchCache(a.past, np.ones((2, 4), dtype=np.int64))
+
+
+# --- repetition controls: the same text from PyTorch and onnxruntime ------------------------------
+
+REPETITION = [
+    SamplingParams(greedy=True, repetition_penalty=1.5),
+    SamplingParams(greedy=True, no_repeat_ngram_size=2),
+    SamplingParams(temperature=0.8, top_k=40, repetition_penalty=1.3, no_repeat_ngram_size=3),
+]
+
+
+@pytest.mark.parametrize("params", REPETITION, ids=["penalty-greedy", "ngram-greedy", "both-sampled"])
+def test_repetition_controls_give_the_same_text_in_pytorch_and_onnxruntime(model_and_tokenizer, runtime, params):
+    model, tokenizer = model_and_tokenizer
+    kwargs = dict(max_new_tokens=40, params=params, seed=5)  # past the context: the window slides
+    for prompt in ("The sea", "He said that"):
+        ours = runtime.generate(prompt, **kwargs)
+        assert ours == generate_text(model, tokenizer, prompt, **kwargs)
+    plain = dataclasses.replace(params, repetition_penalty=1.0, no_repeat_ngram_size=0)
+    assert runtime.generate("The sea", **kwargs) != runtime.generate("The sea", **{**kwargs, "params": plain})
+
+
+def test_no_repeat_ngram_leaves_no_repeated_ngram_in_the_text(runtime):
+    prompt = runtime.tokenizer.encode("The sea")
+    free = alone(runtime, prompt, 40)
+    banned = alone(runtime, prompt, 40, SamplingParams(greedy=True, no_repeat_ngram_size=2))
+    bigrams = lambda seq: [tuple(seq[i : i + 2]) for i in range(len(seq) - 1)]  # noqa: E731
+    assert len(set(bigrams(prompt + free))) < len(bigrams(prompt + free))  # this model does repeat itself
+    assert len(set(bigrams(prompt + banned))) == len(bigrams(prompt + banned))

@@ -1,7 +1,18 @@
+"""The numpy sampler: greedy/temperature/top-k/top-p, repetition controls, per-row generators,
+the decoding loop, and stop strings."""
+
 import numpy as np
 import pytest
 
-from decoder.sampling import SamplingParams, decode_loop, next_tokens, probabilities
+from decoder.sampling import (
+    SamplingParams,
+    banned_by_ngrams,
+    decode_loop,
+    next_tokens,
+    probabilities,
+    repetition_controlled,
+)
+from decoder.stop import StopMatcher, until_stop
 
 LOGITS = np.log(np.array([[0.5, 0.25, 0.15, 0.1]]))
 
@@ -44,6 +55,9 @@ def test_sampling_follows_distribution_and_is_seeded():
     ({"top_p": 0.0}, "top_p=0.0"),
     ({"top_p": 1.5}, "top_p=1.5"),
     ({"temperature": float("nan")}, "temperature=nan"),
+    ({"repetition_penalty": 0.0}, "repetition_penalty=0.0: must be a number > 0"),
+    ({"repetition_penalty": float("nan")}, "repetition_penalty=nan"),
+    ({"no_repeat_ngram_size": -1}, "no_repeat_ngram_size=-1: must be >= 0"),
 ])
 def test_bad_params(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -91,3 +105,149 @@ def test_decode_loop_errors():
                          params=SamplingParams()))
     with pytest.raises(ValueError, match="max_new_tokens=0"):
         list(decode_loop(forward, np.array([[1]]), context_length=8, max_new_tokens=0, params=SamplingParams()))
+
+
+def _hashed_forward(vocab: int = 64):
+    """A fake engine whose logits are a fixed random function of (last token, length, cache)."""
+
+    def forward(ids, past):
+        rows = [np.random.default_rng(int(r[-1]) * 1000 + len(r) + (past or 0)).normal(0, 2, vocab) for r in ids]
+        return np.stack(rows), (past or 0) + ids.shape[1]
+
+    return forward
+
+
+# Tokens the sampler gave for _hashed_forward before the repetition controls and per-row
+# generators existed (decoder.sampling at 8a285c2): with the controls off, nothing may change.
+BEFORE_CONTROLS = {
+    "sampled": [4, 32, 46, 1, 14, 56, 5, 16, 62, 41, 20, 53, 51, 18, 5, 22, 29, 58, 40, 19],
+    "greedy": [55, 48, 22, 61, 50, 48, 44, 54, 21, 36, 25, 50, 36, 4, 3, 22, 28, 22, 61, 50],
+}
+
+
+@pytest.mark.parametrize("name, params", [
+    ("sampled", SamplingParams(temperature=0.9, top_k=20, top_p=0.9)),
+    ("greedy", SamplingParams(greedy=True)),
+])
+def test_controls_off_leave_the_tokens_unchanged(name, params):
+    out = decode_loop(_hashed_forward(), np.array([[3, 5, 7]]), context_length=8, max_new_tokens=20,
+                      params=params, seed=11)
+    assert [int(t[0]) for t in out] == BEFORE_CONTROLS[name]
+
+
+def test_repetition_penalty_divides_positive_and_multiplies_negative_logits_once():
+    logits = np.array([[2.0, -1.0, 0.5, 3.0]])
+    z = repetition_controlled(logits, SamplingParams(repetition_penalty=2.0), [[0, 1, 0, 0]])
+    np.testing.assert_array_equal(z, [[1.0, -2.0, 0.5, 3.0]])
+    rows = repetition_controlled(np.repeat(logits, 2, 0), SamplingParams(repetition_penalty=2.0), [[3], [2, 1]])
+    np.testing.assert_array_equal(rows, [[2.0, -1.0, 0.5, 1.5], [2.0, -2.0, 0.25, 3.0]])
+    # Greedy follows the penalised logits: token 3 (3.0 -> 1.5) loses to token 0 (2.0).
+    assert next_tokens(logits, SamplingParams(greedy=True, repetition_penalty=2.0), None, [[3]])[0] == 0
+
+
+def test_ngram_ban_names_the_tokens_that_would_repeat_an_ngram():
+    assert banned_by_ngrams([1, 2, 3, 1, 2], 3).tolist() == [3]  # "1 2" was followed by 3
+    assert banned_by_ngrams([1, 2, 3, 1, 2, 4, 1, 2], 3).tolist() == [3, 4]
+    assert banned_by_ngrams([1, 2, 3, 1], 2).tolist() == [2]
+    assert banned_by_ngrams([5, 6, 5], 1).tolist() == [5, 6]
+    assert banned_by_ngrams([1, 2], 3).tolist() == [] and banned_by_ngrams([1, 2, 1], 0).tolist() == []
+    z = repetition_controlled(np.zeros((1, 4)), SamplingParams(no_repeat_ngram_size=1), [[0, 1, 2, 3]])
+    np.testing.assert_array_equal(z, np.zeros((1, 4)))  # banning every token would leave none: no ban
+
+
+def _cycling_forward(vocab: int = 10, period: int = 3):
+    """A fake engine that strongly prefers (last + 1) % period: left alone it repeats a cycle."""
+
+    def forward(ids, past):
+        logits = np.tile(-np.arange(vocab, dtype=np.float64) * 0.1, (ids.shape[0], 1))
+        logits[np.arange(ids.shape[0]), (ids[:, -1] + 1) % period] = 10.0
+        return logits, None
+
+    return forward
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize("greedy", [True, False])
+def test_no_repeat_ngram_size_prevents_any_repeated_ngram(n, greedy):
+    params = SamplingParams(greedy=greedy, top_k=5, no_repeat_ngram_size=n)
+    prompt = np.array([[0, 1, 2, 0]])
+    tokens = [int(t[0]) for t in decode_loop(_cycling_forward(vocab=40), prompt, context_length=8,
+                                             max_new_tokens=20, params=params, seed=0, use_cache=False)]
+    sequence = prompt[0].tolist() + tokens
+    grams = [tuple(sequence[i : i + n]) for i in range(len(sequence) - n + 1)]
+    # The prompt's own n-grams may repeat among themselves; no generated token completes a repeat.
+    prompt_grams = len(prompt[0]) - n + 1
+    seen = set(grams[:prompt_grams])
+    for gram in grams[prompt_grams:]:
+        assert gram not in seen, (n, sequence)
+        seen.add(gram)
+    unbanned = [int(t[0]) for t in decode_loop(_cycling_forward(vocab=40), prompt, context_length=8,
+                                               max_new_tokens=6, params=SamplingParams(greedy=True))]
+    assert unbanned == [1, 2, 0, 1, 2, 0]  # without the ban the engine cycles
+
+
+def test_repetition_controls_need_the_history():
+    with pytest.raises(ValueError, match="need each row's tokens so far"):
+        next_tokens(LOGITS, SamplingParams(repetition_penalty=1.2), np.random.default_rng(0))
+
+
+def test_one_generator_per_row_makes_each_row_independent_of_the_batch():
+    logits = np.random.default_rng(3).normal(size=(4, 50))
+    params = SamplingParams(top_k=20)
+    batched = next_tokens(logits, params, [np.random.default_rng(s) for s in (10, 11, 12, 13)])
+    alone = [next_tokens(logits[i : i + 1], params, np.random.default_rng(10 + i))[0] for i in range(4)]
+    assert batched.tolist() == alone
+    with pytest.raises(ValueError, match="2 generators for 4 rows"):
+        next_tokens(logits, params, [np.random.default_rng(0)] * 2)
+    # decode_loop seeds every row alike: a row's sampled tokens are the ones it gets alone.
+    prompts = np.array([[3, 5, 7], [9, 9, 2]])
+    together = np.stack(list(decode_loop(_hashed_forward(), prompts, context_length=8, max_new_tokens=12,
+                                         params=params, seed=4)))
+    for i in range(2):
+        row = np.stack(list(decode_loop(_hashed_forward(), prompts[i : i + 1], context_length=8,
+                                        max_new_tokens=12, params=params, seed=4)))
+        np.testing.assert_array_equal(together[:, i], row[:, 0])
+
+
+def test_stop_matcher_holds_back_a_possible_start_and_drops_the_stop():
+    m = StopMatcher(["\n\n", "THE END"])
+    assert m.push("It was") == "It was"
+    assert m.push(" late.\n") == " late."  # "\n" may start "\n\n": held back
+    assert m.push("Then") == "\nThen"  # it did not: released
+    assert m.push(" THE") == " "  # " THE" ... may start "THE END"
+    assert m.push(" EN") == ""
+    assert m.push("D, said") == "" and m.stopped
+    assert m.push("more") == "" and m.flush() == ""
+
+
+def test_stop_matcher_releases_the_tail_at_the_end_and_finds_the_earliest_stop():
+    m = StopMatcher(["abc"])
+    assert m.push("xxab") == "xx" and m.flush() == "ab" and not m.stopped
+    m = StopMatcher(["cd", "b"])
+    assert m.push("abcd") == "a" and m.stopped
+    assert StopMatcher(["x"]).push("x") == ""
+
+
+@pytest.mark.parametrize("pieces", [["Hello wor", "ld. The", " end"], ["H", "ello world", ". The end"],
+                                    list("Hello world. The end")])
+def test_until_stop_cuts_a_stop_split_across_pieces(pieces):
+    assert "".join(until_stop(pieces, ["world."])) == "Hello "
+    assert "".join(until_stop(pieces, ["nowhere"])) == "Hello world. The end"
+    assert "".join(until_stop(pieces, [])) == "Hello world. The end"
+
+
+def test_until_stop_stops_consuming_at_the_stop():
+    consumed = []
+
+    def pieces():
+        for p in ["a", "b", "STOP", "c", "d"]:
+            consumed.append(p)
+            yield p
+
+    assert "".join(until_stop(pieces(), ["STOP"])) == "ab" and consumed == ["a", "b", "STOP"]
+
+
+@pytest.mark.parametrize("stops", [[""], [None], ["ok", ""]])
+def test_empty_stop_strings_are_refused(stops):
+    with pytest.raises(ValueError, match="each must be non-empty text"):
+        StopMatcher(stops)
