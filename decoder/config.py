@@ -10,19 +10,73 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
+from decoder.errors import UserError
 
-class ConfigError(ValueError):
-    """A configuration problem a user must fix; the message lists every problem, one per line."""
+
+class ConfigError(UserError, ValueError):
+    """Configuration problems a user must fix. `problems` lists each one (naming the field, its
+    value and what is allowed); the message is `source: ` and the problems joined by '; '."""
+
+    def __init__(self, problems: str | list[str], source: str | None = None) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        self.source = source
+        super().__init__((f"{source}: " if source else "") + "; ".join(self.problems))
+
+
+def check(config: Any) -> Any:
+    """`config` (a RunConfig or one section) if it has no problems, else one ConfigError listing them."""
+    problems = config.problems()
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def choices(cls: type, name: str) -> tuple[Any, ...]:
+    """The allowed values of a `Literal` field (empty for any other field)."""
+    annotation = _hints(cls)[name]
+    return typing.get_args(annotation) if typing.get_origin(annotation) is Literal else ()
+
+
+_BOUND = re.compile(r"(>=|>) (\S+)|in ([\[(])(\S+), (\S+?)([\])])")
+
+
+def _within(value: float, bound: str) -> bool:
+    """Whether `value` meets `bound`: '>= 1', '> 0', 'in [0, 1)', ... (False for NaN)."""
+    m = _BOUND.match(bound)
+    if m[1]:
+        return value >= float(m[2]) if m[1] == ">=" else value > float(m[2])
+    low, high = float(m[4]), float(m[5])
+    return (low <= value if m[3] == "[" else low < value) and (value <= high if m[6] == "]" else value < high)
+
+
+def field_problems(config: Any, section: str, bounds: dict[str, str]) -> list[str]:
+    """Problems of single fields of a config section: a `Literal` field must hold one of its
+    arguments; a numeric field named in `bounds` must meet its bound ('>= 1', 'in (0, 1]', ...,
+    with an optional note after it), unless it is None (null)."""
+    out = []
+    for f in fields(config):
+        value, allowed = getattr(config, f.name), choices(type(config), f.name)
+        if allowed and value not in allowed:
+            out.append(f"{section}.{f.name}={value!r}: allowed {', '.join(map(repr, allowed))}")
+        if f.name in bounds and value is not None and not _within(value, bounds[f.name]):
+            out.append(f"{section}.{f.name}={value}: must be {bounds[f.name]}")
+    return out
 
 
 @dataclass(frozen=True)
@@ -39,7 +93,7 @@ class ModelConfig:
     """Maximum sequence length the model attends over (positions)."""
     dropout: float = 0.0
     """Dropout probability on embeddings, attention weights and residual branches."""
-    positional: str = "learned"
+    positional: Literal["learned", "sinusoidal"] = "learned"
     """Positional embedding: 'learned' (GPT-2) or 'sinusoidal' (fixed, as in the reference notebook)."""
     tie_embeddings: bool = True
     """Share the output head's weight with the token embedding."""
@@ -55,23 +109,14 @@ class ModelConfig:
         return self.d_model // self.n_heads
 
     def problems(self) -> list[str]:
-        out = []
-        for name in ("d_model", "n_heads", "n_blocks"):
-            if getattr(self, name) < 1:
-                out.append(f"model.{name}={getattr(self, name)}: must be >= 1")
+        out = field_problems(self, "model", {
+            "d_model": ">= 1", "n_heads": ">= 1", "n_blocks": ">= 1", "d_ff": ">= 1 or null (4 * d_model)",
+            "context_length": ">= 2", "dropout": "in [0, 1)"})
         if self.n_heads >= 1 and self.d_model % self.n_heads:
             out.append(
                 f"model.d_model={self.d_model}, model.n_heads={self.n_heads}: "
                 "d_model must be divisible by n_heads"
             )
-        if self.d_ff is not None and self.d_ff < 1:
-            out.append(f"model.d_ff={self.d_ff}: must be >= 1 or null (4 * d_model)")
-        if self.context_length < 2:
-            out.append(f"model.context_length={self.context_length}: must be >= 2")
-        if not 0.0 <= self.dropout < 1.0:
-            out.append(f"model.dropout={self.dropout}: must be in [0, 1)")
-        if self.positional not in ("learned", "sinusoidal"):
-            out.append(f"model.positional={self.positional!r}: allowed 'learned', 'sinusoidal'")
         if self.positional == "sinusoidal" and self.d_model % 2:
             out.append(f"model.d_model={self.d_model}: sinusoidal positions need an even d_model")
         return out
@@ -91,7 +136,7 @@ class DataConfig:
     rarer tokens are spelled in byte tokens everywhere, so the byte fallback is trained."""
     val_fraction: float = 0.1
     """Fraction of the token stream (its end, contiguous) held out for validation."""
-    windows: str = "random"
+    windows: Literal["random", "sliding"] = "random"
     """Training windows: 'random' (uniform random offsets) or 'sliding' (every stride-1 window once
     per epoch, shuffled: the reference notebook's scheme)."""
 
@@ -105,16 +150,10 @@ class DataConfig:
         return self.corpus if isinstance(self.corpus, tuple) else (self.corpus,)
 
     def problems(self) -> list[str]:
-        out = []
-        if not 0.0 < self.val_fraction < 1.0:
-            out.append(f"data.val_fraction={self.val_fraction}: must be in (0, 1)")
-        if self.windows not in ("random", "sliding"):
-            out.append(f"data.windows={self.windows!r}: allowed 'random', 'sliding'")
+        out = field_problems(self, "data", {"val_fraction": "in (0, 1)", "min_count": ">= 1"})
         if not self.corpora or not all(isinstance(c, str) and c for c in self.corpora):
             out.append(f"data.corpus={self.corpus!r}: must name a registered corpus or a text file, "
                        "or be a non-empty list of them")
-        if self.min_count < 1:
-            out.append(f"data.min_count={self.min_count}: must be >= 1")
         return out
 
 
@@ -124,7 +163,7 @@ class TrainingConfig:
     """Sequences per optimizer step per process (the global batch is batch_size * world_size)."""
     grad_accum_steps: int = 1
     """Micro-batches accumulated per optimizer step (each of batch_size / grad_accum_steps sequences)."""
-    optimizer: str = "adamw"
+    optimizer: Literal["adamw", "adam"] = "adamw"
     """'adamw' (decoupled weight decay on matrices only) or 'adam' (the reference's; no decay)."""
     lr: float = 1e-3
     """Peak learning rate."""
@@ -135,7 +174,7 @@ class TrainingConfig:
     warmup_fraction: float | None = None
     """Linear warm-up over this fraction of the budget (steps, tokens or seconds, whichever ends
     first), so a short run on a slow machine is not mostly warm-up; null uses warmup_steps."""
-    schedule: str = "cosine"
+    schedule: Literal["cosine", "constant"] = "cosine"
     """'cosine' (warm-up, then cosine decay over the budget) or 'constant' (warm-up, then flat)."""
     weight_decay: float = 0.1
     """AdamW weight decay, applied to matrices (not to norms, biases or embeddings)."""
@@ -163,7 +202,7 @@ class TrainingConfig:
     """Steps between progress-bar updates (each costs a device synchronisation)."""
     device: str = "auto"
     """'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
-    precision: str = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     """'auto' (bf16 autocast where it is faster than fp32 on this device), 'fp32' or 'bf16'."""
     compile: bool = False
     """Wrap the model in torch.compile."""
@@ -173,55 +212,22 @@ class TrainingConfig:
     """CPU threads for torch (null: torch's default, all cores)."""
 
     def problems(self) -> list[str]:
-        out = []
-        if self.batch_size < 1:
-            out.append(f"training.batch_size={self.batch_size}: must be >= 1")
+        out = field_problems(self, "training", {
+            "batch_size": ">= 1", "lr": "> 0", "min_lr_ratio": "in [0, 1]", "warmup_steps": ">= 0",
+            "warmup_fraction": "in [0, 1) or null", "eval_fraction": "in (0, 1] or null", "weight_decay": ">= 0",
+            "beta1": "in [0, 1)", "beta2": "in [0, 1)", "eps": "> 0", "grad_clip": ">= 0 (0 disables)",
+            "max_steps": "> 0", "max_tokens": "> 0", "max_seconds": "> 0", "eval_interval": ">= 1",
+            "patience": ">= 1 or null", "log_interval": ">= 1", "num_threads": ">= 1 or null"})
         if self.grad_accum_steps < 1 or (self.batch_size >= 1 and self.batch_size % self.grad_accum_steps):
             out.append(
                 f"training.grad_accum_steps={self.grad_accum_steps}: must be >= 1 and divide "
                 f"training.batch_size={self.batch_size}"
             )
-        if self.optimizer not in ("adamw", "adam"):
-            out.append(f"training.optimizer={self.optimizer!r}: allowed 'adamw', 'adam'")
-        if self.lr <= 0:
-            out.append(f"training.lr={self.lr}: must be > 0")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            out.append(f"training.min_lr_ratio={self.min_lr_ratio}: must be in [0, 1]")
-        if self.warmup_steps < 0:
-            out.append(f"training.warmup_steps={self.warmup_steps}: must be >= 0")
-        if self.warmup_fraction is not None and not 0.0 <= self.warmup_fraction < 1.0:
-            out.append(f"training.warmup_fraction={self.warmup_fraction}: must be in [0, 1) or null")
-        if self.eval_fraction is not None and not 0.0 < self.eval_fraction <= 1.0:
-            out.append(f"training.eval_fraction={self.eval_fraction}: must be in (0, 1] or null")
-        if self.schedule not in ("cosine", "constant"):
-            out.append(f"training.schedule={self.schedule!r}: allowed 'cosine', 'constant'")
-        if self.weight_decay < 0:
-            out.append(f"training.weight_decay={self.weight_decay}: must be >= 0")
-        for name in ("beta1", "beta2"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                out.append(f"training.{name}={getattr(self, name)}: must be in [0, 1)")
-        if self.eps <= 0:
-            out.append(f"training.eps={self.eps}: must be > 0")
-        if self.grad_clip < 0:
-            out.append(f"training.grad_clip={self.grad_clip}: must be >= 0 (0 disables)")
-        budgets = {"max_steps": self.max_steps, "max_tokens": self.max_tokens, "max_seconds": self.max_seconds}
-        if all(v is None for v in budgets.values()):
-            out.append("training: no budget: set at least one of max_steps, max_tokens, max_seconds")
-        for name, value in budgets.items():
-            if value is not None and value <= 0:
-                out.append(f"training.{name}={value}: must be > 0")
-        if self.eval_interval < 1:
-            out.append(f"training.eval_interval={self.eval_interval}: must be >= 1")
-        if self.patience is not None and self.patience < 1:
-            out.append(f"training.patience={self.patience}: must be >= 1 or null")
-        if self.log_interval < 1:
-            out.append(f"training.log_interval={self.log_interval}: must be >= 1")
+        if self.max_steps is None and self.max_tokens is None and self.max_seconds is None:
+            out.append("training: no budget (a budget is required): set at least one of max_steps, "
+                       "max_tokens, max_seconds")
         if not (self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device)):
             out.append(f"training.device={self.device!r}: allowed 'auto', 'cpu', 'cuda', 'cuda:N'")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            out.append(f"training.precision={self.precision!r}: allowed 'auto', 'fp32', 'bf16'")
-        if self.num_threads is not None and self.num_threads < 1:
-            out.append(f"training.num_threads={self.num_threads}: must be >= 1 or null")
         return out
 
 
@@ -246,20 +252,9 @@ class SamplingConfig:
     """Never complete an n-gram of this many tokens that already occurs in the text; 0 turns it off."""
 
     def problems(self) -> list[str]:
-        out = []
-        if self.max_new_tokens < 1:
-            out.append(f"sampling.max_new_tokens={self.max_new_tokens}: must be >= 1")
-        if self.temperature < 0:
-            out.append(f"sampling.temperature={self.temperature}: must be >= 0 (0 is greedy)")
-        if self.top_k < 0:
-            out.append(f"sampling.top_k={self.top_k}: must be >= 0 (0 keeps all)")
-        if not 0.0 < self.top_p <= 1.0:
-            out.append(f"sampling.top_p={self.top_p}: must be in (0, 1]")
-        if self.repetition_penalty <= 0:
-            out.append(f"sampling.repetition_penalty={self.repetition_penalty}: must be > 0 (1 is off)")
-        if self.no_repeat_ngram_size < 0:
-            out.append(f"sampling.no_repeat_ngram_size={self.no_repeat_ngram_size}: must be >= 0 (0 is off)")
-        return out
+        return field_problems(self, "sampling", {
+            "max_new_tokens": ">= 1", "temperature": ">= 0 (0 is greedy)", "top_k": ">= 0 (0 keeps all)",
+            "top_p": "in (0, 1]", "repetition_penalty": "> 0 (1 is off)", "no_repeat_ngram_size": ">= 0 (0 is off)"})
 
 
 @dataclass(frozen=True)
@@ -267,6 +262,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     training: TrainingConfig = field(default_factory=lambda: TrainingConfig(max_steps=1000))
+    """A budget so that RunConfig() is valid in Python; a config file must give its own."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def problems(self) -> list[str]:
@@ -279,10 +275,7 @@ class RunConfig:
         return out
 
     def validated(self) -> "RunConfig":
-        problems = self.problems()
-        if problems:
-            raise ConfigError("; ".join(problems))
-        return self
+        return check(self)
 
 
 SECTIONS: dict[str, type] = {
@@ -302,12 +295,16 @@ def _type_ok(value: Any, annotation: Any) -> bool:
     if annotation in (str, bool):
         return isinstance(value, annotation)
     origin = typing.get_origin(annotation)
+    if origin is Literal:  # the value itself is checked by field_problems
+        return any(type(value) is type(a) for a in typing.get_args(annotation))
     if origin in (typing.Union, types.UnionType):
         return any(_type_ok(value, a) if a is not type(None) else value is None for a in typing.get_args(annotation))
     return True
 
 
 def _type_name(annotation: Any) -> str:
+    if typing.get_origin(annotation) is Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(annotation)))
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         return " or ".join("null" if a is type(None) else a.__name__ for a in typing.get_args(annotation))
     return annotation.__name__
@@ -324,8 +321,8 @@ def _build_section(name: str, cls: type, raw: Any, problems: list[str]) -> Any:
         raw = {}
     if not isinstance(raw, dict):
         problems.append(f"{name}: must be a mapping of keys to values, got {type(raw).__name__}")
-        return cls() if cls is not TrainingConfig else cls(max_steps=1000)
-    hints = typing.get_type_hints(cls)
+        return cls()
+    hints = _hints(cls)
     allowed = [f.name for f in fields(cls)]
     kwargs = {}
     for key, value in raw.items():
@@ -345,34 +342,30 @@ def _build_section(name: str, cls: type, raw: Any, problems: list[str]) -> Any:
 
 
 def config_from_dict(raw: Any, *, source: str = "config") -> RunConfig:
-    """Build and validate a RunConfig from a nested dict, raising one ConfigError listing every problem."""
+    """Build and validate a RunConfig from a nested dict, raising one ConfigError listing every problem.
+
+    This is where a config is validated (once, as it is loaded). A missing section takes its
+    defaults, except that the training budget has none: an empty file is an error, not a default run."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: must be a mapping with sections {', '.join(SECTIONS)}")
-    problems: list[str] = []
-    built = {}
-    for key in raw:
-        if key not in SECTIONS:
-            problems.append(_unknown_key("", str(key), list(SECTIONS)))
-    for name, cls in SECTIONS.items():
-        if name in raw:
-            built[name] = _build_section(name, cls, raw[name], problems)
-    config = RunConfig(**built)
+        raise ConfigError(f"must be a mapping with sections {', '.join(SECTIONS)}", source)
+    problems = [_unknown_key("", str(key), list(SECTIONS)) for key in raw if key not in SECTIONS]
+    config = RunConfig(**{name: _build_section(name, cls, raw.get(name), problems) for name, cls in SECTIONS.items()})
     problems.extend(config.problems())
     if problems:
-        raise ConfigError(f"{source}: " + "; ".join(problems))
+        raise ConfigError(problems, source)
     return config
 
 
 def read_yaml(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: no such file")
+        raise ConfigError("no such file", str(path))
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"not valid YAML: {str(exc).splitlines()[0]}", str(path)) from None
 
 
 def load_config(path: str | Path) -> RunConfig:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from decoder.config import DataConfig
+from decoder.errors import UserError
 from decoder.tokenizer import Tokenizer, get_encoding
 
 CORPORA = {
@@ -30,7 +31,7 @@ _START = re.compile(r"^[ \t]*\*\*\* ?START OF (THE|THIS) PROJECT GUTENBERG.*$", 
 _END = re.compile(r"^[ \t]*\*\*\* ?END OF (THE|THIS) PROJECT GUTENBERG.*$", re.MULTILINE | re.IGNORECASE)
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A corpus that cannot be found, fetched or read."""
 
 

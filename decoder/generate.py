@@ -65,9 +65,8 @@ def stream_text(
     seed: int | None = 0,
     device: torch.device | str = "cpu",
 ) -> Iterator[str]:
-    """Yield pieces of generated text (not including the prompt) as tokens are produced."""
-    if not prompt:
-        raise ValueError("prompt is empty: give at least one character of text")
+    """Yield pieces of generated text (not including the prompt) as tokens are produced (an empty
+    prompt is refused by `decode_loop`, before the first step)."""
     steps = generate_ids(
         model, tokenizer.encode(prompt), max_new_tokens=max_new_tokens, params=params,
         seed=seed, eot_id=tokenizer.eot_id, device=device,

@@ -14,8 +14,10 @@ import time
 
 import torch
 
+from decoder.errors import UserError
 
-class DeviceError(ValueError):
+
+class DeviceError(UserError, ValueError):
     """A device or precision this machine does not offer."""
 
 

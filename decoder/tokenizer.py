@@ -19,10 +19,12 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import tiktoken
 
+from decoder.errors import UserError
+
 EOT = "<|endoftext|>"
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError, ValueError):
     """A tokenizer that cannot be built or loaded."""
 
 

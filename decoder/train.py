@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from decoder import distributed as dist_utils
 from decoder.config import RunConfig, config_from_dict, dump_config
 from decoder.data import BatchSampler, Dataset, prepare
+from decoder.errors import UserError
 from decoder.generate import generate_text
 from decoder.hardware import cpu_name, resolve_device, resolve_precision, training_attention_backend
 from decoder.model import GPT
@@ -34,7 +35,7 @@ from decoder.tokenizer import Tokenizer
 CHECKPOINT_FORMAT = 1
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError, RuntimeError):
     """Training cannot start or cannot go on (bad checkpoint, divergence, config mismatch)."""
 
 

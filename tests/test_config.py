@@ -1,10 +1,54 @@
+import dataclasses
+
 import pytest
 
-from decoder.config import ConfigError, RunConfig, config_from_dict, dump_config, load_config, set_dotted
+from decoder.config import (
+    ConfigError,
+    ModelConfig,
+    RunConfig,
+    TrainingConfig,
+    choices,
+    config_from_dict,
+    dump_config,
+    load_config,
+    set_dotted,
+)
+from decoder.errors import UserError
 
 
 def test_defaults_are_valid():
     assert RunConfig().problems() == []
+
+
+@pytest.mark.parametrize("raw", [None, {}, {"model": {"d_model": 64}}, {"training": {"lr": 0.01}}])
+def test_a_config_without_a_budget_is_refused(raw, tmp_path):
+    with pytest.raises(ConfigError, match="a budget is required"):
+        config_from_dict(raw)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(ConfigError, match=f"{empty}: training: no budget \\(a budget is required\\)"):
+        load_config(empty)
+
+
+def test_config_error_lists_its_problems_and_is_a_user_error():
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"model": {"d_modle": 64, "dropout": 2.0}, "training": {"max_steps": 1}}, source="c.yaml")
+    problems = err.value.problems
+    assert len(problems) == 2 and problems[0].startswith("model.d_modle: unknown key")
+    assert problems[1] == "model.dropout=2.0: must be in [0, 1)"
+    assert str(err.value) == "c.yaml: " + "; ".join(problems)
+    assert isinstance(err.value, UserError) and isinstance(err.value, ValueError)
+
+
+def test_choice_fields_are_literals_checked_in_one_place():
+    assert choices(ModelConfig, "positional") == ("learned", "sinusoidal")
+    assert choices(TrainingConfig, "precision") == ("auto", "fp32", "bf16")
+    assert choices(TrainingConfig, "device") == ()  # 'cuda:N' is not a fixed set: checked by pattern
+    built_in_python = dataclasses.replace(RunConfig().training, optimizer="sgd", schedule="linear")
+    assert built_in_python.problems() == ["training.optimizer='sgd': allowed 'adamw', 'adam'",
+                                          "training.schedule='linear': allowed 'cosine', 'constant'"]
+    with pytest.raises(ConfigError, match="model.positional=5: must be one of 'learned', 'sinusoidal'"):
+        config_from_dict({"model": {"positional": 5}, "training": {"max_steps": 1}})
 
 
 @pytest.mark.parametrize(
@@ -18,7 +62,10 @@ def test_defaults_are_valid():
         ({"training": {"max_steps": -5}}, "training.max_steps=-5", "> 0"),
         ({"training": {"batch_size": 8, "grad_accum_steps": 3, "max_steps": 1}}, "training.grad_accum_steps=3", "divide"),
         ({"training": {"precision": "fp8", "max_steps": 1}}, "training.precision='fp8'", "'auto', 'fp32', 'bf16'"),
-        ({"training": {"batch_size": 4}}, "no budget", "max_steps, max_tokens, max_seconds"),
+        ({"training": {"batch_size": 4}}, "a budget is required", "max_steps, max_tokens, max_seconds"),
+        ({"data": {"windows": "strided"}, "training": {"max_steps": 1}}, "data.windows='strided'", "'random', 'sliding'"),
+        ({"data": {"min_count": 0}, "training": {"max_steps": 1}}, "data.min_count=0", ">= 1"),
+        ({"sampling": {"repetition_penalty": 0}, "training": {"max_steps": 1}}, "repetition_penalty=0.0", "> 0"),
         ({"data": {"val_fraction": 1.5}}, "data.val_fraction=1.5", "(0, 1)"),
         ({"sampling": {"top_p": 0}}, "sampling.top_p=0.0", "(0, 1]"),
         ({"sampling": {"temperature": -1}}, "sampling.temperature=-1.0", ">= 0"),

@@ -1,0 +1,58 @@
+"""`decoder run EXPERIMENT`: train every point of an experiment grid (skipping finished points,
+resuming interrupted ones), then write its report."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from decoder.cli import UsageError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("experiment", help="experiment YAML file (name, base, grid, zip, seeds, exclude)")
+    p.add_argument("--runs-dir", default="runs", help="run folders go to RUNS_DIR/<name>/<run id> (default runs)")
+    p.add_argument("--out", default="results", help="report folder parent (default results)")
+    p.add_argument("--force", action="store_true", help="re-run points that already completed")
+    p.add_argument("--shard", default="0/1", metavar="I/N",
+                   help="run only points whose index is I modulo N (0 <= I < N)")
+    p.add_argument("--dry-run", action="store_true", help="print the expanded points and exit")
+    p.add_argument("--quiet", action="store_true", help="no training progress bars")
+
+
+def _shard(text: str) -> tuple[int, int]:
+    from decoder.experiments import parse_shard
+
+    try:
+        return parse_shard(text)
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(f"--shard {exc}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from decoder.distributed import shutdown
+    from decoder.experiments import check_data, dry_run_table, load_experiment, run_experiment
+    from decoder.report import write_report
+
+    shard = _shard(args.shard)
+    experiment = load_experiment(args.experiment)
+    if args.dry_run:
+        check_data(experiment)
+        print(dry_run_table(experiment, args.runs_dir, shard))
+        return 0
+    try:
+        outcomes = run_experiment(experiment, args.runs_dir, force=args.force, shard=shard, quiet=args.quiet)
+    finally:
+        shutdown()
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        counts[o.status] = counts.get(o.status, 0) + 1
+    if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 reports
+        return 1 if counts.get("failed") else 0
+    print(f"{experiment.name}: {len(outcomes)} points: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    folder = write_report([args.experiment], runs_dir=args.runs_dir, out=args.out,
+                          command=f"decoder report {args.experiment}")
+    print(f"report: {folder}/summary.md")
+    if counts.get("interrupted"):
+        return 130
+    return 1 if counts.get("failed") else 0
