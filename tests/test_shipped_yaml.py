@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from decoder.experiments import check_data, load_experiment
+from decoder.experiments.search import is_search_file
 from decoder.model import GPT
 
-EXPERIMENTS = sorted((Path(__file__).resolve().parent.parent / "experiments").glob("*.yaml"))
+EXPERIMENTS = sorted(p for p in (Path(__file__).resolve().parent.parent / "experiments").glob("*.yaml")
+                     if not is_search_file(p))  # searches: tests/integration/test_sweep.py
 
 
 def test_the_experiments_the_project_documents_are_shipped():

@@ -38,6 +38,8 @@ COMMANDS: dict[str, Command] = {
                         None),
     "data": Command("decoder.cli.data", "fetch and inspect a corpus: tokens, vocabulary, bytes/token", "train"),
     "run": Command("decoder.cli.run", "train every point of an experiment grid (YAML), then report", "train"),
+    "sweep": Command("decoder.cli.sweep", "search hyperparameters with Optuna (a search: experiment file; "
+                                          "many workers share one study, SQLite or PostgreSQL)", "sweep"),
     "report": Command("decoder.cli.report", "tables, plots and samples from experiment files or run folders",
                       "train"),
     "export": Command("decoder.cli.export", "export a run or checkpoint to an ONNX bundle for the torch-free "

@@ -16,6 +16,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="re-run points that already completed")
     p.add_argument("--shard", default="0/1", metavar="I/N",
                    help="run only points whose index is I modulo N (0 <= I < N)")
+    p.add_argument("--storage", metavar="URL",
+                   help="pull points from a shared study instead of --shard: run the same command on each machine "
+                        "(any SQLAlchemy URL, e.g. postgresql://user@host/db); killed workers' points are resumed")
     p.add_argument("--dry-run", action="store_true", help="print the expanded points and exit")
     p.add_argument("--quiet", action="store_true", help="no training progress bars")
 
@@ -29,9 +32,21 @@ def _shard(text: str) -> tuple[int, int]:
         raise UsageError(f"--shard {exc}") from None
 
 
+def _train_points(experiment, args: argparse.Namespace, shard: tuple[int, int]) -> list:
+    from decoder.experiments import run_experiment
+
+    if not args.storage:
+        return run_experiment(experiment, args.runs_dir, force=args.force, shard=shard, quiet=args.quiet)
+    if args.force or shard != (0, 1):
+        raise UsageError("--storage hands points out itself: it cannot be combined with --shard or --force")
+    from decoder.experiments.sweep import pull_grid
+
+    return pull_grid(experiment, args.runs_dir, args.storage, quiet=args.quiet)
+
+
 def run(args: argparse.Namespace) -> int:
     from decoder.distributed import shutdown
-    from decoder.experiments import check_data, dry_run_table, load_experiment, run_experiment
+    from decoder.experiments import check_data, dry_run_table, load_experiment
     from decoder.report import write_report
 
     shard = _shard(args.shard)
@@ -41,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         print(dry_run_table(experiment, args.runs_dir, shard))
         return 0
     try:
-        outcomes = run_experiment(experiment, args.runs_dir, force=args.force, shard=shard, quiet=args.quiet)
+        outcomes = _train_points(experiment, args, shard)
     finally:
         shutdown()
     counts: dict[str, int] = {}

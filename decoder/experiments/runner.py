@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable
 from decoder.config import ConfigError, RunConfig, load_config
 from decoder.experiments.grid import (SEED_KEY, Experiment, ExperimentError, Point, load_experiment, raise_problems,
                                       setting_text)
+from decoder.experiments.search import is_search_file, load_search
 from decoder.io import FileFormatError, atomic_write, read_json
 
 DONE = ("completed", "early_stopped")
@@ -99,8 +100,9 @@ class PointOutcome:
 
 
 def run_point(point: Point, run_dir: Path, dataset: Any, *, force: bool, quiet: bool,
-              say: Callable[[str], None]) -> PointOutcome:
-    """Train one point into run_dir (skip, resume or start over as its folder's state says)."""
+              say: Callable[[str], None], on_step: Callable[[int, dict], bool] | None = None) -> PointOutcome:
+    """Train one point into run_dir (skip, resume or start over as its folder's state says);
+    `on_step` is train's (a sweep's pruning watches the evaluations through it)."""
     from decoder import distributed as dist_utils
     from decoder.train import train
 
@@ -119,7 +121,7 @@ def run_point(point: Point, run_dir: Path, dataset: Any, *, force: bool, quiet: 
     say(f"resuming from {run_dir / 'checkpoints' / 'latest.pt'}" if resume else "training")
     start = time.perf_counter()
     try:
-        summary = train(point.config, run_dir, resume=resume, quiet=quiet, dataset=dataset)
+        summary = train(point.config, run_dir, resume=resume, quiet=quiet, dataset=dataset, on_step=on_step)
     except Exception as exc:  # one failing point (OOM, NaN, bad data) must not stop the grid
         error = _write_failure(run_dir, point, exc) if ctx.rank == 0 else str(exc)
         if ctx.world_size > 1:
@@ -241,7 +243,13 @@ def load_records(sources: Iterable[str | Path], runs_dir: str | Path = "runs") -
     records, names = [], []
     for source in sources:
         path = Path(source)
-        if path.is_file():
+        if path.is_file() and is_search_file(path):  # a sweep: every trial's run folder
+            name = load_search(path).name
+            folder = Path(runs_dir) / name
+            runs = sorted(p for p in folder.iterdir() if _is_run_folder(p)) if folder.is_dir() else []
+            records += [read_run(p, name) for p in runs]
+            names.append(name)
+        elif path.is_file():
             experiment = load_experiment(path)
             folder = Path(runs_dir) / experiment.name
             records += [read_run(folder / p.run_id, experiment.name, p.config) for p in experiment.points]

@@ -4,7 +4,8 @@
 columns in REPORT_COLUMNS plus the varied keys; summary.parquet too when pyarrow is importable),
 summary.md (ranked by validation bits per byte, mean ± std over seeds, the best row marked, the
 Kneser-Ney bigram and trigram baselines on the same split), loss_vs_tokens.png,
-loss_vs_seconds.png, bpb_vs_params.png, heatmap.png (when exactly two keys vary) and samples.md.
+loss_vs_seconds.png, bpb_vs_params.png, heatmap.png (when exactly two keys vary) and samples.md;
+for a search also trials.csv/.md, best.yaml and the study's plots (`sweep`).
 
 The rooms: `table` (the rows, baselines, memorisation), `markdown` (the one number and table
 formatter), `plots`, and `throughput` (`decoder bench`: pytest-benchmark JSON -> throughput table).
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from decoder.experiments.grid import NAME, ExperimentError, load_experiment
 from decoder.experiments.runner import load_records, varied_keys
+from decoder.experiments.search import is_search_file, load_search
 from decoder.io import atomic_write
 from decoder.report.plots import plot_bpb_vs_params, plot_curves, plot_heatmap
 from decoder.report.table import REPORT_COLUMNS, baselines, samples_markdown, summary_frame, summary_markdown
@@ -26,8 +28,10 @@ __all__ = ["REPORT_COLUMNS", "write_report"]
 
 
 def write_report(sources: list[str | Path], *, runs_dir: str | Path = "runs", out: str | Path = "results",
-                 name: str | None = None, command: str | None = None) -> Path:
-    """Write summary.csv/.md, the plots and samples.md for `sources` under out/<name>/."""
+                 name: str | None = None, command: str | None = None, storage: str | None = None) -> Path:
+    """Write summary.csv/.md, the plots and samples.md for `sources` under out/<name>/; for a
+    search file also its study's trials, best config and plots (`decoder.report.sweep`), read from
+    `storage` (default: the SQLite file under runs_dir)."""
     records, names = load_records(sources, runs_dir)
     if not records:
         raise ExperimentError(f"{', '.join(map(str, sources))}: no runs to report")
@@ -50,12 +54,19 @@ def write_report(sources: list[str | Path], *, runs_dir: str | Path = "runs", ou
     plot_bpb_vs_params(name, frame, keys, bases, folder / "bpb_vs_params.png")
     plot_heatmap(name, frame, keys, folder / "heatmap.png")
     atomic_write(folder / "samples.md", samples_markdown(name, records, command=command))
+    for source in sources:
+        if Path(source).is_file() and is_search_file(source):
+            from decoder.report.sweep import write_sweep_report
+
+            write_sweep_report(load_search(source), folder, runs_dir=runs_dir, storage=storage, command=command)
     return folder
 
 
 def _description(sources: list[str | Path]) -> str:
     files = [Path(s) for s in sources if Path(s).is_file()]
-    return load_experiment(files[0]).description if files else ""
+    if not files:
+        return ""
+    return (load_search if is_search_file(files[0]) else load_experiment)(files[0]).description
 
 
 def _write_parquet(frame, path: Path) -> None:
