@@ -1,12 +1,11 @@
 """Experiment grids: a YAML file -> validated points (`grid`) -> run folders (`runner`).
 
 The report made from the run folders is `decoder.report`; the `run` and `report` sub-commands
-are in `commands`.
+are `decoder.cli.run` and `decoder.cli.report`.
 """
 
 from __future__ import annotations
 
-from decoder.experiments.commands import add_commands
 from decoder.experiments.grid import (
     SEED_KEY,
     Experiment,
@@ -27,10 +26,8 @@ from decoder.experiments.runner import (
     run_experiment,
 )
 
-USER_ERRORS = (ExperimentError,)  # what the CLI reports as a one-line user error
-
 __all__ = [
-    "SEED_KEY", "USER_ERRORS", "Experiment", "ExperimentError", "Point", "PointOutcome", "RunRecord",
-    "add_commands", "check_data", "dry_run_table", "experiment_from_dict", "load_experiment", "load_records",
-    "parse_shard", "point_state", "read_run", "run_experiment",
+    "SEED_KEY", "Experiment", "ExperimentError", "Point", "PointOutcome", "RunRecord", "check_data", "dry_run_table",
+    "experiment_from_dict", "load_experiment", "load_records", "parse_shard", "point_state", "read_run",
+    "run_experiment",
 ]

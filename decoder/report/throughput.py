@@ -11,7 +11,6 @@ see `decoder.report.throughput_table` for how they merge) and writes:
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import shlex
@@ -24,9 +23,6 @@ from decoder.io import atomic_write
 from decoder.report import markdown, plots
 from decoder.report.throughput_table import (COLUMNS, DEVICES, BenchReportError, Source, build_table, comparisons,
                                              device_sources)
-
-USER_ERRORS = (BenchReportError,)
-
 
 
 def _csv_value(value: Any) -> Any:
@@ -167,36 +163,3 @@ def run_suite(bench_dir: str | Path, out_dir: str | Path, pytest_args: list[str]
     if code != 0:
         raise BenchReportError(f"the benchmark suite failed (pytest exit status {code}); see its output above")
     return json_path
-
-
-def _command_line(args: argparse.Namespace, json_paths: list[Path]) -> str:
-    return f"decoder bench --json {' '.join(map(str, json_paths))} --out {args.out}"
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    json_paths = [Path(p) for p in args.json or []]
-    if args.run:
-        json_paths.insert(0, run_suite(Path("bench"), args.out, shlex.split(args.pytest_args)))
-    if not json_paths:
-        raise BenchReportError("nothing to report: give --json FILE [FILE ...] or --run")
-    paths = write_report(json_paths, args.out, command=_command_line(args, json_paths))
-    for path in paths.values():
-        print(path)
-    return 0
-
-
-def add_commands(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "bench", help="throughput table (CPU vs CUDA) from pytest-benchmark JSON files, or run the suite",
-        description="Write OUT/throughput.{csv,md,png} from the bench/ suites' pytest-benchmark JSON. "
-                    "Each device column comes from one machine: the first file given that measured the "
-                    "device, plus later files from the same machine.",
-    )
-    p.add_argument("--json", nargs="+", metavar="FILE", help="saved pytest-benchmark JSON files (--benchmark-json)")
-    p.add_argument("--out", default="results", help="output folder (default results)")
-    p.add_argument("--run", action="store_true",
-                   help="first run the suite (pytest bench/ --benchmark-only) into OUT/throughput.<cpu|cuda>.json; "
-                        "its file comes before any --json files")
-    p.add_argument("--pytest-args", default="",
-                   help="extra pytest arguments for --run, e.g. \"-k generate --bench-seconds 2\"")
-    p.set_defaults(func=cmd_bench)
