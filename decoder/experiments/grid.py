@@ -195,14 +195,14 @@ def _build(base: dict, settings: dict[str, Any], source: str) -> tuple[RunConfig
         return None, exc.problems
 
 
-def _check_header(raw: Any, source: str) -> tuple[str, dict, list[str]]:
+def check_header(raw: Any, source: str, keys: tuple[str, ...] = EXPERIMENT_KEYS) -> tuple[str, dict, list[str]]:
+    """An experiment file's name and base (grids and searches share them) and the problems found."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"an experiment must be a mapping with keys {', '.join(EXPERIMENT_KEYS)}", source)
+        raise ConfigError(f"an experiment must be a mapping with keys {', '.join(keys)}", source)
     problems = []
     for key in raw:
-        if key not in EXPERIMENT_KEYS:
-            problems.append(f"{key}: unknown key{_did_you_mean(key, EXPERIMENT_KEYS)}; "
-                            f"valid keys: {', '.join(EXPERIMENT_KEYS)}")
+        if key not in keys:
+            problems.append(f"{key}: unknown key{_did_you_mean(key, keys)}; valid keys: {', '.join(keys)}")
     name = raw.get("name")
     if not isinstance(name, str) or not NAME.fullmatch(name):
         problems.append(f"name: required, letters, digits, '.', '_' or '-' (a folder name), got {name!r}")
@@ -220,7 +220,9 @@ def _check_header(raw: Any, source: str) -> tuple[str, dict, list[str]]:
 
 def experiment_from_dict(raw: Any, *, source: str = "experiment", path: Path | None = None) -> Experiment:
     """Parse, expand and validate an experiment; one ConfigError lists every problem."""
-    name, base, problems = _check_header(raw, source)
+    if isinstance(raw, dict) and "search" in raw:
+        raise ConfigError("a search (it has a search: section): run it with decoder sweep", source)
+    name, base, problems = check_header(raw, source)
     axes = _parse_axes(raw, problems)
     seeds = _parse_seeds(raw, axes, problems)
     varied = [k for keys, _ in axes for k in keys] + ([SEED_KEY] if seeds is not None else [])
