@@ -4,12 +4,14 @@ A stop string can span several tokens and a token can hold the end of one text a
 stop string, so matching happens on text, not ids. While streaming, `StopMatcher.push` holds back
 any tail of the text that could still become a stop string and releases it once it cannot; the
 stop string itself and everything after it are never returned. Used by the `decoder generate`
-command and the HTTP server alike. Imports nothing outside the standard library.
+command and the HTTP server alike. Torch-free.
 """
 
 from __future__ import annotations
 
 from typing import Iterable, Iterator, Sequence
+
+from decoder.sampling import GenerationError
 
 
 class StopMatcher:
@@ -22,7 +24,7 @@ class StopMatcher:
     def __init__(self, stops: Sequence[str]) -> None:
         stops = list(stops)
         if any(not isinstance(s, str) or not s for s in stops):
-            raise ValueError(f"stop strings {stops!r}: each must be non-empty text")
+            raise GenerationError(f"stop strings {stops!r}: each must be non-empty text")
         self.stops = stops
         self.stopped = False
         self._held = ""
@@ -54,9 +56,9 @@ class StopMatcher:
         return longest
 
 
-def until_stop(pieces: Iterable[str], stops: Sequence[str]) -> Iterator[str]:
-    """The text of `pieces` up to (not including) the first stop string; stops consuming there."""
-    matcher = StopMatcher(stops)
+def until_stop(pieces: Iterable[str], matcher: StopMatcher) -> Iterator[str]:
+    """The text of `pieces` up to (not including) the first of `matcher`'s stop strings; stops
+    consuming `pieces` there."""
     for piece in pieces:
         released = matcher.push(piece)
         if released:

@@ -442,3 +442,48 @@ def test_no_repeat_ngram_leaves_no_repeated_ngram_in_the_text(runtime):
     bigrams = lambda seq: [tuple(seq[i : i + 2]) for i in range(len(seq) - 1)]  # noqa: E731
     assert len(set(bigrams(prompt + free))) < len(bigrams(prompt + free))  # this model does repeat itself
     assert len(set(bigrams(prompt + banned))) == len(bigrams(prompt + banned))
+
+
+# --- generate command: --quantized, --stop, repetition controls -------------------------------------
+
+
+def test_generate_command_quantized_uses_the_int8_model(onnx_bundle, capsys):
+    args = ["generate", "--onnx", str(onnx_bundle), "--prompt", "The sea", "--max-new-tokens", "12", "--greedy"]
+    assert cli_main([*args, "--quantized"]) == 0
+    expected = Runtime(onnx_bundle, quantized=True, threads=1).generate("The sea", max_new_tokens=12, params=GREEDY)
+    assert capsys.readouterr().out == "The sea" + expected + "\n"
+
+
+def test_generate_command_stops_before_a_stop_string_split_across_tokens(sharp, runtime, capsys):
+    full = runtime.generate("The engineer", max_new_tokens=20, params=GREEDY)
+    pieces = list(runtime.stream("The engineer", max_new_tokens=20, params=GREEDY))
+    boundary = len(pieces[0]) + len(pieces[1])  # a stop string that spans the 2nd and 3rd tokens
+    stop = full[boundary - 2 : boundary + 2]
+    assert len(pieces[1]) >= 2 and len(pieces[2]) >= 2 and full.find(stop) == boundary - 2
+    args = ["generate", "--onnx", str(sharp[2]), "--prompt", "The engineer", "--max-new-tokens", "20", "--greedy"]
+    assert cli_main([*args, "--stop", "never there", "--stop", stop]) == 0
+    assert capsys.readouterr().out == "The engineer" + full[: boundary - 2] + "\n"
+
+
+def test_generate_command_repetition_controls_match_the_python_api(onnx_run, onnx_bundle, capsys):
+    model, tokenizer, _, _ = load_model(onnx_run)
+    params = SamplingParams(top_k=40, repetition_penalty=1.4, no_repeat_ngram_size=2)
+    options = ["--prompt", "The sea", "--max-new-tokens", "16", "--top-k", "40", "--seed", "3",
+               "--repetition-penalty", "1.4", "--no-repeat-ngram-size", "2"]
+    expected = generate_text(model, tokenizer, "The sea", max_new_tokens=16, params=params, seed=3)
+    assert expected == Runtime(onnx_bundle, threads=1).generate("The sea", max_new_tokens=16, params=params, seed=3)
+    for source in (["--onnx", str(onnx_bundle)], [str(onnx_run)]):
+        assert cli_main(["generate", *source, *options]) == 0
+        assert capsys.readouterr().out == "The sea" + expected + "\n"
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--quantized"], "--quantized picks a bundle's int8 model: give it with --onnx BUNDLE_DIR"),
+    (["--stop", ""], "stop strings ['']: each must be non-empty text"),
+    (["--repetition-penalty", "0"], "--repetition-penalty=0.0: must be > 0"),
+    (["--no-repeat-ngram-size", "-2"], "--no-repeat-ngram-size=-2: must be >= 0"),
+])
+def test_generate_command_refuses_bad_options_in_one_line(onnx_run, options, message, capsys):
+    assert cli_main(["generate", str(onnx_run), *options]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("decoder generate: error:") and message in err and err.count("\n") == 1

@@ -231,9 +231,9 @@ def test_stop_matcher_releases_the_tail_at_the_end_and_finds_the_earliest_stop()
 @pytest.mark.parametrize("pieces", [["Hello wor", "ld. The", " end"], ["H", "ello world", ". The end"],
                                     list("Hello world. The end")])
 def test_until_stop_cuts_a_stop_split_across_pieces(pieces):
-    assert "".join(until_stop(pieces, ["world."])) == "Hello "
-    assert "".join(until_stop(pieces, ["nowhere"])) == "Hello world. The end"
-    assert "".join(until_stop(pieces, [])) == "Hello world. The end"
+    assert "".join(until_stop(pieces, StopMatcher(["world."]))) == "Hello "
+    assert "".join(until_stop(pieces, StopMatcher(["nowhere", "xx"]))) == "Hello world. The end"
+    assert "".join(until_stop(pieces, StopMatcher([]))) == "Hello world. The end"
 
 
 def test_until_stop_stops_consuming_at_the_stop():
@@ -244,7 +244,7 @@ def test_until_stop_stops_consuming_at_the_stop():
             consumed.append(p)
             yield p
 
-    assert "".join(until_stop(pieces(), ["STOP"])) == "ab" and consumed == ["a", "b", "STOP"]
+    assert "".join(until_stop(pieces(), StopMatcher(["STOP"]))) == "ab" and consumed == ["a", "b", "STOP"]
 
 
 @pytest.mark.parametrize("stops", [[""], [None], ["ok", ""]])
