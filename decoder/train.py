@@ -589,13 +589,15 @@ def write_samples(run_dir: Path, config: RunConfig, tokenizer: Tokenizer, device
     model, _, _, _ = load_model(run_dir, map_location=str(device))
     s = config.sampling
     samples = []
+    repetition = dict(repetition_penalty=s.repetition_penalty, no_repeat_ngram_size=s.no_repeat_ngram_size)
     for strategy, params in (
-        ("greedy", SamplingParams(greedy=True)),
-        ("sampled", SamplingParams(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)),
+        ("greedy", SamplingParams(greedy=True, **repetition)),
+        ("sampled", SamplingParams(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, **repetition)),
     ):
         text = generate_text(model, tokenizer, s.prompt, max_new_tokens=s.max_new_tokens, params=params,
                              seed=s.seed, device=device)
         samples.append({"strategy": strategy, "prompt": s.prompt, "text": text, "seed": s.seed,
-                        "temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p})
+                        "temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p,
+                        **repetition})
     atomic_write_text(run_dir / "samples.json", json.dumps(samples, indent=2, ensure_ascii=False))
     return samples

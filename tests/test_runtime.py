@@ -487,3 +487,20 @@ def test_generate_command_refuses_bad_options_in_one_line(onnx_run, options, mes
     assert cli_main(["generate", str(onnx_run), *options]) == 2
     err = capsys.readouterr().err
     assert err.startswith("decoder generate: error:") and message in err and err.count("\n") == 1
+
+
+def test_end_of_run_samples_use_the_configs_repetition_controls(onnx_run, tmp_path):
+    from decoder.train import write_samples
+
+    run = shutil.copytree(onnx_run, tmp_path / "run")
+    model, tokenizer, config, _ = load_model(run)
+    sampling = dataclasses.replace(config.sampling, max_new_tokens=30, repetition_penalty=1.3, no_repeat_ngram_size=2)
+    samples = write_samples(run, dataclasses.replace(config, sampling=sampling), tokenizer, torch.device("cpu"))
+    assert json.loads((run / "samples.json").read_text()) == samples
+    for sample, params in zip(samples, [SamplingParams(greedy=True, repetition_penalty=1.3, no_repeat_ngram_size=2),
+                                        SamplingParams(repetition_penalty=1.3, no_repeat_ngram_size=2)]):
+        assert sample["repetition_penalty"] == 1.3 and sample["no_repeat_ngram_size"] == 2
+        assert sample["text"] == generate_text(model, tokenizer, sampling.prompt, max_new_tokens=30, params=params,
+                                               seed=sampling.seed)
+    plain = generate_text(model, tokenizer, sampling.prompt, max_new_tokens=30, params=GREEDY)
+    assert samples[0]["text"] != plain  # the controls change this model's greedy text
