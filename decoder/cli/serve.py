@@ -1,0 +1,36 @@
+"""`decoder serve BUNDLE_DIR`: an OpenAI-style HTTP server over the torch-free runtime, with
+continuous batching (see `decoder.serve`). Binds 127.0.0.1 unless told otherwise."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundle", metavar="BUNDLE_DIR", help="an exported bundle (decoder export)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--quantized", action="store_true", help="serve model.int8.onnx instead of model.onnx")
+    p.add_argument("--max-batch", type=int, default=32, help="sequences decoded together (1: no batching)")
+    p.add_argument("--max-queue", type=int, default=256, help="requests waiting before new ones get 429")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
+    p.add_argument("--shutdown-grace", type=float, default=10.0, metavar="SECONDS",
+                   help="on SIGTERM, how long in-flight requests may run on before they are cancelled")
+
+
+def run(args: argparse.Namespace) -> int:
+    from decoder.cli import UsageError
+    from decoder.serve.config import ServeConfig, config_problems
+
+    values = {"max_batch": args.max_batch, "max_queue": args.max_queue, "shutdown_grace": args.shutdown_grace}
+    problems = [f"--{p.replace('_', '-')}" for p in config_problems(values)]
+    if not 0 <= args.port <= 65535:
+        problems.append(f"--port={args.port}: must be in [0, 65535]")
+    if args.threads is not None and args.threads < 1:
+        problems.append(f"--threads={args.threads}: must be >= 1")
+    if problems:
+        raise UsageError("; ".join(problems))
+    from decoder.serve.server import serve
+
+    return serve(args.bundle, host=args.host, port=args.port, quantized=args.quantized,
+                 config=ServeConfig(**values), threads=args.threads)

@@ -1,0 +1,204 @@
+"""Continuous batching: the sequences being decoded share one model call per step.
+
+`Scheduler.step(admitted)` is one iteration; the engine (`decoder.serve.engine`) calls it in a
+worker thread, again and again while there is work:
+
+1. decode: every row that sampled a token last iteration runs it through ONE
+   `model.decode(cache, tokens)` call over the whole batch (rows of different lengths share the
+   left-padded cache of `decoder.kvcache`; each row has its own position);
+2. prefill: sequences admitted this iteration, and rows whose window slid, run their tokens
+   alone (rows of equal length together, so no padding) and join the batch's cache;
+3. sample: every row picks its next token from its own logits with its own parameters and its own
+   generator (greedy rows: argmax), its text is decoded and matched against its stop strings;
+4. prune: finished and cancelled rows leave (their slot is free for the next admission); a row
+   whose cache is full (its next position would be context_length) leaves the batch and comes back
+   at the next prefill with its last context_length // 2 tokens, as `decoder.sampling.decode_loop`
+   slides the window.
+
+So a request joins at the next step and leaves when it is done, each with its own length, and the
+greedy text of a request is the text `decoder generate --onnx` gives for it alone: its first
+logits come from the same unpadded prefill, later ones from a decode in which padding columns are
+masked out (equal up to float rounding), and sampling uses one generator per sequence seeded as
+`decode_loop` seeds its one, so a seeded sampled request's text does not depend on its neighbours.
+
+The scheduler itself is synchronous and single-threaded: the engine never runs two steps at once,
+and other threads only append to `waiting` (through the engine) or set `Sequence.cancelled`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence as Seq
+
+import numpy as np
+
+from decoder.kvcache import BatchCache
+from decoder.sampling import SamplingParams, next_tokens
+from decoder.serve.text import TextStream
+from decoder.tokenizer import Tokenizer
+
+
+class Model(Protocol):
+    """What the scheduler needs of `decoder.runtime.Runtime`."""
+
+    context_length: int
+    eot_id: int
+    tokenizer: Tokenizer
+
+    def prefill(self, prompts: Seq[Seq[int]]) -> tuple[np.ndarray, BatchCache]:
+        """Token lists -> (B, V) logits of each row's last token and the rows' cache."""
+
+    def decode(self, cache: BatchCache, tokens: np.ndarray) -> tuple[np.ndarray, BatchCache]:
+        """One new token per row -> (B, V) logits and the cache with it appended."""
+
+
+Event = tuple["Sequence", str, "str | None"]
+"""(sequence, new text, finish reason or None): what a step reports for each row it sampled."""
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One completion being generated: a prompt, how to sample it, and its progress."""
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    rng: np.random.Generator
+    max_tokens: int
+    text: TextStream
+    on_event: Callable[[str, str | None], None] = lambda text, finish: None
+    """Called by the engine (in its event loop) with each piece of text and the finish reason."""
+    cancelled: bool = False
+    generated: int = 0
+    window: list[int] = field(default_factory=list)
+    """The tokens the next prefill runs (the prompt, then each slid window)."""
+    recent: deque = field(default_factory=deque)
+    """The last context_length tokens (prompt and generated): where a slid window comes from."""
+    next_token: int = -1
+    logits: np.ndarray | None = None
+    arrived: float = field(default_factory=time.perf_counter)
+    last_token_at: float | None = None
+
+    def start(self, context_length: int) -> None:
+        self.recent = deque(self.prompt_ids[-context_length:], maxlen=context_length)
+        self.window = list(self.recent)
+
+    def accept(self, token: int, eot_id: int) -> tuple[str, str | None]:
+        """Take the sampled token: (new text, finish reason or None)."""
+        self.generated += 1
+        if token == eot_id:
+            return self.text.finish(), "stop"
+        self.next_token = token
+        self.recent.append(token)
+        piece, stopped = self.text.push(token)
+        if stopped:
+            return piece, "stop"
+        if self.generated >= self.max_tokens:
+            return piece + self.text.finish(), "length"
+        return piece, None
+
+
+class Scheduler:
+    """The running batch, the sequences waiting to slide back in, and one `step` of decoding."""
+
+    def __init__(self, model: Model, *, max_batch: int, observe: Callable[[Sequence, float], None] | None = None):
+        if max_batch < 1:
+            raise ValueError(f"max_batch={max_batch}: must be >= 1")
+        self.model = model
+        self.max_batch = max_batch
+        self.rows: list[Sequence] = []
+        self.cache: BatchCache | None = None
+        self.sliding: list[Sequence] = []
+        self.observe = observe or (lambda seq, now: None)
+        """Called with each row as it samples a token (the engine's latency metrics)."""
+
+    @property
+    def free_slots(self) -> int:
+        return self.max_batch - len(self.rows) - len(self.sliding)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.rows or self.sliding)
+
+    def step(self, admitted: list[Sequence]) -> list[Event]:
+        """One iteration (decode, prefill, sample, prune); returns what each sampled row produced."""
+        if len(admitted) > self.free_slots:
+            raise ValueError(f"admitted {len(admitted)} sequences into {self.free_slots} free slots")
+        events = self._drop_cancelled()
+        self._decode()
+        todo, self.sliding = self.sliding + admitted, []
+        cancelled = [s.cancelled for s in todo]  # read once: another thread may set it meanwhile
+        events += [(s, "", "cancelled") for s, c in zip(todo, cancelled) if c]
+        for seq in admitted:
+            seq.start(self.model.context_length)
+        self._prefill([s for s, c in zip(todo, cancelled) if not c])
+        events += self._sample()
+        return events
+
+    def _drop_cancelled(self) -> list[Event]:
+        events: list[Event] = [(s, "", "cancelled") for s in self.sliding if s.cancelled]
+        self.sliding = [s for s in self.sliding if not s.cancelled]
+        keep = [i for i, s in enumerate(self.rows) if not s.cancelled]
+        if len(keep) < len(self.rows):
+            events += [(s, "", "cancelled") for s in self.rows if s.cancelled]
+            self._keep(keep)
+        return events
+
+    def _keep(self, keep: list[int]) -> None:
+        self.rows = [self.rows[i] for i in keep]
+        self.cache = self.cache.select(keep) if keep else None
+
+    def _decode(self) -> None:
+        if not self.rows:
+            return
+        tokens = np.array([s.next_token for s in self.rows], dtype=np.int64)
+        logits, self.cache = self.model.decode(self.cache, tokens)
+        for seq, row in zip(self.rows, logits):
+            seq.logits = row
+
+    def _prefill(self, todo: list[Sequence]) -> None:
+        """Run each group of equal-length windows as one unpadded batch and add it to the batch."""
+        groups: dict[int, list[Sequence]] = {}
+        for seq in todo:
+            groups.setdefault(len(seq.window), []).append(seq)
+        for group in groups.values():
+            logits, cache = self.model.prefill([s.window for s in group])
+            for seq, row in zip(group, logits):
+                seq.logits = row
+            self.rows.extend(group)
+            self.cache = cache if self.cache is None else BatchCache.concat([self.cache, cache])
+
+    def _sample(self) -> list[Event]:
+        if not self.rows:
+            return []
+        tokens = choose_tokens(np.stack([s.logits for s in self.rows]), self.rows)
+        now = time.perf_counter()
+        events: list[Event] = []
+        keep: list[int] = []
+        full = self.cache.lengths >= self.model.context_length
+        for i, (seq, token) in enumerate(zip(self.rows, tokens)):
+            seq.logits = None
+            self.observe(seq, now)
+            seq.last_token_at = now
+            text, finish = seq.accept(int(token), self.model.eot_id)
+            events.append((seq, text, finish))
+            if finish is None and full[i]:
+                seq.window = list(seq.recent)[-max(1, self.model.context_length // 2):]
+                self.sliding.append(seq)
+            elif finish is None:
+                keep.append(i)
+        if len(keep) < len(self.rows):
+            self._keep(keep)
+        return events
+
+
+def choose_tokens(logits: np.ndarray, rows: list[Sequence]) -> np.ndarray:
+    """(B,) next tokens: one argmax over the greedy rows, one draw from its own generator per other row."""
+    tokens = np.empty(len(rows), dtype=np.int64)
+    greedy = np.array([s.params.is_greedy for s in rows])
+    if greedy.any():
+        tokens[greedy] = logits[greedy].argmax(axis=-1)
+    for i in np.flatnonzero(~greedy):
+        tokens[i] = next_tokens(logits[i : i + 1], rows[i].params, rows[i].rng)[0]
+    return tokens
