@@ -44,6 +44,8 @@ COMMANDS: dict[str, Command] = {
                       "train"),
     "export": Command("decoder.cli.export", "export a run or checkpoint to an ONNX bundle for the torch-free "
                                             "runtime", "export"),
+    "serve": Command("decoder.cli.serve", "serve an ONNX bundle over HTTP (OpenAI-style completions, streaming, "
+                                          "continuous batching; no torch)", "serve"),
     "bench": Command("decoder.cli.bench", "throughput table (CPU vs CUDA) from pytest-benchmark JSON files, "
                                           "or run the suite", "bench"),
 }
