@@ -187,8 +187,11 @@ def _pruner(search: Search):
 def _per_trial_seed(search: Search):
     """A sampler that delegates each trial to the search's sampler seeded with seed + trial number:
     a trial's suggestions depend on the study's history and its number, not on which worker asks
-    (two workers asking at once draw different points; one worker's sweep is reproducible)."""
+    (two workers asking at once draw different points; one worker's sweep is reproducible). The grid
+    sampler keeps one seed: it shuffles its grid with it, and every worker must see the same order."""
     optuna = import_optuna()
+    if search.sampler["type"] == "grid":
+        return _sampler(search, search.seed)
 
     class PerTrialSeed(optuna.samplers.BaseSampler):
         def __init__(self) -> None:

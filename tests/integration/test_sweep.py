@@ -74,7 +74,9 @@ def test_two_objectives_give_a_pareto_front(tmp_path, small_corpus, monkeypatch)
     report = tmp_path / "results" / "pareto"
     assert (report / "pareto.png").is_file()
     assert "Pareto front" in (report / "trials.md").read_text()
-    assert all(len(t.values) == 2 for t in _study(tmp_path / "runs", "pareto").trials)
+    trials = _study(tmp_path / "runs", "pareto").trials
+    assert all(len(t.values) == 2 for t in trials)
+    assert sorted(t.params["model.n_blocks"] for t in trials) == [1, 2, 3]  # the grid, each point once
 
 
 def test_two_workers_pull_a_grid_from_one_study(tmp_path, small_corpus):
