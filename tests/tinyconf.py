@@ -1,5 +1,6 @@
-"""Tiny configurations and device parameters shared by the tests (a uniquely named module, so it
-cannot clash with bench/'s modules on sys.path)."""
+"""Tiny configurations, device parameters and the shipped experiment files, shared by the tests in
+tests/unit and tests/integration (a uniquely named module, so it cannot clash with bench/'s modules
+on sys.path; tests/conftest.py puts tests/ there)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import pytest
 import torch
 
 from decoder.config import config_from_dict
+
+ROOT = Path(__file__).resolve().parent.parent
 
 DEVICES = [
     "cpu",
@@ -28,3 +31,10 @@ def tiny_config(corpus: Path | str, **sections):
     for section, values in sections.items():
         raw[section].update(values)
     return config_from_dict(raw)
+
+
+def shipped_experiments() -> list[Path]:
+    """experiments/*.yaml except the searches (those: tests/integration/test_sweep.py), by name."""
+    from decoder.experiments.search import is_search_file
+
+    return sorted(p for p in (ROOT / "experiments").glob("*.yaml") if not is_search_file(p))

@@ -1,40 +1,18 @@
-"""Every experiment shipped in experiments/ parses, expands, finds its data and builds its models,
-so a shipped file can never rot."""
+"""The experiments shipped in experiments/ are there and say what the project documents about them
+(that each one finds its data and builds its models: tests/integration/test_real_book.py)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from tinyconf import shipped_experiments
 
-import pytest
-import torch
+from decoder.experiments import load_experiment
 
-from decoder.experiments import check_data, load_experiment
-from decoder.experiments.search import is_search_file
-from decoder.model import GPT
-
-EXPERIMENTS = sorted(p for p in (Path(__file__).resolve().parent.parent / "experiments").glob("*.yaml")
-                     if not is_search_file(p))  # searches: tests/integration/test_sweep.py
+EXPERIMENTS = shipped_experiments()
 
 
 def test_the_experiments_the_project_documents_are_shipped():
     names = {path.stem for path in EXPERIMENTS}
     assert {"quick", "default", "reference", "shape", "width-heads", "depth"} <= names
-
-
-@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
-def test_shipped_experiment_parses_and_builds(path, book_text):
-    header = path.read_text().splitlines()[:3]
-    assert all(line.startswith("#") for line in header), "a header comment says what the grid asks"
-    assert "2 CPU cores" in path.read_text().split("\nname:")[0], "the header says how long it takes and where"
-    experiment = load_experiment(path)
-    assert experiment.name == path.stem
-    assert experiment.points
-    datasets = check_data(experiment)  # corpus found, tokenizer loads, splits long enough
-    for point in experiment.points:
-        vocab = datasets[point.config.data].tokenizer.vocab_size
-        with torch.device("meta"):  # shapes and parameter counts without allocating weights
-            model = GPT(point.config.model, vocab)
-        assert model.num_params() > 0
 
 
 def _only(name: str):

@@ -132,7 +132,7 @@ def test_readme_documents_every_config_key():
 
     from decoder.config import SECTIONS
 
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
     for section, cls in SECTIONS.items():
         table = readme.split(f"**`{section}`**", 1)[1].split("**`", 1)[0]
         for f in dataclasses.fields(cls):

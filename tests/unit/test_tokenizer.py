@@ -6,20 +6,22 @@ from decoder import tokenizer as tok
 from decoder.tokenizer import StreamDecoder, Tokenizer, TokenizerError
 
 ODD_TEXT = "Café naïve — 東京 🚀🌋 Ωμέγα, and \u00e5ngström!\n"
+TRAIN_CHARS = 30_000
+"""The tokenizers below learn from the excerpt's first 30,000 characters; its end stays unseen text."""
 
 
 @pytest.mark.parametrize("encoding", ["gpt2", "cl100k_base"])
-def test_compact_vocab_round_trips_unseen_text(encoding, book_text):
-    train_ids = tok.get_encoding(encoding).encode_ordinary(book_text[:50_000])
+def test_compact_vocab_round_trips_unseen_text(encoding, excerpt_text):
+    train_ids = tok.get_encoding(encoding).encode_ordinary(excerpt_text[:TRAIN_CHARS])
     t = Tokenizer.build(encoding, compact=True, training_tiktoken_ids=np.array(train_ids))
     full = tok.get_encoding(encoding)
     assert t.vocab_size < full.n_vocab // 5
-    for text in (ODD_TEXT, book_text[:2000], "", "<|endoftext|> is plain text here"):
+    for text in (ODD_TEXT, excerpt_text[:2000], "", "<|endoftext|> is plain text here"):
         ids = t.encode(text)
         assert max(ids, default=0) < t.vocab_size
         assert t.decode(ids) == text
     # The training text itself keeps tiktoken's segmentation: no token of it falls back to bytes.
-    assert len(t.encode(book_text[:50_000])) == len(train_ids)
+    assert len(t.encode(excerpt_text[:TRAIN_CHARS])) == len(train_ids)
 
 
 def test_full_vocab_is_identity():
@@ -99,9 +101,9 @@ def test_compact_ids_out_of_range_are_a_clear_error():
 
 
 @pytest.mark.parametrize("min_count", [2, 4])
-def test_min_count_spells_rare_training_tokens_in_bytes_and_round_trips(book_text, min_count):
+def test_min_count_spells_rare_training_tokens_in_bytes_and_round_trips(excerpt_text, min_count):
     enc = tok.get_encoding("gpt2")
-    train_ids = np.array(enc.encode_ordinary(book_text[:50_000]))
+    train_ids = np.array(enc.encode_ordinary(excerpt_text[:TRAIN_CHARS]))
     every = Tokenizer.from_encoding(enc, True, train_ids)
     rare = Tokenizer.from_encoding(enc, True, train_ids, min_count=min_count)
     ids, counts = np.unique(train_ids, return_counts=True)
@@ -109,9 +111,9 @@ def test_min_count_spells_rare_training_tokens_in_bytes_and_round_trips(book_tex
     assert rare.vocab_size < every.vocab_size
     assert rare.to_model_ids(np.array([once])).size == len(enc.decode_single_token_bytes(once))  # bytes
     assert every.to_model_ids(np.array([once])).size == 1
-    for text in (ODD_TEXT, book_text[:3000], book_text[-2000:]):
+    for text in (ODD_TEXT, excerpt_text[:3000], excerpt_text[-2000:]):
         assert rare.decode(rare.encode(text)) == text
-    assert len(rare.encode(book_text[:50_000])) > len(train_ids)  # rare words of the training text too
+    assert len(rare.encode(excerpt_text[:TRAIN_CHARS])) > len(train_ids)  # rare words of the training text too
 
 
 def test_min_count_is_saved_and_old_files_without_it_load(tmp_path):

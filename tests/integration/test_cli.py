@@ -14,7 +14,7 @@ import yaml
 from decoder.cli import COMMANDS, build_parser, main
 from decoder.config import ConfigError, DataConfig, SamplingConfig
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_cli(*args, cwd=None, env=None):

@@ -27,7 +27,6 @@ from decoder.experiments import (
 from decoder.report import REPORT_COLUMNS, write_report
 from decoder.report.table import memorisation, ngram_set
 
-ROOT = Path(__file__).resolve().parent.parent
 REAL_TRAIN = decoder.train.train
 
 
@@ -307,14 +306,14 @@ def test_data_problems_are_found_before_anything_trains(tmp_path, small_corpus, 
 
 
 @pytest.fixture(scope="module")
-def seeded_runs(tmp_path_factory, book_text):
+def seeded_runs(tmp_path_factory, excerpt_text):
     """Two configurations x 2 seeds (4 tiny runs) on a small corpus; two keys vary (a heatmap
     with two of its four cells not run)."""
     root = tmp_path_factory.mktemp("report")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DECODER_CACHE_DIR", str(root / "cache"))
         corpus = root / "small.txt"
-        corpus.write_text(book_text[20_000:60_000], encoding="utf-8")
+        corpus.write_text(excerpt_text, encoding="utf-8")
         raw = {"name": "seeded", "base": tiny_base(corpus), "seeds": [0, 1],
                "grid": {"model.n_heads": [1, 2], "model.n_blocks": [1, 2]},
                "exclude": [{"model.n_heads": 1, "model.n_blocks": 2}, {"model.n_heads": 2, "model.n_blocks": 1}]}
@@ -407,34 +406,3 @@ def test_memorisation_is_the_share_of_ngrams_seen_in_training():
     assert memorisation(mixed, grams) == pytest.approx(5 / 17)
     assert memorisation(train[:7], grams) is None
     assert memorisation(list(train[40:48]), grams) == 1.0
-
-
-def test_memorisation_on_the_book(book_text):
-    from decoder.config import DataConfig
-    from decoder.data import prepare
-
-    dataset = prepare(DataConfig(corpus="mysterious-island", tokenizer="cl100k_base"))
-    grams = ngram_set(dataset.train)
-    passage = dataset.tokenizer.decode(dataset.train[5000:5200])
-    assert memorisation(dataset.tokenizer.encode(passage), grams) > 0.95
-    shuffled = np.random.default_rng(0).permutation(dataset.train[5000:5200])
-    assert memorisation(shuffled, grams) < 0.05
-
-
-# ---------------------------------------------------------------------------------------------
-# The shipped smoke-test grid on the real book
-
-
-@pytest.mark.slow
-def test_quick_experiment_end_to_end_on_the_book(book_text, tmp_path, capsys):
-    code = main(["run", str(ROOT / "experiments" / "quick.yaml"), "--runs-dir", str(tmp_path / "runs"),
-                 "--out", str(tmp_path / "results"), "--quiet"])
-    assert code == 0
-    folder = tmp_path / "results" / "quick"
-    table = pd.read_csv(folder / "summary.csv")
-    assert len(table) == len(load_experiment(ROOT / "experiments" / "quick.yaml").points)
-    assert set(table["status"]) == {"completed"}
-    summary = (folder / "summary.md").read_text()
-    assert "baseline: KN trigram" in summary and "**best**" in summary
-    for name in ("loss_vs_tokens.png", "loss_vs_seconds.png", "bpb_vs_params.png", "heatmap.png", "samples.md"):
-        assert (folder / name).stat().st_size > 0
