@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from decoder.config import ModelConfig, read_yaml
+from decoder.hardware import autocast  # noqa: F401  (the suites' autocast is the package's)
 
 CUDA_MISSING = "CUDA is not available on this machine (torch.cuda.is_available() is False)"
 
@@ -86,11 +87,6 @@ def skip_unless_supported(device: str, precision: str) -> None:
     """Skip bf16 on a GPU without bf16 (every CPU runs bf16 autocast; whether it pays is measured)."""
     if precision == "bf16" and device.startswith("cuda") and not torch.cuda.is_bf16_supported():
         pytest.skip(f"{torch.cuda.get_device_name(device)} does not support bf16")
-
-
-def autocast(device: str, precision: str):
-    """bf16 autocast for 'bf16', a no-op context for 'fp32'."""
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def weight_bytes(module: torch.nn.Module) -> int:

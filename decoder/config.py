@@ -386,3 +386,12 @@ def set_dotted(raw: dict, dotted: str, value: Any) -> None:
     if section is None:
         section = raw[parts[0]] = {}
     section[parts[1]] = value
+
+
+def run_id(config: RunConfig) -> str:
+    """A short stable id of a resolved config: the first 10 hex digits of the SHA-256 of its
+    key-sorted JSON. Training stores it in checkpoints; the experiment runner names folders by it."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:10]

@@ -8,6 +8,7 @@ Each rank draws its own batches, so the global batch is batch_size * world_size.
 from __future__ import annotations
 
 import os
+import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -42,7 +43,17 @@ def init() -> DistContext:
 
 
 def is_rank0() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
+    """Whether this process speaks and writes for the job: rank 0 of a torchrun job, or the only
+    process. Valid before `init()` and after `shutdown()` (torchrun's RANK then says)."""
+    if dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr, from rank 0 only."""
+    if is_rank0():
+        print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def wrap(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:

@@ -333,7 +333,7 @@ def _build_bundle(
 
 def export_bundle(source: str | Path, out_dir: str | Path, *, quantize: str | None = None) -> Path:
     """Export a run folder (its best checkpoint, else latest) or a checkpoint file to a bundle."""
-    from decoder.train import load_model
+    from decoder.checkpoint import load_model
 
     model, tokenizer, config, meta = load_model(source)
     return export_model(model, tokenizer, config, out_dir, quantize=quantize, run_meta=meta)

@@ -1,4 +1,4 @@
-"""Text generation with a PyTorch model and its KV cache.
+"""Text generation with a PyTorch model and its KV cache, and the samples written at the end of a run.
 
 The decoding loop and the sampler are `decoder.sampling`'s (numpy), shared with the onnxruntime
 runtime; this module only adapts the torch model to that loop's `forward` signature.
@@ -11,19 +11,22 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from decoder.config import SamplingConfig
+from decoder.hardware import autocast
 from decoder.model import GPT, KVCache
+from decoder.runs import RunDir
 from decoder.sampling import SamplingParams, decode_loop
 from decoder.tokenizer import Tokenizer, text_pieces
 
 
-def torch_forward(model: GPT, device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None):
+def torch_forward(model: GPT, device: torch.device | str = "cpu", precision: str = "fp32"):
     """Adapt `model` to decode_loop: numpy ids + cache -> numpy logits of the last position + cache."""
     device = torch.device(device)
 
     @torch.inference_mode()
     def forward(ids: np.ndarray, past: KVCache | None) -> tuple[np.ndarray, KVCache]:
         idx = torch.from_numpy(np.ascontiguousarray(ids)).to(device)
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+        with autocast(device, precision):
             logits, presents = model(idx, past)
         return logits[:, -1].float().cpu().numpy(), presents
 
@@ -77,3 +80,24 @@ def stream_text(
 def generate_text(model: GPT, tokenizer: Tokenizer, prompt: str, **kwargs) -> str:
     """The whole continuation of `prompt` as one string."""
     return "".join(stream_text(model, tokenizer, prompt, **kwargs))
+
+
+def write_samples(run: RunDir, model: GPT, tokenizer: Tokenizer, sampling: SamplingConfig,
+                  device: torch.device | str = "cpu") -> list[dict]:
+    """One greedy and one sampled continuation of the configured prompt, both under the configured
+    repetition controls (fields: `decoder.runs`), written to the run folder and returned."""
+    repetition = dict(repetition_penalty=sampling.repetition_penalty,
+                      no_repeat_ngram_size=sampling.no_repeat_ngram_size)
+    samples = []
+    for strategy, params in (
+        ("greedy", SamplingParams(greedy=True, **repetition)),
+        ("sampled", SamplingParams(temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
+                                   **repetition)),
+    ):
+        text = generate_text(model, tokenizer, sampling.prompt, max_new_tokens=sampling.max_new_tokens,
+                             params=params, seed=sampling.seed, device=device)
+        samples.append({"strategy": strategy, "prompt": sampling.prompt, "text": text, "seed": sampling.seed,
+                        "temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p,
+                        **repetition})
+    run.write_samples(samples)
+    return samples

@@ -11,6 +11,7 @@ import functools
 import os
 import platform
 import time
+from contextlib import nullcontext
 
 import torch
 
@@ -105,6 +106,14 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise DeviceError("training.precision='bf16': this GPU does not support bf16; use 'fp32' or 'auto'")
     return precision
+
+
+def autocast(device: torch.device | str, precision: str):
+    """The context a forward pass runs under for a resolved precision: bf16 autocast for 'bf16',
+    nothing for 'fp32'. Training, evaluation, generation and the benchmarks all use this one."""
+    if precision == "bf16":
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return nullcontext()
 
 
 def training_attention_backend(device_type: str, context_length: int, precision: str):

@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from decoder import checkpoint, io, runs
 from decoder import train as train_module
 from decoder.config import load_config
 from decoder.distributed import shutdown
@@ -25,8 +26,9 @@ def recording(fn):
     return wrapper
 
 
-train_module.save_checkpoint = recording(train_module.save_checkpoint)
-train_module.atomic_write_text = recording(train_module.atomic_write_text)
+recorded_write = recording(io.atomic_write)
+for module in (io, checkpoint, runs):  # every file write of a run goes through io.atomic_write
+    module.atomic_write = recorded_write
 
 
 def on_step(step: int, metrics: dict) -> bool:

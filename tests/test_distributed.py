@@ -12,7 +12,8 @@ import yaml
 from tinyconf import tiny_config
 from decoder import train as train_module
 from decoder.data import BatchSampler
-from decoder.train import TrainingError, load_checkpoint, load_model, train
+from decoder.checkpoint import load_checkpoint, load_model
+from decoder.train import TrainingError, train
 
 WORKER = Path(__file__).parent / "ddp_worker.py"
 STEPS = 6

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from tinyconf import tiny_config
 from decoder import train as train_module
-from decoder.train import CheckpointError, TrainingError, load_checkpoint, load_model, train
+from decoder.checkpoint import CheckpointError, load_checkpoint, load_model
+from decoder.train import TrainingError, train
 
 GOLDEN = Path(__file__).parent / "assets" / "golden_losses.json"
 
@@ -92,7 +93,7 @@ def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(small_
         calls["n"] += 1
         return loss * float("nan") if calls["n"] > 12 else loss
 
-    monkeypatch.setattr(train_module.F, "cross_entropy", poisoned)
+    monkeypatch.setattr(F, "cross_entropy", poisoned)
     with pytest.raises(TrainingError, match="training loss became nan at step 13"):
         train(config, tmp_path / "run", quiet=True)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -127,3 +128,60 @@ def test_golden_losses(small_corpus, tmp_path):
     golden = json.loads(GOLDEN.read_text())
     assert golden["config"] == config.to_dict()["model"]
     torch.testing.assert_close(torch.tensor(losses), torch.tensor(golden["losses"]), rtol=2e-4, atol=2e-4)
+
+
+def test_resume_falls_back_to_the_previous_checkpoint_when_latest_is_damaged(small_corpus, tmp_path, capsys):
+    config = tiny_config(small_corpus, training={"max_steps": 12, "eval_interval": 4})
+    train(config, tmp_path / "full", quiet=True)
+    train(config, tmp_path / "split", quiet=True, on_step=lambda step, m: step == 6)  # saved at steps 4 and 6
+    checkpoints = tmp_path / "split" / "checkpoints"
+    assert load_checkpoint(checkpoints / "latest.prev.pt")["train_state"]["step"] == 4
+    (checkpoints / "latest.pt").write_bytes((checkpoints / "latest.pt").read_bytes()[:1000])
+    capsys.readouterr()
+    resumed = train(config, tmp_path / "split", quiet=True, resume=True)
+    warning = capsys.readouterr().err
+    assert "corrupt or unreadable checkpoint" in warning and "latest.prev.pt (step 4)" in warning
+    assert resumed["status"] == "completed" and resumed["step"] == 12
+    rows = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [4, 8, 12]
+    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "latest.pt")["model"]
+    b = load_checkpoint(checkpoints / "latest.pt")["model"]
+    assert all(torch.equal(a[name], b[name]) for name in a)
+
+
+def test_resume_keeps_the_saved_precision_when_auto_resolves_differently(small_corpus, tmp_path, monkeypatch, capsys):
+    config = tiny_config(small_corpus, training={"max_steps": 6, "precision": "auto"})
+    monkeypatch.setattr(train_module, "resolve_precision", lambda p, device: "fp32" if p == "auto" else p)
+    train(config, tmp_path / "run", quiet=True, on_step=lambda step, m: step == 3)
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")["precision"] == "fp32"
+    monkeypatch.setattr(train_module, "resolve_precision", lambda p, device: "bf16" if p == "auto" else p)
+    capsys.readouterr()
+    summary = train(config, tmp_path / "run", quiet=True, resume=True)
+    assert "training.precision 'auto' resolves to bf16 on this machine" in capsys.readouterr().err
+    assert summary["precision"] == "fp32" and summary["status"] == "completed"
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")["precision"] == "fp32"
+
+
+def test_checkpoints_of_the_older_key_sets_still_load_and_resume(small_corpus, tmp_path):
+    """Before the Checkpointer, best.pt had no optimizer/sampler/rng/world_size and latest.pt no
+    train_loss; neither had device, precision or the newer train_state counters."""
+    config = tiny_config(small_corpus, training={"max_steps": 10, "eval_interval": 5})
+    train(config, tmp_path / "run", quiet=True, on_step=lambda step, m: step == 7)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    new = torch.load(checkpoints / "latest.pt", weights_only=False)
+    counters = {k: v for k, v in new["train_state"].items() if k not in ("best_val_bpb", "train_loss_at_best")}
+    old_best = {k: new[k] for k in ("format", "config", "vocab_size", "tokenizer", "model", "run_id", "val",
+                                    "train_loss")}
+    old_latest = {k: v for k, v in new.items() if k not in ("train_loss", "device", "precision")}
+    torch.save({**old_best, "train_state": counters}, checkpoints / "best.pt")
+    torch.save({**old_latest, "train_state": counters}, checkpoints / "latest.pt")
+    (checkpoints / "latest.prev.pt").unlink()
+    _, _, loaded, meta = load_model(tmp_path / "run")
+    assert loaded == config and meta["path"].endswith("best.pt") and meta["train_state"]["step"] == 7
+    assert load_checkpoint(checkpoints / "best.pt")["optimizer"] is None
+    resumed = train(config, tmp_path / "run", quiet=True, resume=True)
+    assert resumed["status"] == "completed" and resumed["step"] == 10
+    torch.save({**old_best, "train_state": counters}, checkpoints / "latest.pt")
+    (checkpoints / "latest.prev.pt").unlink()
+    with pytest.raises(CheckpointError, match="has no optimizer, sampler, rng state"):
+        train(config, tmp_path / "run", quiet=True, resume=True)

@@ -66,7 +66,7 @@ def _pieces(args: argparse.Namespace, params: SamplingParams) -> Iterator[str]:
         runtime = Runtime(args.onnx, quantized=args.quantized)
         return runtime.stream(args.prompt, max_new_tokens=args.max_new_tokens, params=params, seed=args.seed)
     from decoder.generate import stream_text
-    from decoder.train import load_model  # moving to decoder.checkpoint
+    from decoder.checkpoint import load_model
 
     model, tokenizer, _, _ = load_model(args.run)
     return stream_text(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens, params=params,

@@ -17,7 +17,7 @@ An experiment file::
       - {model.n_heads: 4, model.n_blocks: 2}
 
 Every point is resolved and validated when the file is loaded; all invalid points are reported
-together in one ConfigError. A point's run folder is named by `decoder.train.run_id_of` of its
+together in one ConfigError. A point's run folder is named by `decoder.config.run_id` of its
 resolved config, so re-running a file finds its folders again (see `decoder.experiments.runner`).
 """
 
@@ -54,9 +54,9 @@ class Point:
 
     @property
     def run_id(self) -> str:
-        from decoder.train import run_id_of
+        from decoder.config import run_id
 
-        return run_id_of(self.config)
+        return run_id(self.config)
 
     @property
     def label(self) -> str:

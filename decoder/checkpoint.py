@@ -1,0 +1,196 @@
+"""Checkpoints: the format, saving and loading, the Checkpointer a run saves through, load_model.
+
+A checkpoint is one `torch.save`d dict, format 1:
+
+    format          1
+    config          RunConfig.to_dict() of the run
+    vocab_size      rows of the embedding
+    tokenizer       Tokenizer.to_dict()
+    model           the model's state dict, without wrapper prefixes (DDP, torch.compile)
+    optimizer       the optimizer's state dict
+    sampler         one BatchSampler state per rank
+    rng             {"torch": one CPU RNG state per rank, "cuda": one CUDA RNG state per rank or None}
+    train_state     the loop's counters (`decoder.train.TrainState` as a dict)
+    world_size      processes that trained it (a resume needs the same number)
+    run_id          `decoder.config.run_id` of the config
+    val             the last evaluation's figures (val_loss, val_ppl, val_bpb, val_tokens) or None
+    train_loss      the logged training loss at that evaluation
+    device          the resolved device it trained on ("cpu", "cuda:0", ...)
+    precision       the resolved precision it trained in ("fp32" or "bf16")
+
+latest.pt and best.pt hold the same dict (best.pt: as it was at the best evaluation). Files from
+before the Checkpointer have fewer keys (best.pt lacked optimizer, sampler, rng and world_size;
+latest.pt lacked train_loss; neither had device or precision): `load_checkpoint` fills the missing
+ones with None (world_size 1), so both load, and a latest.pt of either age resumes.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from decoder import distributed as dist_utils
+from decoder.config import RunConfig, config_from_dict
+from decoder.errors import UserError
+from decoder.io import atomic_write
+from decoder.model import GPT
+from decoder.runs import RunDir
+from decoder.tokenizer import Tokenizer
+
+CHECKPOINT_FORMAT = 1
+
+# Keys a checkpoint of format 1 may lack (older files), with what a missing one means.
+_OPTIONAL = {"optimizer": None, "sampler": None, "rng": None, "world_size": 1, "run_id": None, "val": None,
+             "train_loss": None, "device": None, "precision": None}
+_RESUME_KEYS = ("optimizer", "sampler", "rng")
+
+
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint that cannot be read or does not fit."""
+
+
+def _serialized(state: dict) -> bytes:
+    """`state` as torch.save writes it (in memory, so that one dict can become two files, each
+    written whole or not at all by `atomic_write`)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint dict (on the CPU) with every key of the current format (see the module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # truncated zip, pickle garbage, ...
+        raise CheckpointError(f"{path}: corrupt or unreadable checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a decoder checkpoint of format {CHECKPOINT_FORMAT}")
+    for key, default in _OPTIONAL.items():
+        state.setdefault(key, default)
+    return state
+
+
+def clean_state_dict(state: dict) -> dict:
+    """Strip wrapper prefixes (DDP's 'module.', torch.compile's '_orig_mod.')."""
+    out = {}
+    for key, value in state.items():
+        for prefix in ("module.", "_orig_mod."):
+            while key.startswith(prefix):
+                key = key[len(prefix):]
+        out[key] = value
+    return out
+
+
+def load_model(path: str | Path, map_location: str = "cpu") -> tuple[GPT, Tokenizer, RunConfig, dict]:
+    """A model from a run folder (its best checkpoint, else latest) or a checkpoint file.
+
+    Returns (model in eval mode, tokenizer, config, checkpoint metadata without tensors)."""
+    path = Path(path)
+    if path.is_dir():
+        run = RunDir(path)
+        found = run.model_checkpoint()
+        if found is None:
+            raise CheckpointError(f"{path}: no {run.relative(run.best)} or {run.relative(run.latest)} "
+                                  "(is it a run folder?)")
+        path = found
+    state = load_checkpoint(path)
+    config = config_from_dict(state["config"], source=str(path))
+    model = GPT(config.model, state["vocab_size"])
+    try:
+        model.load_state_dict(clean_state_dict(state["model"]))
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit the saved config ({str(exc).splitlines()[0]})") from None
+    model.to(map_location).eval()
+    tokenizer = Tokenizer.from_dict(state["tokenizer"])
+    meta = {k: v for k, v in state.items() if k in ("train_state", "run_id", "val")}
+    meta["path"] = str(path)
+    return model, tokenizer, config, meta
+
+
+def load_resumable(run: RunDir) -> dict | None:
+    """The checkpoint to resume `run` from: latest.pt; when that is damaged or missing, the one
+    before it (with a warning); None when the folder has neither."""
+    if run.latest.is_file():
+        try:
+            return _resumable(run.latest)
+        except CheckpointError as exc:
+            if not run.previous.is_file():
+                raise
+            reason = str(exc)
+    elif run.previous.is_file():
+        reason = f"{run.latest}: missing"
+    else:
+        return None
+    state = _resumable(run.previous)
+    dist_utils.warn(f"{reason}; resuming from the checkpoint before it, {run.previous} "
+                    f"(step {state['train_state']['step']})")
+    return state
+
+
+def _resumable(path: Path) -> dict:
+    state = load_checkpoint(path)
+    missing = [k for k in _RESUME_KEYS if state[k] is None]
+    if missing:
+        raise CheckpointError(f"{path}: has no {', '.join(missing)} state, so training cannot resume from it")
+    return state
+
+
+class Checkpointer:
+    """Saves a run's training state: one dict, built once per save (the collective part: every
+    rank's sampler and RNG state), written by rank 0 to latest.pt (the latest before it kept as
+    latest.prev.pt) and, at a new best evaluation, the same bytes to best.pt.
+
+    `fixed` holds the entries that do not change during the run (config, vocab_size, tokenizer,
+    world_size, run_id, device, precision)."""
+
+    def __init__(self, run: RunDir, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, sampler: Any,
+                 ctx: dist_utils.DistContext, device: torch.device, fixed: dict[str, Any]) -> None:
+        self.run, self.model, self.optimizer, self.sampler = run, model, optimizer, sampler
+        self.ctx, self.device, self.fixed = ctx, device, fixed
+
+    def state(self, train_state: dict, val: dict | None, train_loss: float | None) -> dict:
+        """The checkpoint dict now (collective: every rank must call it)."""
+        cuda = self.device.type == "cuda"
+        own_cuda_rng = torch.cuda.get_rng_state(self.device) if cuda else None
+        return {
+            "format": CHECKPOINT_FORMAT,
+            **self.fixed,
+            "model": clean_state_dict(self.model.state_dict()),
+            "optimizer": self.optimizer.state_dict(),
+            "sampler": dist_utils.gather_objects(self.sampler.state_dict(), self.ctx),
+            "rng": {"torch": dist_utils.gather_objects(torch.get_rng_state(), self.ctx),
+                    "cuda": dist_utils.gather_objects(own_cuda_rng, self.ctx) if cuda else None},
+            "train_state": dict(train_state),
+            "val": val,
+            "train_loss": train_loss,
+        }
+
+    def restore(self, saved: dict) -> dict:
+        """Put a checkpoint's weights, optimizer, sampler and RNG state back (this rank's); returns
+        its train_state."""
+        self.model.load_state_dict(clean_state_dict(saved["model"]))
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.sampler.load_state_dict(saved["sampler"][self.ctx.rank])
+        torch.set_rng_state(saved["rng"]["torch"][self.ctx.rank])
+        if self.device.type == "cuda" and saved["rng"].get("cuda"):
+            torch.cuda.set_rng_state(saved["rng"]["cuda"][self.ctx.rank], self.device)
+        return saved["train_state"]
+
+    def save(self, train_state: dict, val: dict | None, train_loss: float | None, *, best: bool = False) -> None:
+        """Checkpoint now (collective); `best`: also as best.pt."""
+        state = self.state(train_state, val, train_loss)
+        if not dist_utils.is_rank0():
+            return
+        data = _serialized(state)
+        if self.run.latest.is_file():
+            os.replace(self.run.latest, self.run.previous)
+        atomic_write(self.run.latest, data)
+        if best:
+            atomic_write(self.run.best, data)

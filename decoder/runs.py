@@ -1,0 +1,200 @@
+"""The run folder: every file a training run (or the experiment runner) writes, named here only.
+
+    <run>/
+      config.yaml                 the resolved RunConfig (`decoder.config.dump_config`)
+      tokenizer.json              the tokenizer (`Tokenizer.to_dict` as JSON)
+      metrics.jsonl               one JSON object per evaluation, appended as training goes
+      summary.json                how the run ended, written when it stops (any status)
+      samples.json                continuations of the configured prompt from the best weights
+      failure.json                written by the experiment runner when a point raised
+      checkpoints/latest.pt       everything needed to resume (format: `decoder.checkpoint`)
+      checkpoints/latest.prev.pt  the latest before it: what `--resume` falls back to
+      checkpoints/best.pt         the same state as it was at the best evaluation
+
+metrics.jsonl, one row per evaluation (a resumed run first drops the rows written after the
+checkpoint it resumes from, so every step appears once):
+    step            optimizer steps taken
+    tokens_seen     training tokens consumed, all ranks together
+    train_loss      mean training loss (nats/token) over the steps since the previous log line
+    val_loss        mean loss (nats/token) over the whole validation split
+    val_ppl         exp(val_loss)
+    val_bpb         validation bits per UTF-8 byte (`decoder.metrics`)
+    val_tokens      validation tokens scored
+    lr              learning rate of the step just taken
+    tokens_per_s    training tokens per second since the previous log line (evaluation excluded)
+    elapsed_s       training seconds so far (evaluation and checkpointing excluded)
+
+summary.json:
+    run_id, status     the config's id (`decoder.config.run_id`); completed, early_stopped,
+                       interrupted or diverged
+    error              why a diverged run stopped, else null
+    step, tokens_seen, elapsed_s, tokens_per_s    at the end (tokens_per_s over all training time)
+    best_val_loss, best_step, best_val_bpb        the best evaluation (null when none)
+    train_loss_at_best                            train_loss of the metrics row at that evaluation
+    final_val_loss, final_val_ppl, final_val_bpb  the last evaluation
+    final_train_loss                              the last logged train_loss
+    params_total, params_non_embedding, vocab_size, flops_per_token   the model
+    device, precision, world_size, cpu, torch     what it ran on (device and precision resolved)
+    best_checkpoint    "checkpoints/best.pt" relative to the run folder, or null
+    samples            the samples.json list (absent when interrupted or diverged)
+
+samples.json: a list of {strategy ("greedy" or "sampled"), prompt, text, seed, temperature, top_k,
+top_p, repetition_penalty, no_repeat_ngram_size}.
+failure.json: {status: "failed", error (one line), settings, run_id, time, traceback}.
+
+Torch-free: reports read run folders without importing torch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from decoder.config import RunConfig, dump_config, load_config
+from decoder.io import FileFormatError, atomic_write, read_json, write_json
+
+if TYPE_CHECKING:
+    from decoder.tokenizer import Tokenizer
+
+DONE = ("completed", "early_stopped")
+"""Statuses of a run that has nothing left to do."""
+
+
+class _File:
+    """A path inside the run folder, read as an attribute of a RunDir (`run.summary_file`)."""
+
+    def __init__(self, *parts: str) -> None:
+        self.parts = parts
+
+    def __get__(self, run: "RunDir", owner: type | None = None) -> Path:
+        return run.path.joinpath(*self.parts)
+
+
+class RunDir:
+    """One run folder: its file paths, and reading and writing each file."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    # --- paths: every file name of a run folder, here only ---------------------------------
+
+    config_file = _File("config.yaml")
+    tokenizer_file = _File("tokenizer.json")
+    metrics_file = _File("metrics.jsonl")
+    summary_file = _File("summary.json")
+    samples_file = _File("samples.json")
+    failure_file = _File("failure.json")
+    checkpoints = _File("checkpoints")
+    latest = _File("checkpoints", "latest.pt")
+    previous = _File("checkpoints", "latest.prev.pt")  # the latest before it, for a resume when latest.pt is damaged
+    best = _File("checkpoints", "best.pt")
+
+    def relative(self, path: Path) -> str:
+        """`path` as the run folder's files name each other (relative, '/'-separated)."""
+        return path.relative_to(self.path).as_posix()
+
+    # --- what the folder holds -------------------------------------------------------------
+
+    def is_run(self) -> bool:
+        """Whether the folder looks like a run folder (a config, a summary or a failure record)."""
+        return any(p.is_file() for p in (self.config_file, self.summary_file, self.failure_file))
+
+    def has_checkpoint(self) -> bool:
+        """Whether there is something to resume from (latest.pt or the one before it)."""
+        return self.latest.is_file() or self.previous.is_file()
+
+    def model_checkpoint(self) -> Path | None:
+        """The checkpoint to load a model from: best.pt, else latest.pt; None when neither exists."""
+        return next((p for p in (self.best, self.latest) if p.is_file()), None)
+
+    def state(self) -> str:
+        """'done', 'failed', 'resumable' (a checkpoint without a finished summary) or 'new'."""
+        status = (self.read_summary() or {}).get("status")
+        if status in DONE:
+            return "done"
+        if self.failure_file.is_file() or status == "diverged":
+            return "failed"
+        return "resumable" if self.has_checkpoint() else "new"
+
+    # --- config and tokenizer --------------------------------------------------------------
+
+    def write_config(self, config: RunConfig) -> None:
+        atomic_write(self.config_file, dump_config(config))
+
+    def read_config(self) -> RunConfig | None:
+        """The saved config; None when there is none (a ConfigError when it does not load)."""
+        return load_config(self.config_file) if self.config_file.is_file() else None
+
+    def write_tokenizer(self, tokenizer: "Tokenizer") -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        tokenizer.save(self.tokenizer_file)
+
+    # --- metrics.jsonl ---------------------------------------------------------------------
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        """Add one evaluation's row (fields in the module docstring)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.metrics_file, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def read_metrics(self) -> tuple[list[dict], bool]:
+        """Rows in step order (the last row of a step wins) and whether the file ended in a damaged
+        line (a crash mid-write); no file is no rows."""
+        try:
+            lines = self.metrics_file.read_text(encoding="utf-8").splitlines()
+        except OSError:
+            return [], False
+        rows: dict[int, dict] = {}
+        for line in filter(str.strip, lines):
+            try:
+                row = json.loads(line)
+            except ValueError:
+                return sorted(rows.values(), key=lambda r: r["step"]), True
+            if isinstance(row, dict) and "step" in row:
+                rows[row["step"]] = row
+        return sorted(rows.values(), key=lambda r: r["step"]), False
+
+    def restart_metrics(self, keep_through_step: int = 0) -> None:
+        """Empty metrics.jsonl, or keep only the rows up to a resumed checkpoint's step (a killed
+        run may have written later rows; the resumed run writes them again)."""
+        kept = [r for r in self.read_metrics()[0] if r["step"] <= keep_through_step]
+        atomic_write(self.metrics_file, "".join(json.dumps(r) + "\n" for r in kept))
+
+    # --- summary, samples, failure ---------------------------------------------------------
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        write_json(self.summary_file, summary)
+
+    def read_summary(self) -> dict | None:
+        return _read_optional(self.summary_file)
+
+    def clear_summary(self) -> None:
+        """A run that starts or resumes has no summary until it stops."""
+        self.summary_file.unlink(missing_ok=True)
+
+    def write_samples(self, samples: list[dict]) -> None:
+        write_json(self.samples_file, samples)
+
+    def read_samples(self) -> list[dict] | None:
+        return _read_optional(self.samples_file)
+
+    def write_failure(self, record: dict[str, Any]) -> None:
+        atomic_write(self.failure_file, json.dumps(record, indent=2, default=str) + "\n")
+
+    def read_failure(self) -> dict | None:
+        return _read_optional(self.failure_file)
+
+
+def _read_optional(path: Path) -> Any:
+    """A JSON file's content; None when it is missing or damaged (reports show what they can)."""
+    try:
+        return read_json(path)
+    except FileFormatError:
+        return None

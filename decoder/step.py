@@ -1,0 +1,111 @@
+"""What one training step and one evaluation compute: the learning-rate schedule, the optimizer,
+the gradient-accumulated optimizer step and the validation loss over a whole split.
+
+Both the step and the evaluation score next-token prediction the same way (cross-entropy of the
+float32 logits, under `decoder.hardware.autocast`); `decoder.train` runs them in its loop and the
+benchmarks time `train_step` itself.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from decoder import distributed as dist_utils
+from decoder.config import RunConfig
+from decoder.hardware import autocast
+from decoder.metrics import quality
+from decoder.model import GPT
+
+
+def lr_at(config: RunConfig, step: int, progress: float) -> float:
+    """Linear warm-up to lr (over warmup_fraction of the budget, else warmup_steps), then cosine decay
+    to lr * min_lr_ratio as the budget is used."""
+    t = config.training
+    if t.warmup_fraction is not None:
+        if progress < t.warmup_fraction:
+            return t.lr * max(progress, 0.0) / t.warmup_fraction
+    elif step < t.warmup_steps:
+        return t.lr * (step + 1) / t.warmup_steps
+    if t.schedule == "constant":
+        return t.lr
+    progress = min(max(progress, 0.0), 1.0)
+    return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def make_optimizer(model: GPT, config: RunConfig) -> torch.optim.Optimizer:
+    """AdamW with decay on matrices only (not norms, biases, embeddings); or plain Adam."""
+    t = config.training
+    embeddings = {id(model.transformer.wte.weight)}
+    if "wpe" in model.transformer:
+        embeddings.add(id(model.transformer.wpe.weight))
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (decay if p.dim() >= 2 and id(p) not in embeddings else no_decay).append(p)
+    kwargs = dict(lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps)
+    if t.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), **kwargs)
+    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, **kwargs)
+
+
+@torch.no_grad()
+def evaluate(model: GPT, tokens: np.ndarray, byte_lengths: np.ndarray, device: torch.device, precision: str) -> dict:
+    """Loss over the *whole* split: consecutive windows of context_length, every token after the
+    first predicted exactly once. Returns val_loss (nats/token), val_ppl, val_bpb and val_tokens."""
+    was_training = model.training
+    model.eval()
+    T = model.config.context_length
+    n_pred = len(tokens) - 1
+    starts = list(range(0, n_pred, T))
+    batch = max(1, min(64, 2**25 // (T * model.vocab_size)))
+    data = torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64))
+    total = 0.0
+    for i in range(0, len(starts), batch):
+        group = starts[i : i + batch]
+        lengths = [min(T, n_pred - s) for s in group]
+        L = max(lengths)
+        x = torch.zeros(len(group), L, dtype=torch.long)
+        y = torch.full((len(group), L), -100, dtype=torch.long)
+        for j, (s, n) in enumerate(zip(group, lengths)):
+            x[j, :n] = data[s : s + n]
+            y[j, :n] = data[s + 1 : s + 1 + n]
+        with autocast(device, precision):
+            logits, _ = model(x.to(device))
+        total += F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(), reduction="sum").item()
+    model.train(was_training)
+    return {**quality(total, n_pred, int(byte_lengths[tokens[1:]].sum())), "val_tokens": n_pred}
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    device: torch.device,
+    precision: str,
+    grad_clip: float,
+    ctx: dist_utils.DistContext = dist_utils.DistContext(),
+) -> torch.Tensor:
+    """One optimizer step over gradient-accumulated micro-batches; returns the mean loss (detached).
+
+    `model` may be DDP-wrapped: gradients are all-reduced only on the last micro-batch. The
+    benchmarks time this very function."""
+    n = len(micro_batches)
+    total = torch.zeros((), device=device)
+    for i, (x, y) in enumerate(micro_batches):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with dist_utils.no_sync(model, ctx, last=i == n - 1):
+            with autocast(device, precision):
+                logits, _ = model(x)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / n
+            loss.backward()
+        total += loss.detach()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total
