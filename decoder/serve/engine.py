@@ -1,25 +1,30 @@
-"""The engine: a FIFO queue of requests in front of the `Scheduler`, driven by one asyncio task.
+"""The engine: a FIFO queue of requests in front of the `Scheduler`, driven by one worker thread.
 
-The task admits waiting sequences into free batch slots, runs `Scheduler.step` in a single worker
-thread (onnxruntime releases the GIL, so the event loop keeps serving HTTP meanwhile) and hands
-each step's text to the requests' queues. Only the task touches the scheduler; request handlers
-only submit jobs and cancel them (a flag the next step reads), so nothing needs a lock.
+The thread runs `Scheduler.step` back to back while there is work, admitting waiting sequences
+into free batch slots, and posts each step's text to the event loop (`call_soon_threadsafe`),
+where it is handed to the requests' queues. The thread never waits for the event loop: while
+onnxruntime runs a step (it releases the GIL) the loop streams the previous step's tokens, and a
+slow loop delays delivery, not decoding. Only the thread touches the scheduler; the loop touches
+the jobs, gauges and counters; the queue of waiting sequences is shared under a lock, and a
+request is cancelled by a flag the next step reads.
 
 A job is one HTTP request: one sequence per prompt and choice. It waits (counted in
 `decoder_requests_waiting`) until its first sequence is admitted, then runs until its last one
 ends. Beyond the jobs the free slots will take at the next step, the queue holds at most
-`max_queue` waiting jobs; past that `submit` answers 429 with a Retry-After header. `drain(grace)` (on SIGTERM) refuses new jobs with 503 and, `grace` seconds
-later, cancels whatever still runs, so every response ends cleanly (finish reason "cancelled").
-A step that raises (a bug, or onnxruntime failing) is logged, every sequence
-in flight ends with finish reason "error", and the engine carries on with an empty batch.
+`max_queue` waiting jobs; past that `submit` answers 429 with a Retry-After header.
+`drain(grace)` (on SIGTERM) refuses new jobs with 503 and, `grace` seconds later, cancels
+whatever still runs, so every response ends cleanly (finish reason "cancelled"). A step that
+raises (a bug, or onnxruntime failing) is logged, every sequence in flight ends with finish reason
+"error", and the engine carries on with an empty batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator
 
 from decoder.serve.metrics import ServerMetrics
@@ -67,20 +72,41 @@ class Engine:
         self.scheduler = scheduler
         self.metrics = metrics
         self.max_queue = max_queue
-        self.waiting: deque[Sequence] = deque()
         self.jobs_waiting = 0
         self.jobs_running = 0
+        self._waiting: deque[Sequence] = deque()
+        self._lock = threading.Lock()  # guards _waiting
+        self._wake = threading.Event()
         self._jobs: dict[Sequence, tuple[Job, int]] = {}
-        self._wake: asyncio.Event | None = None
-        self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = False
         self._drain_deadline: float | None = None
-        self._executor: ThreadPoolExecutor | None = None
         scheduler.observe = lambda seq, now: metrics.observe_token(seq.arrived, seq.last_token_at, now)
 
     @property
     def accepting(self) -> bool:
-        return self._task is not None and not self._task.done() and self._drain_deadline is None
+        alive = self._thread is not None and self._thread.is_alive() and not self._stopping
+        return alive and self._drain_deadline is None
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping, self._drain_deadline = False, None
+        self._thread = threading.Thread(target=self._work, name="decoder-engine", daemon=True)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        """Stop the thread (after its current step), then cancel everything still in flight."""
+        if self._thread is None:
+            return
+        self._stopping = True
+        self._wake.set()
+        await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+        self._thread = None
+        with self._lock:
+            leftovers = [*self.scheduler.rows, *self.scheduler.sliding, *self._waiting]
+            self._waiting.clear()
+        self._dispatch([], [(seq, "", "cancelled") for seq in leftovers])
 
     def drain(self, grace: float) -> None:
         """Refuse new jobs from now on; cancel those still running `grace` seconds from now.
@@ -90,105 +116,89 @@ class Engine:
 
     def _begin_drain(self, grace: float) -> None:
         if self._drain_deadline is None:
-            self._drain_deadline = self._loop.time() + grace
-            self.wake()
-
-    def _cancel_all_after_deadline(self) -> None:
-        if self._drain_deadline is not None and self._loop.time() >= self._drain_deadline:
-            for seq in [*self.scheduler.rows, *self.scheduler.sliding, *self.waiting]:
-                seq.cancelled = True
-
-    def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()  # of the running loop
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decoder-engine")
-        self._task = self._loop.create_task(self._run(), name="decoder-engine")
-
-    async def stop(self) -> None:
-        """Cancel everything in flight and stop the task and its thread."""
-        if self._task is None:
-            return
-        self._task.cancel()
-        try:
-            await self._task
-        except asyncio.CancelledError:
-            pass
-        self._task = None
-        self._executor.shutdown(wait=True)  # a step still running in the thread ends first
-        leftovers = [*self.scheduler.rows, *self.scheduler.sliding, *self.waiting]
-        self._dispatch([(seq, "", "cancelled") for seq in leftovers])
-        self.waiting.clear()
+            self._drain_deadline = time.monotonic() + grace
+            self._wake.set()
 
     def submit(self, job: Job) -> None:
         """Queue a job, or raise APIError 503 (not running) / 429 (queue full)."""
         if not self.accepting:
             raise APIError(503, "The server is shutting down", type="server_error", code="unavailable",
                            headers={"Retry-After": str(RETRY_AFTER_S)})
-        startable = max(0, self.scheduler.free_slots - len(self.waiting))  # would start at the next step
-        if self.jobs_waiting >= self.max_queue + startable:
-            raise APIError(429, f"The server is busy ({self.jobs_waiting} requests queued); retry shortly",
-                           type="server_error", code="queue_full", headers={"Retry-After": str(RETRY_AFTER_S)})
-        for index, seq in enumerate(job.sequences):
-            self._jobs[seq] = (job, index)
-            self.waiting.append(seq)
+        with self._lock:
+            startable = max(0, self.scheduler.free_slots - len(self._waiting))  # would start at the next step
+            if self.jobs_waiting >= self.max_queue + startable:
+                raise APIError(429, f"The server is busy ({self.jobs_waiting} requests queued); retry shortly",
+                               type="server_error", code="queue_full",
+                               headers={"Retry-After": str(RETRY_AFTER_S)})
+            for index, seq in enumerate(job.sequences):
+                self._jobs[seq] = (job, index)
+                self._waiting.append(seq)
         self.jobs_waiting += 1
         self._update_gauges()
-        self.wake()
+        self._wake.set()
 
     def wake(self) -> None:
-        if self._wake is not None:
-            self._wake.set()
+        """Have the thread look at the queue now (after a cancellation)."""
+        self._wake.set()
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            if not self.scheduler.busy and not self.waiting:
-                self._wake.clear()
-                await self._wake.wait()
+    # --- the worker thread ------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            with self._lock:
+                idle = not self.scheduler.busy and not self._waiting
+            if idle:
+                self._wake.wait()
                 continue
             self._cancel_all_after_deadline()
-            admitted = self._admit()
+            admitted, dropped = self._take()
             try:
-                events = await loop.run_in_executor(self._executor, self.scheduler.step, admitted)
+                events = self.scheduler.step(admitted)
             except Exception:
                 log.exception("engine step failed; ending every sequence in flight with finish_reason 'error'")
-                in_flight = dict.fromkeys([*self.scheduler.rows, *self.scheduler.sliding, *admitted])
-                events = self._fail(list(in_flight))
+                events = self._fail(list(dict.fromkeys([*self.scheduler.rows, *self.scheduler.sliding, *admitted])))
             sampled = sum(finish != "cancelled" for _, _, finish in events)
             if sampled:
                 self.metrics.batch_size.observe(sampled)
-            self._dispatch(events)
+            self._loop.call_soon_threadsafe(self._dispatch, admitted, dropped + events)
 
-    def _admit(self) -> list[Sequence]:
-        """Sequences for the free slots, first come first served; cancelled waiting ones leave now."""
-        cancelled: list[Event] = [(seq, "", "cancelled") for seq in self.waiting if seq.cancelled]
-        if cancelled:
-            self.waiting = deque(seq for seq in self.waiting if not seq.cancelled)
-        admitted: list[Sequence] = []
-        while self.waiting and len(admitted) < self.scheduler.free_slots:
-            seq = self.waiting.popleft()
-            job, _ = self._jobs[seq]
-            if not job.started:
-                job.started = True
-                self.jobs_waiting -= 1
-                self.jobs_running += 1
-            self.metrics.prompt_tokens.inc(len(seq.prompt_ids))
-            admitted.append(seq)
-        self._dispatch(cancelled)
-        return admitted
+    def _take(self) -> tuple[list[Sequence], list[Event]]:
+        """(sequences for the free slots, first come first served; cancelled waiting ones, ended now)."""
+        with self._lock:
+            dropped: list[Event] = [(seq, "", "cancelled") for seq in self._waiting if seq.cancelled]
+            if dropped:
+                self._waiting = deque(seq for seq in self._waiting if not seq.cancelled)
+            free = self.scheduler.free_slots
+            admitted = [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
+        return admitted, dropped
+
+    def _cancel_all_after_deadline(self) -> None:
+        if self._drain_deadline is not None and time.monotonic() >= self._drain_deadline:
+            with self._lock:
+                for seq in [*self.scheduler.rows, *self.scheduler.sliding, *self._waiting]:
+                    seq.cancelled = True
 
     def _fail(self, sequences: list[Sequence]) -> list[Event]:
         self.scheduler.rows, self.scheduler.sliding, self.scheduler.cache = [], [], None
         return [(seq, "", "error") for seq in sequences]
 
-    def _dispatch(self, events: list[Event]) -> None:
+    # --- the event loop ---------------------------------------------------------------------
+
+    def _dispatch(self, admitted: list[Sequence], events: list[Event]) -> None:
+        for seq in admitted:
+            job, _ = self._jobs[seq]
+            self.metrics.prompt_tokens.inc(len(seq.prompt_ids))
+            if not job.started:
+                job.started = True
+                self.jobs_waiting -= 1
+                self.jobs_running += 1
         for seq, text, finish in events:
             job, index = self._jobs[seq]
             if finish is not None:
                 self._finish(seq, job, finish)
             job.queue.put_nowait((index, text, finish))
-        if events:
-            self._update_gauges()
+        self._update_gauges()
 
     def _finish(self, seq: Sequence, job: Job, reason: str) -> None:
         del self._jobs[seq]

@@ -18,12 +18,16 @@ from pathlib import Path
 import uvicorn
 
 from decoder.bundle import INT8_MODEL_FILE, MODEL_FILE
-from decoder.runtime import Runtime
+from decoder.runtime import Runtime, cpu_session_options
 from decoder.serve.app import create_app
 from decoder.serve.config import ServeConfig
 
 UVICORN_MARGIN_S = 2.0
 """uvicorn's own deadline is the grace plus this, so responses end first, cleanly."""
+SPIN = "0"
+"""onnxruntime's intra-op threads spin between ops by default, taking the cores the event loop
+needs to stream tokens; with spinning off the default-size model served 1.4x (1 client) and 1.6x
+(16 clients) the tokens/s on 2 AMD EPYC cores (A/B in one run, the machine shared)."""
 
 
 class _Server(uvicorn.Server):
@@ -42,7 +46,9 @@ def serve(bundle_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000, 
           config: ServeConfig = ServeConfig(), threads: int | None = None, log_level: str = "info") -> int:
     """Serve the bundle until stopped; returns the exit status (0 after SIGTERM)."""
     model_file = INT8_MODEL_FILE if quantized else MODEL_FILE
-    runtime = Runtime(bundle_dir, model_file=model_file, threads=threads)
+    options = cpu_session_options(threads)
+    options.add_session_config_entry("session.intra_op.allow_spinning", SPIN)
+    runtime = Runtime(bundle_dir, model_file=model_file, session_options=options)
     app = create_app(runtime, config, model_file=model_file)
     server = _Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
                                     timeout_graceful_shutdown=config.shutdown_grace + UVICORN_MARGIN_S),
