@@ -19,7 +19,7 @@ from bench.reference import ReferenceModel, reference_optimizer, reference_step
 from decoder.config import RunConfig, TrainingConfig
 from decoder.hardware import training_attention_backend
 from decoder.model import GPT
-from decoder.train import make_optimizer, train_step
+from decoder.step import make_optimizer, train_step
 
 
 def _batch(vocab_size: int, batch: int, context: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:

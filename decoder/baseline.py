@@ -1,7 +1,7 @@
 """The n-gram baseline every results table carries: interpolated Kneser-Ney, orders 1-3.
 
 Counts come from the training split's model ids; the score is over the validation split's model
-ids, exactly like `decoder.train.evaluate`: tokens 1..N-1 of the split are predicted (token i from
+ids, exactly like `decoder.step.evaluate`: tokens 1..N-1 of the split are predicted (token i from
 at most the n-1 tokens before it, all inside the split), and bits per byte divide the total nats
 by ln 2 and by the UTF-8 bytes of those tokens. So the row "KN trigram" and a transformer's row
 measure the same thing on the same text.
@@ -130,7 +130,7 @@ class KneserNey:
 
 
 def score(model: KneserNey, tokens: np.ndarray, byte_lengths: np.ndarray) -> dict:
-    """val_loss (nats/token), val_ppl, val_bpb, val_tokens, as decoder.train.evaluate reports them."""
+    """val_loss (nats/token), val_ppl, val_bpb, val_tokens, as decoder.step.evaluate reports them."""
     nats = model.split_nats(tokens)
     n_bytes = int(byte_lengths[np.asarray(tokens)[1:]].sum())
     return {**quality(float(nats.sum()), len(nats), n_bytes), "val_tokens": len(nats)}

@@ -273,7 +273,7 @@ def export_model(
 ) -> Path:
     """Write the bundle of `model` to `out_dir` (atomically) and return its path.
 
-    run_meta: the training run's metadata (decoder.train.load_model's meta: run_id, train_state,
+    run_meta: the training run's metadata (decoder.checkpoint.load_model's meta: run_id, train_state,
     val, path) recorded in bundle.json. quantize='int8' adds model.int8.onnx and its agreement
     figures on `val_tokens` (model ids; default: the validation split of config.data)."""
     if quantize not in (None, *QUANTIZATIONS):

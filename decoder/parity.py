@@ -97,7 +97,7 @@ def int8_agreement(
     """How far the bundle's int8 model strays from its fp32 model on `tokens` (validation ids).
 
     Both score consecutive windows of context_length (every token after the first predicted once,
-    as decoder.train.evaluate does), at most max_tokens predictions. Returns the top-1 agreement
+    as decoder.step.evaluate does), at most max_tokens predictions. Returns the top-1 agreement
     rate (share of positions where both pick the same argmax) and each model's bits per byte."""
     engines = {"fp32": Runtime(bundle_dir, threads=threads),
                "int8": Runtime(bundle_dir, quantized=True, threads=threads)}

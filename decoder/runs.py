@@ -26,7 +26,8 @@ checkpoint it resumes from, so every step appears once):
 
 summary.json:
     run_id, status     the config's id (`decoder.config.run_id`); completed, early_stopped,
-                       interrupted or diverged
+                       interrupted or diverged; a sweep rewrites a trial it prunes as pruned
+                       (with pruned_at_eval, the evaluation it stopped at)
     error              why a diverged run stopped, else null
     step, tokens_seen, elapsed_s, tokens_per_s    at the end (tokens_per_s over all training time)
     best_val_loss, best_step, best_val_bpb        the best evaluation (null when none)
@@ -57,8 +58,8 @@ from decoder.io import FileFormatError, atomic_write, read_json, write_json
 if TYPE_CHECKING:
     from decoder.tokenizer import Tokenizer
 
-DONE = ("completed", "early_stopped")
-"""Statuses of a run that has nothing left to do."""
+DONE = ("completed", "early_stopped", "pruned")
+"""Statuses of a run that has nothing left to do (a pruned sweep trial is not resumed either)."""
 
 
 class _File:

@@ -4,7 +4,6 @@ resuming interrupted ones), then write its report."""
 from __future__ import annotations
 
 import argparse
-import os
 
 from decoder.cli import UsageError
 
@@ -45,7 +44,7 @@ def _train_points(experiment, args: argparse.Namespace, shard: tuple[int, int]) 
 
 
 def run(args: argparse.Namespace) -> int:
-    from decoder.distributed import shutdown
+    from decoder.distributed import is_rank0, shutdown
     from decoder.experiments import check_data, dry_run_table, load_experiment
     from decoder.report import write_report
 
@@ -62,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     counts: dict[str, int] = {}
     for o in outcomes:
         counts[o.status] = counts.get(o.status, 0) + 1
-    if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 reports
+    if not is_rank0():  # under torchrun rank 0 reports
         return 1 if counts.get("failed") else 0
     print(f"{experiment.name}: {len(outcomes)} points: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     folder = write_report([args.experiment], runs_dir=args.runs_dir, out=args.out,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from decoder.cli import UsageError
@@ -42,7 +41,7 @@ def _report(summary: dict, run_dir: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from decoder.distributed import shutdown
+    from decoder.distributed import is_rank0, shutdown
     from decoder.train import train
 
     config, default_dir = single_config(Path(args.config))
@@ -51,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         summary = train(config, run_dir, resume=args.resume, quiet=args.quiet)
     finally:
         shutdown()
-    if summary is not None and int(os.environ.get("RANK", "0")) == 0:
+    if summary is not None and is_rank0():
         _report(summary, run_dir)
     if summary["status"] == "interrupted":
         return 130

@@ -3,15 +3,13 @@
 A point's run folder is runs/<experiment>/<run id>. Re-running an experiment file skips completed
 points, resumes interrupted ones from their latest checkpoint and retries failed ones from scratch;
 --force re-runs everything, --shard I/N runs only the points whose index is I modulo N. A failing
-point writes failure.json and the grid goes on. Reading a folder back (`read_run`, `load_records`)
-is what the report is made from.
+point writes its failure record (`RunDir.write_failure`) and the grid goes on. Reading a folder
+back (`read_run`, `load_records`) is what the report is made from. File names: `decoder.runs`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import re
 import shutil
 import time
@@ -20,13 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from decoder.config import ConfigError, RunConfig, load_config
+from decoder.config import ConfigError, RunConfig
 from decoder.experiments.grid import (SEED_KEY, Experiment, ExperimentError, Point, load_experiment, raise_problems,
                                       setting_text)
 from decoder.experiments.search import is_search_file, load_search
-from decoder.io import FileFormatError, atomic_write, read_json
-
-DONE = ("completed", "early_stopped")
+from decoder.runs import RunDir
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -37,24 +33,9 @@ def parse_shard(text: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
-def read_json_or_none(path: Path) -> Any:
-    """A run folder's JSON file, or None when it is missing or damaged (a crash mid-run)."""
-    try:
-        return read_json(path)
-    except FileFormatError:
-        return None
-
-
 def point_state(run_dir: Path) -> str:
-    """'done', 'failed', 'resumable' (a checkpoint without a finished summary) or 'new'."""
-    summary = read_json_or_none(run_dir / "summary.json") or {}
-    if summary.get("status") in DONE:
-        return "done"
-    if (run_dir / "failure.json").is_file() or summary.get("status") == "diverged":
-        return "failed"
-    if (run_dir / "checkpoints" / "latest.pt").is_file():
-        return "resumable"
-    return "new"
+    """'done', 'failed', 'resumable' or 'new' (`RunDir.state`)."""
+    return RunDir(run_dir).state()
 
 
 def check_data(experiment: Experiment) -> dict:
@@ -81,12 +62,11 @@ def check_data(experiment: Experiment) -> dict:
     return datasets
 
 
-def _write_failure(run_dir: Path, point: Point, exc: BaseException) -> str:
+def _write_failure(run: RunDir, point: Point, exc: BaseException) -> str:
     error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-    record = {"status": "failed", "error": error, "settings": point.settings, "run_id": point.run_id,
-              "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))}
-    atomic_write(run_dir / "failure.json", json.dumps(record, indent=2, default=str))
+    run.write_failure({"status": "failed", "error": error, "settings": point.settings, "run_id": point.run_id,
+                       "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                       "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))})
     return error
 
 
@@ -107,23 +87,24 @@ def run_point(point: Point, run_dir: Path, dataset: Any, *, force: bool, quiet: 
     from decoder.train import train
 
     ctx = dist_utils.init()  # under torchrun every rank runs the same points together (DDP)
-    state = point_state(run_dir)
+    run = RunDir(run_dir)
+    state = run.state()
     dist_utils.barrier(ctx)  # every rank has read the folder's state before rank 0 changes it
     if state == "done" and not force:
-        summary = read_json_or_none(run_dir / "summary.json")
+        summary = run.read_summary()
         say(f"skipped: already {summary['status']} (--force re-runs it)")
         return PointOutcome(point, run_dir, "skipped", summary=summary)
     if force or state == "failed":
-        if ctx.rank == 0:
+        if dist_utils.is_rank0():
             shutil.rmtree(run_dir, ignore_errors=True)
         dist_utils.barrier(ctx)
     resume = state == "resumable" and not force
-    say(f"resuming from {run_dir / 'checkpoints' / 'latest.pt'}" if resume else "training")
+    say(f"resuming from {run.latest}" if resume else "training")
     start = time.perf_counter()
     try:
         summary = train(point.config, run_dir, resume=resume, quiet=quiet, dataset=dataset, on_step=on_step)
     except Exception as exc:  # one failing point (OOM, NaN, bad data) must not stop the grid
-        error = _write_failure(run_dir, point, exc) if ctx.rank == 0 else str(exc)
+        error = _write_failure(run, point, exc) if dist_utils.is_rank0() else str(exc)
         if ctx.world_size > 1:
             raise  # ranks cannot skip a point independently: take the job down (torchrun shows why)
         say(f"FAILED: {error}")
@@ -158,9 +139,10 @@ def run_experiment(experiment: Experiment, runs_dir: str | Path = "runs", *, for
 
 
 def _print(message: str) -> None:
-    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
-        return
-    print(message, flush=True)
+    from decoder.distributed import is_rank0
+
+    if is_rank0():  # under torchrun only rank 0 reports
+        print(message, flush=True)
 
 
 def dry_run_table(experiment: Experiment, runs_dir: str | Path, shard: tuple[int, int] = (0, 1)) -> str:
@@ -191,50 +173,26 @@ class RunRecord:
     error: str | None = None
 
 
-def read_metrics(path: Path) -> tuple[list[dict], bool]:
-    """Rows of metrics.jsonl (last row per step wins, as a resumed run may repeat steps) and
-    whether the file ended in a damaged line (a crash mid-write)."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return [], False
-    rows: dict[int, dict] = {}
-    for line in lines:
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            return list(rows.values()), True
-        if isinstance(row, dict) and "step" in row:
-            rows[row["step"]] = row
-    return sorted(rows.values(), key=lambda r: r["step"]), False
-
-
 def read_run(run_dir: Path, experiment: str, config: RunConfig | None = None) -> RunRecord:
     """A RunRecord from a run folder; `config` (the point's) is used when the folder has none."""
     if not run_dir.is_dir():
         return RunRecord(experiment, run_dir, config, "not run")
-    if (run_dir / "config.yaml").is_file():
-        try:
-            config = load_config(run_dir / "config.yaml")
-        except ConfigError:
-            pass
-    summary = read_json_or_none(run_dir / "summary.json") or {}
-    failure = read_json_or_none(run_dir / "failure.json") or {}
-    metrics, truncated = read_metrics(run_dir / "metrics.jsonl")
-    samples = read_json_or_none(run_dir / "samples.json") or []
+    run = RunDir(run_dir)
+    try:
+        config = run.read_config() or config
+    except ConfigError:
+        pass
+    summary = run.read_summary() or {}
+    failure = run.read_failure() or {}
+    metrics, truncated = run.read_metrics()
+    samples = run.read_samples() or []
     if failure:
         status, error = "failed", failure.get("error")
     elif summary.get("status"):
         status, error = summary["status"], summary.get("error")
     else:
-        status, error = "incomplete", "metrics.jsonl ends in a damaged line" if truncated else None
+        status, error = "incomplete", f"{run.metrics_file.name} ends in a damaged line" if truncated else None
     return RunRecord(experiment, run_dir, config, status, summary, metrics, samples, error)
-
-
-def _is_run_folder(path: Path) -> bool:
-    return (path / "config.yaml").is_file() or (path / "summary.json").is_file() or (path / "failure.json").is_file()
 
 
 def load_records(sources: Iterable[str | Path], runs_dir: str | Path = "runs") -> tuple[list[RunRecord], list[str]]:
@@ -246,7 +204,7 @@ def load_records(sources: Iterable[str | Path], runs_dir: str | Path = "runs") -
         if path.is_file() and is_search_file(path):  # a sweep: every trial's run folder
             name = load_search(path).name
             folder = Path(runs_dir) / name
-            runs = sorted(p for p in folder.iterdir() if _is_run_folder(p)) if folder.is_dir() else []
+            runs = sorted(p for p in folder.iterdir() if RunDir(p).is_run()) if folder.is_dir() else []
             records += [read_run(p, name) for p in runs]
             names.append(name)
         elif path.is_file():
@@ -254,11 +212,11 @@ def load_records(sources: Iterable[str | Path], runs_dir: str | Path = "runs") -
             folder = Path(runs_dir) / experiment.name
             records += [read_run(folder / p.run_id, experiment.name, p.config) for p in experiment.points]
             names.append(experiment.name)
-        elif path.is_dir() and _is_run_folder(path):
+        elif path.is_dir() and RunDir(path).is_run():
             records.append(read_run(path, path.resolve().parent.name))
             names.append(path.resolve().parent.name)
-        elif path.is_dir() and any(_is_run_folder(p) for p in path.iterdir()):
-            records += [read_run(p, path.resolve().name) for p in sorted(path.iterdir()) if _is_run_folder(p)]
+        elif path.is_dir() and any(RunDir(p).is_run() for p in path.iterdir()):
+            records += [read_run(p, path.resolve().name) for p in sorted(path.iterdir()) if RunDir(p).is_run()]
             names.append(path.resolve().name)
         else:
             raise ExperimentError(f"{source}: neither an experiment file nor a run folder (or a folder of them)")

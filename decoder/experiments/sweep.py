@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from decoder.experiments.grid import Experiment, Point, settings_label
-from decoder.experiments.runner import check_data, point_state, read_json_or_none, read_metrics, run_point
+from decoder.experiments.runner import check_data, run_point
 from decoder.experiments.search import Param, Search, probes
 from decoder.experiments.study import (HEARTBEAT_S, Interrupted, Surplus, TrialFailed, create_or_load,
                                        default_storage, open_storage, slot_of, work, import_optuna)
-from decoder.io import write_json
+from decoder.runs import RunDir
 
 
 @contextlib.contextmanager
@@ -45,18 +45,18 @@ class EvalWatcher:
     and asks the pruner; returning True stops the run gracefully (checkpoint written)."""
 
     def __init__(self, trial, run_dir: Path, prune: bool, report: bool) -> None:
-        self.trial, self.path, self.prune, self.report = trial, run_dir / "metrics.jsonl", prune, report
+        self.trial, self.run, self.prune, self.report = trial, RunDir(run_dir), prune, report
         self.reported, self.size, self.pruned = 0, -1, False
 
     def __call__(self, step: int = 0, info: dict | None = None) -> bool:
         try:
-            size = self.path.stat().st_size
+            size = self.run.metrics_file.stat().st_size
         except OSError:
             return False
         if size == self.size:  # one stat per step: nothing new, nothing read
             return False
         self.size = size
-        rows = read_metrics(self.path)[0]
+        rows = self.run.read_metrics()[0]
         for ordinal, row in enumerate(rows[self.reported:], start=self.reported + 1):
             self.reported = ordinal
             if self.report and math.isfinite(row.get("val_bpb", math.nan)):
@@ -129,8 +129,9 @@ class SearchObjective:
         optuna = import_optuna()
         say = lambda message: self.say(f"[trial {trial.number}] {message}")  # noqa: E731
         single = len(self.search.objectives) == 1
-        summary = read_json_or_none(run_dir / "summary.json") or {}
-        state = point_state(run_dir)
+        run = RunDir(run_dir)
+        summary = run.read_summary() or {}
+        state = run.state()
         if summary.get("status") == "pruned" or state in ("done", "failed"):
             trial.set_user_attr("reused", True)
             EvalWatcher(trial, run_dir, prune=False, report=single)()
@@ -138,7 +139,7 @@ class SearchObjective:
             if summary.get("status") == "pruned":
                 raise optuna.TrialPruned(f"pruned at evaluation {summary.get('pruned_at_eval')}")
             if state == "failed":
-                failure = read_json_or_none(run_dir / "failure.json") or {}
+                failure = run.read_failure() or {}
                 raise TrialFailed(failure.get("error") or summary.get("error") or "failed")
             return _values(summary, self.search.objectives)
         watcher = EvalWatcher(trial, run_dir, prune=single and self.search.pruner["type"] != "none", report=single)
@@ -148,8 +149,7 @@ class SearchObjective:
             trial.set_user_attr("error", outcome.error)
             raise TrialFailed(outcome.error)
         if outcome.status == "interrupted" and watcher.pruned:
-            write_json(run_dir / "summary.json", {**(outcome.summary or {}), "status": "pruned",
-                                                  "pruned_at_eval": watcher.reported})
+            run.write_summary({**(outcome.summary or {}), "status": "pruned", "pruned_at_eval": watcher.reported})
             say(f"pruned at evaluation {watcher.reported}")
             raise optuna.TrialPruned(f"pruned at evaluation {watcher.reported}")
         if outcome.status == "interrupted":

@@ -9,14 +9,14 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterable
 
 from decoder.config import DataConfig
 from decoder.experiments.grid import SEED_KEY, setting_text, settings_label
-from decoder.experiments.runner import RunRecord, flat_settings, read_json_or_none, seeds_vary, varied_keys
+from decoder.experiments.runner import RunRecord, flat_settings, seeds_vary, varied_keys
 from decoder.metrics import perplexity
 from decoder.report import markdown
+from decoder.runs import RunDir
 
 NGRAM = 8  # memorisation: share of the sample's 8-token n-grams found verbatim in the training split
 
@@ -245,7 +245,7 @@ def many_data(bases: list[dict]) -> bool:
 
 
 def _machine_lines(frame) -> list[str]:
-    summaries = [read_json_or_none(Path(d) / "summary.json") or {} for d in frame["run_dir"]]
+    summaries = [RunDir(d).read_summary() or {} for d in frame["run_dir"]]
     seen = dict.fromkeys(f"{s.get('cpu')}, device {s.get('device')}, precision {s.get('precision')}, torch "
                          f"{s.get('torch')}" for s in summaries if s.get("device"))
     return [""] + [f"Trained on: {m}" for m in seen] if seen else []

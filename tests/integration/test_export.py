@@ -17,7 +17,7 @@ from decoder.export import ExportError, export_model
 from decoder.parity import int8_agreement, padded_parity_check, parity_check
 from decoder.bundle import BUNDLE_FORMAT, INT8_MODEL_FILE, MODEL_FILE, input_names, output_names, sha256_of
 from decoder.runtime import Runtime
-from decoder.train import load_model
+from decoder.checkpoint import load_model
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from decoder.model import GPT
 from decoder.bundle import INT8_MODEL_FILE, MODEL_FILE, BundleError, sha256_of
 from decoder.runtime import Runtime
 from decoder.sampling import SamplingParams
-from decoder.train import load_model
+from decoder.checkpoint import load_model
 
 GREEDY = SamplingParams(greedy=True)
 SAMPLED = SamplingParams(temperature=1.0, top_k=40, top_p=0.95)
@@ -490,7 +490,7 @@ def test_generate_command_refuses_bad_options_in_one_line(onnx_run, options, mes
 
 
 def test_end_of_run_samples_use_the_configs_repetition_controls(onnx_run, tmp_path):
-    from decoder.train import write_samples
+    from decoder.generate import write_samples
 
     run = shutil.copytree(onnx_run, tmp_path / "run")
     model, tokenizer, config, _ = load_model(run)

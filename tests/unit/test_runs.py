@@ -54,3 +54,11 @@ def test_samples_and_config_round_trip(tmp_path):
     assert run.read_config() == RunConfig()
     run.write_samples([{"strategy": "greedy", "text": "Harding wondered — whether"}])
     assert json.loads(run.samples_file.read_text(encoding="utf-8"))[0]["text"].endswith("whether")
+
+
+def test_a_pruned_run_is_finished_not_resumable(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.checkpoints.mkdir(parents=True)
+    run.latest.write_bytes(b"x")
+    run.write_summary({"status": "pruned", "pruned_at_eval": 2})  # what a sweep writes when it prunes a trial
+    assert run.state() == "done"
