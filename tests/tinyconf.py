@@ -33,6 +33,15 @@ def tiny_config(corpus: Path | str, **sections):
     return config_from_dict(raw)
 
 
+def train_losses(config, run_dir: Path, **kwargs) -> list[float]:
+    """Train `config` into `run_dir` and return the training loss of every step."""
+    from decoder.train import train
+
+    losses: list[float] = []
+    train(config, run_dir, quiet=True, on_step=lambda step, m: losses.append(m["train_loss"]) and False, **kwargs)
+    return losses
+
+
 def shipped_experiments() -> list[Path]:
     """experiments/*.yaml except the searches (those: tests/integration/test_sweep.py), by name."""
     from decoder.experiments.search import is_search_file

@@ -1,4 +1,5 @@
-"""Run by tests/test_distributed.py under torchrun: train a config and record which rank wrote files.
+"""Run by tests/integration/test_distributed.py under torchrun: train a config and record which rank
+wrote files.
 
 usage: ddp_worker.py CONFIG RUN_DIR {train,resume,interrupt,fail}
 """
