@@ -131,7 +131,7 @@ class DataConfig:
     """tiktoken encoding name, e.g. 'cl100k_base' or 'gpt2'."""
     compact_vocab: bool = True
     """Shrink the vocabulary to the 256 byte tokens + tokens seen in the training split + <|endoftext|>."""
-    min_count: int = 1
+    min_count: int = 2
     """Compact vocabulary only: keep a token if it occurs at least this often in the training split;
     rarer tokens are spelled in byte tokens everywhere, so the byte fallback is trained."""
     val_fraction: float = 0.1
