@@ -22,6 +22,7 @@ latest.pt and best.pt hold the same dict (best.pt: as it was at the best evaluat
 before the Checkpointer have fewer keys (best.pt lacked optimizer, sampler, rng and world_size;
 latest.pt lacked train_loss; neither had device or precision): `load_checkpoint` fills the missing
 ones with None (world_size 1), so both load, and a latest.pt of either age resumes.
+`resume_state` and `resume_precision` decide what a run folder resumes from and in which precision.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ import torch
 
 from decoder import distributed as dist_utils
 from decoder.config import RunConfig, config_from_dict
-from decoder.errors import UserError
+from decoder.errors import TrainingError, UserError
+from decoder.hardware import resolve_precision
 from decoder.io import atomic_write
 from decoder.model import GPT
 from decoder.runs import RunDir
@@ -140,6 +142,38 @@ def _resumable(path: Path) -> dict:
     if missing:
         raise CheckpointError(f"{path}: has no {', '.join(missing)} state, so training cannot resume from it")
     return state
+
+
+def resume_state(run: RunDir, config: RunConfig, world_size: int, resume: bool) -> dict | None:
+    """The checkpoint a run of `config` in `run` starts from (None: a fresh run); raises TrainingError
+    for a folder that does not fit (a run there without `resume`, another config, another world size)."""
+    if not resume:
+        if run.has_checkpoint():
+            raise TrainingError(f"{run.path}: already holds a run; pass --resume to continue it, or use another folder")
+        return None
+    saved = load_resumable(run)
+    if saved is None:
+        return None
+    if saved["config"] != config.to_dict():
+        raise TrainingError(f"{run.path}: the saved config differs from this one; resume needs the same config")
+    if saved["world_size"] != world_size:
+        raise TrainingError(
+            f"{run.latest}: saved by {saved['world_size']} process(es), resumed with {world_size}; "
+            f"resume with the same number (torchrun --nproc_per_node={saved['world_size']})"
+        )
+    return saved
+
+
+def resume_precision(requested: str, device: torch.device, saved: dict | None) -> str:
+    """The precision to train in: `requested` resolved here, except that a resumed 'auto' run keeps
+    the precision it was trained in (another machine may resolve 'auto' differently)."""
+    here = resolve_precision(requested, device)
+    kept = saved and saved["precision"]
+    if requested != "auto" or not kept or kept == here:
+        return here
+    dist_utils.warn(f"training.precision 'auto' resolves to {here} on this machine, but the run was trained "
+                    f"in {kept}; keeping {kept}")
+    return resolve_precision(kept, device)
 
 
 class Checkpointer:

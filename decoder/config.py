@@ -210,6 +210,9 @@ class TrainingConfig:
     """Seeds weights, data sampling and dropout."""
     num_threads: int | None = None
     """CPU threads for torch (null: torch's default, all cores)."""
+    tensorboard: bool = True
+    """Log scalars (at log_interval steps and evaluations only, never per step) and, at the end, the
+    hyperparameters with the final metrics to the run folder's tensorboard/ (`tensorboard --logdir runs`)."""
 
     def problems(self) -> list[str]:
         out = field_problems(self, "training", {

@@ -7,6 +7,7 @@
       summary.json                how the run ended, written when it stops (any status)
       samples.json                continuations of the configured prompt from the best weights
       failure.json                written by the experiment runner when a point raised
+      tensorboard/                TensorBoard event files (`decoder.tensorboard`; training.tensorboard)
       checkpoints/latest.pt       everything needed to resume (format: `decoder.checkpoint`)
       checkpoints/latest.prev.pt  the latest before it: what `--resume` falls back to
       checkpoints/best.pt         the same state as it was at the best evaluation
@@ -92,6 +93,7 @@ class RunDir:
     summary_file = _File("summary.json")
     samples_file = _File("samples.json")
     failure_file = _File("failure.json")
+    tensorboard_dir = _File("tensorboard")
     checkpoints = _File("checkpoints")
     latest = _File("checkpoints", "latest.pt")
     previous = _File("checkpoints", "latest.prev.pt")  # the latest before it, for a resume when latest.pt is damaged

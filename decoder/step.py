@@ -1,5 +1,6 @@
-"""What one training step and one evaluation compute: the learning-rate schedule, the optimizer,
-the gradient-accumulated optimizer step and the validation loss over a whole split.
+"""What one training step and one evaluation compute: the budget and evaluation schedule, the
+learning-rate schedule, the optimizer, the gradient-accumulated optimizer step and the validation
+loss over a whole split.
 
 Both the step and the evaluation score next-token prediction the same way (cross-entropy of the
 float32 logits, under `decoder.hardware.autocast`); `decoder.train` runs them in its loop and the
@@ -19,6 +20,29 @@ from decoder.config import RunConfig
 from decoder.hardware import autocast
 from decoder.metrics import quality
 from decoder.model import GPT
+
+
+def budget_progress(config: RunConfig, state) -> float:
+    """The fraction of the budget used by `state` (a `decoder.train.TrainState`): the largest of
+    steps, tokens and seconds over their limits; training stops at 1."""
+    t = config.training
+    parts = []
+    if t.max_steps is not None:
+        parts.append(state.step / t.max_steps)
+    if t.max_tokens is not None:
+        parts.append(state.tokens_seen / t.max_tokens)
+    if t.max_seconds is not None:
+        parts.append(state.elapsed_s / t.max_seconds)
+    return max(parts)
+
+
+def eval_due(config: RunConfig, step: int, progress_before: float, progress_after: float) -> bool:
+    """Whether the step just taken (ending at `step`) is followed by an evaluation: every
+    eval_interval steps, or, with eval_fraction, when the budget crosses a multiple of it."""
+    t = config.training
+    if t.eval_fraction is None:
+        return step % t.eval_interval == 0
+    return math.floor(progress_after / t.eval_fraction) > math.floor(progress_before / t.eval_fraction)
 
 
 def lr_at(config: RunConfig, step: int, progress: float) -> float:

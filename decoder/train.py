@@ -3,8 +3,9 @@
 The loop runs in named steps: setup (`_Trainer.__init__`: hardware, resume, data, model, run
 folder), `step` (one optimizer step), `evaluate` (the whole validation split, one metrics row),
 `should_stop` (signals and the caller's callback) and `finish` (last evaluation, samples, summary).
-What the run folder holds is `decoder.runs`; the checkpoint format is `decoder.checkpoint`. Under
-torchrun the same function runs data-parallel (see `decoder.distributed`); only rank 0 writes.
+What the run folder holds is `decoder.runs`; the checkpoint format and the resume checks are
+`decoder.checkpoint`; TensorBoard logging (log and evaluation steps only) is `decoder.tensorboard`.
+Under torchrun the same function runs data-parallel (see `decoder.distributed`); only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -21,20 +22,17 @@ from typing import Any, Callable
 import torch
 
 from decoder import distributed as dist_utils
-from decoder.checkpoint import Checkpointer, CheckpointError, load_model, load_resumable
+from decoder.checkpoint import Checkpointer, CheckpointError, load_model, resume_precision, resume_state
 from decoder.config import RunConfig, run_id
 from decoder.data import BatchSampler, Dataset, prepare
-from decoder.errors import UserError
+from decoder.errors import TrainingError
 from decoder.generate import write_samples
-from decoder.hardware import cpu_name, resolve_device, resolve_precision, training_attention_backend
+from decoder.hardware import cpu_name, resolve_device, training_attention_backend
 from decoder.model import GPT
 from decoder.runs import RunDir
 from decoder.step import evaluate as evaluate_split
-from decoder.step import lr_at, make_optimizer, train_step
-
-
-class TrainingError(UserError, RuntimeError):
-    """Training cannot start or cannot go on (divergence, a folder or config that does not fit)."""
+from decoder.step import budget_progress, eval_due, lr_at, make_optimizer, train_step
+from decoder.tensorboard import TensorBoardLog
 
 
 # ---------------------------------------------------------------------------------------------
@@ -54,27 +52,6 @@ class TrainState:
     last_eval_step: int = -1
     best_val_bpb: float | None = None
     train_loss_at_best: float | None = None
-
-
-def _budget_progress(config: RunConfig, state: TrainState) -> float:
-    t = config.training
-    parts = []
-    if t.max_steps is not None:
-        parts.append(state.step / t.max_steps)
-    if t.max_tokens is not None:
-        parts.append(state.tokens_seen / t.max_tokens)
-    if t.max_seconds is not None:
-        parts.append(state.elapsed_s / t.max_seconds)
-    return max(parts)
-
-
-def eval_due(config: RunConfig, step: int, progress_before: float, progress_after: float) -> bool:
-    """Whether the step just taken (ending at `step`) is followed by an evaluation: every
-    eval_interval steps, or, with eval_fraction, when the budget crosses a multiple of it."""
-    t = config.training
-    if t.eval_fraction is None:
-        return step % t.eval_interval == 0
-    return math.floor(progress_after / t.eval_fraction) > math.floor(progress_before / t.eval_fraction)
 
 
 class _LossWindow:
@@ -134,37 +111,6 @@ class _StopFlag:
 # Setup helpers
 
 
-def _saved_state(run: RunDir, config: RunConfig, ctx: dist_utils.DistContext, resume: bool) -> dict | None:
-    """The checkpoint to resume from (None: a fresh run); refuses a folder that does not fit."""
-    if not resume:
-        if run.has_checkpoint():
-            raise TrainingError(f"{run.path}: already holds a run; pass --resume to continue it, or use another folder")
-        return None
-    saved = load_resumable(run)
-    if saved is None:
-        return None
-    if saved["config"] != config.to_dict():
-        raise TrainingError(f"{run.path}: the saved config differs from this one; resume needs the same config")
-    if saved["world_size"] != ctx.world_size:
-        raise TrainingError(
-            f"{run.latest}: saved by {saved['world_size']} process(es), resumed with {ctx.world_size}; "
-            f"resume with the same number (torchrun --nproc_per_node={saved['world_size']})"
-        )
-    return saved
-
-
-def _precision(requested: str, device: torch.device, saved: dict | None) -> str:
-    """The precision to train in: `requested` resolved here, except that a resumed 'auto' run keeps
-    the precision it was trained in (another machine may resolve 'auto' differently)."""
-    here = resolve_precision(requested, device)
-    kept = saved and saved["precision"]
-    if requested != "auto" or not kept or kept == here:
-        return here
-    dist_utils.warn(f"training.precision 'auto' resolves to {here} on this machine, but the run was trained "
-                    f"in {kept}; keeping {kept}")
-    return resolve_precision(kept, device)
-
-
 def _progress_bar(config: RunConfig, tokens_per_step: int, quiet: bool, done: int):
     from tqdm.auto import tqdm
 
@@ -205,7 +151,7 @@ def _train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, quie
     status, error = "completed", None
     with _StopFlag() as stop, _progress_bar(config, trainer.tokens_per_step, quiet, trainer.state.step) as bar:
         try:
-            while _budget_progress(config, trainer.state) < 1.0:
+            while budget_progress(config, trainer.state) < 1.0:
                 lr, due = trainer.step(bar)
                 if due and trainer.evaluate_and_save():
                     status = "early_stopped"
@@ -227,8 +173,8 @@ class _Trainer:
         self.ctx = ctx = dist_utils.init()
         t = config.training
         self.device = ctx.device if ctx.world_size > 1 else resolve_device(t.device)
-        saved = _saved_state(run, config, ctx, resume)
-        self.precision = _precision(t.precision, self.device, saved)
+        saved = resume_state(run, config, ctx.world_size, resume)
+        self.precision = resume_precision(t.precision, self.device, saved)
         self.dataset = dataset or prepare(config.data)
         tokenizer = self.dataset.tokenizer
         if saved is not None and saved["tokenizer"] != tokenizer.to_dict():
@@ -255,6 +201,7 @@ class _Trainer:
             self.train_model = torch.compile(self.train_model)
         self.tokens_per_step = t.batch_size * config.model.context_length * ctx.world_size
         self.window = _LossWindow(self.device)
+        self.tensorboard = TensorBoardLog(run.tensorboard_dir, t.tensorboard and dist_utils.is_rank0(), self.state.step)
         if dist_utils.is_rank0():
             run.write_config(config)
             run.write_tokenizer(tokenizer)
@@ -265,7 +212,7 @@ class _Trainer:
         """One optimizer step; returns its learning rate and whether an evaluation is due after it."""
         t, state = self.config.training, self.state
         started = time.perf_counter()
-        progress_before = _budget_progress(self.config, state)
+        progress_before = budget_progress(self.config, state)
         lr = lr_at(self.config, state.step, progress_before)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -279,12 +226,14 @@ class _Trainer:
             torch.cuda.synchronize(self.device)
         state.elapsed_s = dist_utils.broadcast_float(state.elapsed_s + (time.perf_counter() - started), self.ctx)
 
-        due = eval_due(self.config, state.step, progress_before, _budget_progress(self.config, state))
+        due = eval_due(self.config, state.step, progress_before, budget_progress(self.config, state))
         if state.step % t.log_interval == 0 or due:
             train_loss = self.window.close(self.ctx)
             if not math.isfinite(train_loss):
                 raise self._diverged("training loss", train_loss)
             bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{self.window.tokens_per_s:,.0f}", lr=f"{lr:.2e}")
+            self.tensorboard.training(state.step, {"train_loss": train_loss, "lr": lr,
+                                                   "tokens_per_s": self.window.tokens_per_s})
         bar.update(1)
         return lr, due
 
@@ -306,9 +255,10 @@ class _Trainer:
                 "elapsed_s": round(state.elapsed_s, 3)}
 
     def log_metrics(self, row: dict) -> None:
-        """Record one evaluation's row (rank 0): metrics.jsonl; the place for further sinks."""
+        """Record one evaluation's row (rank 0): metrics.jsonl and TensorBoard."""
         if dist_utils.is_rank0():
             self.run.append_metrics(row)
+            self.tensorboard.evaluation(row)
 
     def save(self) -> None:
         """Checkpoint latest.pt (collective), and best.pt too when the last evaluation is the best."""
@@ -339,7 +289,9 @@ class _Trainer:
         A diverged run writes its summary and raises TrainingError."""
         if status == "diverged":
             if dist_utils.is_rank0():
-                self.run.write_summary(self.summary(status, error))
+                summary = self.summary(status, error)
+                self.run.write_summary(summary)
+                self.tensorboard.close(self.config.to_dict(), summary)
             dist_utils.barrier(self.ctx)
             raise TrainingError(error)
         if status != "interrupted" and self.state.last_eval_step != self.state.step:
@@ -351,6 +303,7 @@ class _Trainer:
                 model, tokenizer, _, _ = load_model(self.run.path, map_location=str(self.device))
                 summary["samples"] = write_samples(self.run, model, tokenizer, self.config.sampling, self.device)
             self.run.write_summary(summary)
+            self.tensorboard.close(self.config.to_dict(), summary)
         dist_utils.barrier(self.ctx)
         return summary
 
