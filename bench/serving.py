@@ -92,15 +92,16 @@ async def run_clients(url: str, clients: int, per_client: int, new_tokens: int) 
 
 
 @contextmanager
-def server(bundle: Path, max_batch: int, threads: int | None) -> Iterator[tuple[str, subprocess.Popen]]:
+def server(args: argparse.Namespace, max_batch: int) -> Iterator[tuple[str, subprocess.Popen]]:
     """A `decoder serve` process on a free port of 127.0.0.1, stopped with SIGTERM at the end."""
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    command = [sys.executable, "-m", "decoder", "serve", str(bundle), "--port", str(port), "--max-batch",
-               str(max_batch), "--max-queue", "4096", *(["--threads", str(threads)] if threads else [])]
+    command = [sys.executable, "-m", "decoder", "serve", str(args.bundle), "--port", str(port), "--max-batch",
+               str(max_batch), "--max-queue", "4096", *(["--threads", str(args.threads)] if args.threads else []),
+               *(["--quantized"] if args.quantized else [])]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -157,11 +158,12 @@ def measure(args: argparse.Namespace) -> dict:
 
     no_spin = cpu_session_options(args.threads)
     no_spin.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as decoder serve runs it
-    runtimes = [Runtime(args.bundle, threads=args.threads), Runtime(args.bundle, session_options=no_spin)]
+    runtimes = [Runtime(args.bundle, quantized=args.quantized, threads=args.threads),
+                Runtime(args.bundle, quantized=args.quantized, session_options=no_spin)]
     results: dict = {}
     with ExitStack() as stack:
-        servers = {"batched": stack.enter_context(server(args.bundle, max(args.clients), args.threads)),
-                   "max-batch 1": stack.enter_context(server(args.bundle, 1, args.threads))}
+        servers = {"batched": stack.enter_context(server(args, max(args.clients))),
+                   "max-batch 1": stack.enter_context(server(args, 1))}
         for url, _ in servers.values():  # warm-up outside the timing
             asyncio.run(run_clients(url, 2, 1, 8))
         for runtime in runtimes:
@@ -208,6 +210,7 @@ def markdown(args: argparse.Namespace, results: dict, load_before: tuple[float, 
     return "\n".join([
         "# Serving throughput", "",
         f"Command: `{command}`", "",
+        f"Model: {args.bundle} ({'model.int8.onnx' if args.quantized else 'model.onnx'}). "
         f"CPU: {cpu_model()}, {os.cpu_count()} cores; onnxruntime {onnxruntime.__version__} "
         f"({args.threads or 'all'} intra-op threads); Python {platform.python_version()}; "
         f"load average before the run {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}.", "",
@@ -237,6 +240,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="onnxruntime threads of servers and offline bound")
+    p.add_argument("--quantized", action="store_true", help="the bundle's int8 model (servers and offline bound)")
     p.add_argument("--out", type=Path, help="write the Markdown table here (default: print it)")
     return p.parse_args(argv)
 

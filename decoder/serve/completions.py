@@ -71,7 +71,8 @@ def encode_prompts(req: CompletionRequest, served: Served) -> list[list[int]]:
 
 def build_job(req: CompletionRequest, encoded: list[list[int]], tokenizer: Tokenizer) -> Job:
     """One sequence per prompt and choice (choice j of a prompt is seeded with seed + j)."""
-    params = SamplingParams(temperature=req.temperature, top_k=req.top_k, top_p=req.top_p)
+    params = SamplingParams(temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
+                            repetition_penalty=req.repetition_penalty, no_repeat_ngram_size=req.no_repeat_ngram_size)
     sequences = [
         Sequence(prompt_ids=ids, params=params, max_tokens=req.max_tokens, text=TextStream(tokenizer, req.stops),
                  rng=np.random.default_rng(None if req.seed is None else req.seed + j))

@@ -12,7 +12,7 @@ class ServeConfig:
     max_batch: int = 32
     """Sequences decoded together (1 turns batching off: one request at a time)."""
     max_queue: int = 256
-    """Requests waiting for a slot before new ones get 429."""
+    """Sequences (one per prompt and choice) waiting beyond the free slots before requests get 429."""
     max_body_bytes: int = 1 << 20
     """Largest request body (413 beyond)."""
     shutdown_grace: float = 10.0

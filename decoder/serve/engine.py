@@ -10,8 +10,9 @@ request is cancelled by a flag the next step reads.
 
 A job is one HTTP request: one sequence per prompt and choice. It waits (counted in
 `decoder_requests_waiting`) until its first sequence is admitted, then runs until its last one
-ends. Beyond the jobs the free slots will take at the next step, the queue holds at most
-`max_queue` waiting jobs; past that `submit` answers 429 with a Retry-After header.
+ends. Beyond the sequences the free slots will take at the next step, the queue holds at most
+`max_queue` waiting sequences (requests, when each has one prompt and n = 1); past that `submit`
+answers 429 with a Retry-After header.
 `drain(grace)` (on SIGTERM) refuses new jobs with 503 and, `grace` seconds later, cancels
 whatever still runs, so every response ends cleanly (finish reason "cancelled"). A step that
 raises (a bug, or onnxruntime failing) is logged, every sequence in flight ends with finish reason
@@ -125,9 +126,9 @@ class Engine:
             raise APIError(503, "The server is shutting down", type="server_error", code="unavailable",
                            headers={"Retry-After": str(RETRY_AFTER_S)})
         with self._lock:
-            startable = max(0, self.scheduler.free_slots - len(self._waiting))  # would start at the next step
-            if self.jobs_waiting >= self.max_queue + startable:
-                raise APIError(429, f"The server is busy ({self.jobs_waiting} requests queued); retry shortly",
+            queued = len(self._waiting) + len(job.sequences) - self.scheduler.free_slots
+            if queued > self.max_queue:
+                raise APIError(429, f"The server is busy ({len(self._waiting)} sequences queued); retry shortly",
                                type="server_error", code="queue_full",
                                headers={"Retry-After": str(RETRY_AFTER_S)})
             for index, seq in enumerate(job.sequences):

@@ -87,6 +87,11 @@ class CompletionRequest(BaseModel):
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     """Each sequence draws from its own generator seeded with this (choice j of n: seed + j), so the
     text does not depend on other requests; None draws a fresh seed."""
+    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
+    """CTRL's penalty on tokens already in the sequence, prompt included (1 is off; `decoder
+    generate` defaults to 1.2)."""
+    no_repeat_ngram_size: int = Field(0, ge=0, le=64)
+    """Never complete an n-gram already in the sequence (0 is off; `decoder generate` defaults to 4)."""
     stop: str | list[str] | None = None
     """Up to 4 strings; generation ends before the first one and it is not returned."""
     stream: bool = False

@@ -28,7 +28,6 @@ and other threads only append to `waiting` (through the engine) or set `Sequence
 from __future__ import annotations
 
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence as Seq
 
@@ -72,17 +71,17 @@ class Sequence:
     cancelled: bool = False
     generated: int = 0
     window: list[int] = field(default_factory=list)
-    """The tokens the next prefill runs (the prompt, then each slid window)."""
-    recent: deque = field(default_factory=deque)
-    """The last context_length tokens (prompt and generated): where a slid window comes from."""
+    """The tokens the next prefill runs (the prompt's last context_length, then each slid window)."""
+    tokens: list[int] = field(default_factory=list)
+    """The whole sequence so far, prompt and generated: slid windows and the repetition controls' history."""
     next_token: int = -1
     logits: np.ndarray | None = None
     arrived: float = field(default_factory=time.perf_counter)
     last_token_at: float | None = None
 
     def start(self, context_length: int) -> None:
-        self.recent = deque(self.prompt_ids[-context_length:], maxlen=context_length)
-        self.window = list(self.recent)
+        self.tokens = list(self.prompt_ids)
+        self.window = self.tokens[-context_length:]
 
     def accept(self, token: int, eot_id: int) -> tuple[str, str | None]:
         """Take the sampled token: (new text, finish reason or None)."""
@@ -90,7 +89,7 @@ class Sequence:
         if token == eot_id:
             return self.text.finish(), "stop"
         self.next_token = token
-        self.recent.append(token)
+        self.tokens.append(token)
         piece, stopped = self.text.push(token)
         if stopped:
             return piece, "stop"
@@ -184,7 +183,7 @@ class Scheduler:
             text, finish = seq.accept(int(token), self.model.eot_id)
             events.append((seq, text, finish))
             if finish is None and full[i]:
-                seq.window = list(seq.recent)[-max(1, self.model.context_length // 2):]
+                seq.window = seq.tokens[-max(1, self.model.context_length // 2):]
                 self.sliding.append(seq)
             elif finish is None:
                 keep.append(i)
@@ -194,11 +193,13 @@ class Scheduler:
 
 
 def choose_tokens(logits: np.ndarray, rows: list[Sequence]) -> np.ndarray:
-    """(B,) next tokens: one argmax over the greedy rows, one draw from its own generator per other row."""
+    """(B,) next tokens: one argmax over the plain greedy rows; every other row picks alone, with its
+    own parameters, generator and history (as `decoder.sampling.decode_loop` does for it)."""
     tokens = np.empty(len(rows), dtype=np.int64)
-    greedy = np.array([s.params.is_greedy for s in rows])
-    if greedy.any():
-        tokens[greedy] = logits[greedy].argmax(axis=-1)
-    for i in np.flatnonzero(~greedy):
-        tokens[i] = next_tokens(logits[i : i + 1], rows[i].params, rows[i].rng)[0]
+    plain = np.array([s.params.is_greedy and not s.params.controls_repetition for s in rows])
+    if plain.any():
+        tokens[plain] = logits[plain].argmax(axis=-1)
+    for i in np.flatnonzero(~plain):
+        seq = rows[i]
+        tokens[i] = next_tokens(logits[i : i + 1], seq.params, seq.rng, [seq.tokens])[0]
     return tokens

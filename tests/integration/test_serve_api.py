@@ -45,23 +45,31 @@ def post(app, body, **kwargs):
     return in_process(app, test)
 
 
+PLAIN = ("--repetition-penalty", "1", "--no-repeat-ngram-size", "0")  # the API's defaults; generate's are on
+
+
 def test_greedy_and_seeded_text_equal_generate_onnx_whatever_runs_beside(app, onnx_bundle, capsys):
-    greedy = generate_onnx(capsys, onnx_bundle, "--greedy", "--max-new-tokens", "40")  # slides the 16-token window
-    sampled = generate_onnx(capsys, onnx_bundle, "--temperature", "0.9", "--top-k", "50", "--top-p", "0.95",
-                            "--seed", "7", "--max-new-tokens", "40")
+    sampling = ("--temperature", "0.9", "--top-k", "50", "--top-p", "0.95", "--seed", "7")
+    expected = [  # 40 tokens slide the 16-token window
+        generate_onnx(capsys, onnx_bundle, "--greedy", "--max-new-tokens", "40", *PLAIN),
+        generate_onnx(capsys, onnx_bundle, *sampling, "--max-new-tokens", "40", *PLAIN),
+        generate_onnx(capsys, onnx_bundle, "--greedy", "--max-new-tokens", "40"),  # generate's repetition defaults
+        generate_onnx(capsys, onnx_bundle, *sampling, "--max-new-tokens", "40", "--repetition-penalty", "1.5",
+                      "--no-repeat-ngram-size", "2"),
+    ]
+    sampled = {"temperature": 0.9, "top_k": 50, "top_p": 0.95, "seed": 7}
+    bodies = [{"temperature": 0}, sampled, {"temperature": 0, "repetition_penalty": 1.2, "no_repeat_ngram_size": 4},
+              {**sampled, "repetition_penalty": 1.5, "no_repeat_ngram_size": 2}]
     others = [{"prompt": p, "max_tokens": m, "temperature": 1.0} for p, m in [("The sea", 5), ("Pencroft", 60),
                                                                                 ("A", 23)]]
 
     async def test(client):
-        bodies = [{"prompt": PROMPT, "max_tokens": 40, "temperature": 0},
-                  {"prompt": PROMPT, "max_tokens": 40, "temperature": 0.9, "top_k": 50, "top_p": 0.95, "seed": 7},
-                  *others]
-        return await asyncio.gather(*(client.post("/v1/completions", json=b) for b in bodies))
+        requests = [{"prompt": PROMPT, "max_tokens": 40, **b} for b in bodies] + others
+        return await asyncio.gather(*(client.post("/v1/completions", json=r) for r in requests))
 
     responses = in_process(app, test)
-    assert [r.status_code for r in responses] == [200] * 5
-    assert responses[0].json()["choices"][0]["text"] == greedy
-    assert responses[1].json()["choices"][0]["text"] == sampled
+    assert [r.status_code for r in responses] == [200] * 7
+    assert [r.json()["choices"][0]["text"] for r in responses[:4]] == expected
 
 
 def test_response_shape_and_usage(app, runtime):
@@ -150,6 +158,10 @@ BAD_REQUESTS = [
     ({"prompt": "x", "stream_options": {"include_usage": True}}, 400, "stream_options", "invalid_value"),
     ({"prompt": "x", "stream": True, "stream_options": {"other": 1}}, 400, "stream_options.other", "unknown_field"),
     ({"prompt": "x", "stream": True, "stream_options": []}, 400, "stream_options", "invalid_type"),
+    ({"prompt": "x", "repetition_penalty": 0}, 400, "repetition_penalty", "invalid_value"),
+    ({"prompt": "x", "repetition_penalty": "1.2"}, 400, "repetition_penalty", "invalid_type"),
+    ({"prompt": "x", "no_repeat_ngram_size": -1}, 400, "no_repeat_ngram_size", "invalid_value"),
+    ({"prompt": "x", "no_repeat_ngram_size": 1.5}, 400, "no_repeat_ngram_size", "invalid_type"),
     ({"prompt": "x", "n": 0}, 400, "n", "invalid_value"),
     ({"prompt": "x", "n": 9}, 400, "n", "invalid_value"),
     ({"prompt": "x", "model": 3}, 400, "model", "invalid_type"),

@@ -43,9 +43,11 @@ def test_page_streams_generated_text_token_by_token(browser, onnx_bundle):
         prompt.send_keys("Harding wondered")
         Select(browser.find_element(By.ID, "strategy")).select_by_value("greedy")
         assert not browser.find_element(By.ID, "temperature").is_enabled()
-        max_tokens = browser.find_element(By.ID, "max_tokens")
-        max_tokens.clear()
-        max_tokens.send_keys("3000")  # a few seconds of tokens, so the stream can be watched
+        for field, value in (("max_tokens", "3000"),  # a few seconds of tokens, so the stream can be watched
+                             ("repetition_penalty", "1"), ("no_repeat_ngram_size", "0")):  # no early <|endoftext|>
+            box = browser.find_element(By.ID, field)
+            box.clear()
+            box.send_keys(value)
         browser.find_element(By.ID, "generate").click()
 
         lengths = []

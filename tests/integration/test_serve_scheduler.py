@@ -106,7 +106,9 @@ def test_staggered_mixed_requests_match_running_alone(tokenizer, max_batch):
     for key in range(24):
         prompt = rng.integers(0, vocab, size=int(rng.integers(1, CONTEXT + 1))).tolist()
         max_tokens = int(rng.integers(1, 30))  # many slide the 12-token window once or twice
-        params = SamplingParams(temperature=0.0) if key % 2 else SamplingParams(temperature=0.9, top_k=20)
+        params = [SamplingParams(temperature=0.0), SamplingParams(temperature=0.9, top_k=20),
+                  SamplingParams(temperature=0.0, repetition_penalty=1.5, no_repeat_ngram_size=2),
+                  SamplingParams(temperature=0.8, repetition_penalty=1.3, no_repeat_ngram_size=3)][key % 4]
         expected[key] = alone(model, prompt, max_tokens, params, seed=key)
         seq = make_sequence(tokenizer, prompt, max_tokens, params, key, texts, finishes, key)
         arrivals.setdefault(int(rng.integers(0, 40)), []).append(seq)
