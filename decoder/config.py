@@ -248,10 +248,10 @@ class SamplingConfig:
     """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p (1 keeps all)."""
     seed: int = 0
     """Seed of the sampler's random generator."""
-    repetition_penalty: float = 1.0
+    repetition_penalty: float = 1.2
     """Divide positive logits (multiply negative ones) of tokens already in the text by this
     (CTRL's penalty); 1 turns it off."""
-    no_repeat_ngram_size: int = 0
+    no_repeat_ngram_size: int = 4
     """Never complete an n-gram of this many tokens that already occurs in the text; 0 turns it off."""
 
     def problems(self) -> list[str]:

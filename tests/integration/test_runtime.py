@@ -18,8 +18,10 @@ from decoder.generate import generate_text
 from decoder.model import GPT
 from decoder.bundle import INT8_MODEL_FILE, MODEL_FILE, BundleError, sha256_of
 from decoder.runtime import Runtime
+from decoder.config import SamplingConfig
 from decoder.sampling import SamplingParams
 from decoder.checkpoint import load_model
+from decoder.runs import RunDir
 
 GREEDY = SamplingParams(greedy=True)
 SAMPLED = SamplingParams(temperature=1.0, top_k=40, top_p=0.95)
@@ -147,11 +149,19 @@ def test_properties_come_from_the_bundle(runtime, model_and_tokenizer):
     assert runtime.tokenizer.to_dict() == tokenizer.to_dict() and runtime.eot_id == tokenizer.eot_id
 
 
+def cli_params(**kwargs) -> SamplingParams:
+    """What `decoder generate` samples with: its options over the config's defaults (repetition
+    controls included)."""
+    defaults = SamplingConfig()
+    return SamplingParams(repetition_penalty=defaults.repetition_penalty,
+                          no_repeat_ngram_size=defaults.no_repeat_ngram_size, **kwargs)
+
+
 def test_generate_command_with_onnx_prints_prompt_and_continuation(sharp, runtime, capsys):
     args = ["generate", "--onnx", str(sharp[2]), "--prompt", "The engineer", "--max-new-tokens", "9",
             "--seed", "2", "--top-k", "40"]
     assert cli_main(args) == 0
-    expected = runtime.generate("The engineer", max_new_tokens=9, params=SamplingParams(top_k=40), seed=2)
+    expected = runtime.generate("The engineer", max_new_tokens=9, params=cli_params(top_k=40), seed=2)
     assert capsys.readouterr().out == "The engineer" + expected + "\n"
 
 
@@ -210,7 +220,7 @@ def test_generate_command_works_where_torch_cannot_be_imported(sharp, runtime, t
             "--top-k", "40"]
     result = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    expected = runtime.generate("The engineer", max_new_tokens=9, params=SamplingParams(top_k=40), seed=2)
+    expected = runtime.generate("The engineer", max_new_tokens=9, params=cli_params(top_k=40), seed=2)
     assert result.stdout == "The engineer" + expected + "\n"
     assert "torch modules: []" in result.stderr
     (tmp_path / "broken").mkdir()
@@ -450,13 +460,14 @@ def test_no_repeat_ngram_leaves_no_repeated_ngram_in_the_text(runtime):
 def test_generate_command_quantized_uses_the_int8_model(onnx_bundle, capsys):
     args = ["generate", "--onnx", str(onnx_bundle), "--prompt", "The sea", "--max-new-tokens", "12", "--greedy"]
     assert cli_main([*args, "--quantized"]) == 0
-    expected = Runtime(onnx_bundle, quantized=True, threads=1).generate("The sea", max_new_tokens=12, params=GREEDY)
+    expected = Runtime(onnx_bundle, quantized=True, threads=1).generate("The sea", max_new_tokens=12,
+                                                                         params=cli_params(greedy=True))
     assert capsys.readouterr().out == "The sea" + expected + "\n"
 
 
 def test_generate_command_stops_before_a_stop_string_split_across_tokens(sharp, runtime, capsys):
-    full = runtime.generate("The engineer", max_new_tokens=20, params=GREEDY)
-    pieces = list(runtime.stream("The engineer", max_new_tokens=20, params=GREEDY))
+    full = runtime.generate("The engineer", max_new_tokens=20, params=cli_params(greedy=True))
+    pieces = list(runtime.stream("The engineer", max_new_tokens=20, params=cli_params(greedy=True)))
     boundary = len(pieces[0]) + len(pieces[1])  # a stop string that spans the 2nd and 3rd tokens
     stop = full[boundary - 2 : boundary + 2]
     assert len(pieces[1]) >= 2 and len(pieces[2]) >= 2 and full.find(stop) == boundary - 2
@@ -495,7 +506,7 @@ def test_end_of_run_samples_use_the_configs_repetition_controls(onnx_run, tmp_pa
     run = shutil.copytree(onnx_run, tmp_path / "run")
     model, tokenizer, config, _ = load_model(run)
     sampling = dataclasses.replace(config.sampling, max_new_tokens=30, repetition_penalty=1.3, no_repeat_ngram_size=2)
-    samples = write_samples(run, dataclasses.replace(config, sampling=sampling), tokenizer, torch.device("cpu"))
+    samples = write_samples(RunDir(run), model, tokenizer, sampling, torch.device("cpu"))
     assert json.loads((run / "samples.json").read_text()) == samples
     for sample, params in zip(samples, [SamplingParams(greedy=True, repetition_penalty=1.3, no_repeat_ngram_size=2),
                                         SamplingParams(repetition_penalty=1.3, no_repeat_ngram_size=2)]):
