@@ -9,7 +9,9 @@ Two servers run for the whole benchmark (`--max-batch` = the largest client coun
 `per_client` greedy streaming requests one after another (prompts from a fixed set, 128 new tokens
 each, `stream_options.include_usage` for the exact token count), and the offline bound decodes C
 rows in one `Runtime.generate_ids` loop (the same runtime, no HTTP, no scheduler) for as many
-tokens. Reported per level: aggregate generated tokens/s (median of the repeats), time to first
+tokens, once with the runtime's default options and once with the server's (fewer threads, no
+spinning: `decoder.serve.server.session_options`), the better of the two being the bound.
+Reported per level: aggregate generated tokens/s (median of the repeats), time to first
 token and inter-token latency p50/p99 as the clients see them (pooled over the repeats; one SSE
 chunk is one token, up to held-back UTF-8), and the server's peak RSS so far. The load generator
 runs on the same machine as the server, so at high concurrency it takes some of its CPU.
@@ -154,12 +156,11 @@ def cpu_model() -> str:
 
 def measure(args: argparse.Namespace) -> dict:
     """{(clients, mode): {tok_s, ttft50, ...}} over every level, mode and repeat."""
-    from decoder.runtime import Runtime, cpu_session_options
+    from decoder.runtime import Runtime
+    from decoder.serve.server import session_options
 
-    no_spin = cpu_session_options(args.threads)
-    no_spin.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as decoder serve runs it
-    runtimes = [Runtime(args.bundle, quantized=args.quantized, threads=args.threads),
-                Runtime(args.bundle, quantized=args.quantized, session_options=no_spin)]
+    runtimes = [Runtime(args.bundle, quantized=args.quantized, threads=args.threads),  # the runtime's defaults
+                Runtime(args.bundle, quantized=args.quantized, session_options=session_options(args.threads))]
     results: dict = {}
     with ExitStack() as stack:
         servers = {"batched": stack.enter_context(server(args, max(args.clients))),
@@ -212,7 +213,7 @@ def markdown(args: argparse.Namespace, results: dict, load_before: tuple[float, 
         f"Command: `{command}`", "",
         f"Model: {args.bundle} ({'model.int8.onnx' if args.quantized else 'model.onnx'}). "
         f"CPU: {cpu_model()}, {os.cpu_count()} cores; onnxruntime {onnxruntime.__version__} "
-        f"({args.threads or 'all'} intra-op threads); Python {platform.python_version()}; "
+        f"({args.threads or 'default'} intra-op threads); Python {platform.python_version()}; "
         f"load average before the run {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}.", "",
         f"Each level: C concurrent streaming clients, each sending max(2, 8 // C) greedy requests of "
         f"{args.new_tokens} new tokens in turn; median of {args.repeats} repeats (tok/s), latencies pooled.", "",

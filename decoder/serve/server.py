@@ -4,9 +4,9 @@ Shutdown on SIGTERM (or the first Ctrl-C): uvicorn stops accepting connections a
 drains: new requests get 503, in-flight ones get `shutdown_grace` seconds to finish and are then
 cancelled (each response still ends properly, with finish_reason "cancelled"); sse-starlette and
 uvicorn cut whatever is left a moment later as a backstop. Then the engine stops and the process
-exits 0. uvicorn (>= 0.29) re-raises
-the signal it caught once it has shut down, which under the default SIGTERM disposition would end
-the process with status 143; a handler installed here for the duration only notes the signal.
+exits 0. uvicorn (>= 0.29) re-raises the signal it caught once it has shut down, which under the
+default SIGTERM disposition would end the process with status 143; a handler installed here for
+the duration only notes the signal.
 """
 
 from __future__ import annotations
@@ -15,19 +15,30 @@ import signal
 import sys
 from pathlib import Path
 
+import onnxruntime as ort
 import uvicorn
 
 from decoder.bundle import INT8_MODEL_FILE, MODEL_FILE
-from decoder.runtime import Runtime, cpu_session_options
+from decoder.runtime import Runtime, cpu_session_options, default_threads
 from decoder.serve.app import create_app
 from decoder.serve.config import ServeConfig
 
 UVICORN_MARGIN_S = 2.0
 """uvicorn's own deadline is the grace plus this, so responses end first, cleanly."""
-SPIN = "0"
-"""onnxruntime's intra-op threads spin between ops by default, taking the cores the event loop
-needs to stream tokens; with spinning off the default-size model served 1.4x (1 client) and 1.6x
-(16 clients) the tokens/s on 2 AMD EPYC cores (A/B in one run, the machine shared)."""
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """onnxruntime options as the server runs them, measured on 2 AMD EPYC cores (machine shared)
+    with the default-size model, A/B in one run:
+
+    - intra-op threads: one core fewer than the process may use (at least 1), by default. The
+      event loop (one socket send per token per stream) needs a core; with both cores for
+      onnxruntime, 16 streaming clients got ~600 tok/s, with one ~730;
+    - no spinning between ops (onnxruntime's threads busy-wait by default, taking the cores the
+      event loop needs): 1.4x (1 client) and 1.6x (16 clients) the tokens/s."""
+    options = cpu_session_options(threads or max(1, default_threads() - 1))
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
 
 
 class _Server(uvicorn.Server):
@@ -46,9 +57,7 @@ def serve(bundle_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000, 
           config: ServeConfig = ServeConfig(), threads: int | None = None, log_level: str = "info") -> int:
     """Serve the bundle until stopped; returns the exit status (0 after SIGTERM)."""
     model_file = INT8_MODEL_FILE if quantized else MODEL_FILE
-    options = cpu_session_options(threads)
-    options.add_session_config_entry("session.intra_op.allow_spinning", SPIN)
-    runtime = Runtime(bundle_dir, model_file=model_file, session_options=options)
+    runtime = Runtime(bundle_dir, model_file=model_file, session_options=session_options(threads))
     app = create_app(runtime, config, model_file=model_file)
     server = _Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
                                     timeout_graceful_shutdown=config.shutdown_grace + UVICORN_MARGIN_S),
