@@ -217,7 +217,9 @@ def summary_markdown(name: str, frame, keys: list[str], bases: list[dict], *, co
     for b in bases:
         if "val_bpb" not in b:
             continue
-        where = f" ({b['data'].tokenizer}, {b['data'].corpus})" if many_data(bases) else ""
+        data = b["data"]
+        where = f" ({data.tokenizer}, {data.corpus}, min_count {data.min_count})" if many_data(bases) else \
+            f" (min_count {data.min_count})"
         numbers = [markdown.number(b["val_loss"]), markdown.number(b["val_ppl"], "ppl"), markdown.number(b["val_bpb"]),
                    "", "", "n-gram"]
         cells = [f"baseline: {b['name']}{where}"] + [""] * (len(header) - 1 - len(numbers)) + numbers
@@ -231,7 +233,8 @@ def summary_markdown(name: str, frame, keys: list[str], bases: list[dict], *, co
         "Ranked by best validation bits per byte (lower is better); with repeated seeds each cell is "
         "mean ± std (sample std) over the runs of that configuration. 'train s' is training time "
         "without evaluation. The baselines are interpolated Kneser-Ney n-gram models fitted on the "
-        "same training split and scored on the same validation tokens.", "",
+        "same training split and scored on the same validation tokens (the same ids: min_count is the "
+        "compact vocabulary's, see results/min-count/).", "",
         markdown.table(header, [cells for _, cells in ranked]), "",
     ]
     lines += [f"- {b['name']} baseline unavailable: {b['error']}" for b in bases if "error" in b]
