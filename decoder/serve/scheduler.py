@@ -6,8 +6,8 @@ worker thread, again and again while there is work:
 1. decode: every row that sampled a token last iteration runs it through ONE
    `model.decode(cache, tokens)` call over the whole batch (rows of different lengths share the
    left-padded cache of `decoder.kvcache`; each row has its own position);
-2. prefill: sequences admitted this iteration, and rows whose window slid, run their tokens
-   alone (rows of equal length together, so no padding) and join the batch's cache;
+2. prefill: the sequences admitted this iteration run their prompts in one call (left-padded to
+   the longest), rows whose window slid run theirs in another, and both join the batch's cache;
 3. sample: every row picks its next token from its own logits with its own parameters and its own
    generator (greedy rows: argmax), its text is decoded and matched against its stop strings;
 4. prune: finished and cancelled rows leave (their slot is free for the next admission); a row
@@ -16,10 +16,10 @@ worker thread, again and again while there is work:
    slides the window.
 
 So a request joins at the next step and leaves when it is done, each with its own length, and the
-greedy text of a request is the text `decoder generate --onnx` gives for it alone: its first
-logits come from the same unpadded prefill, later ones from a decode in which padding columns are
-masked out (equal up to float rounding), and sampling uses one generator per sequence seeded as
-`decode_loop` seeds its one, so a seeded sampled request's text does not depend on its neighbours.
+greedy text of a request is the text `decoder generate --onnx` gives for it alone: its logits
+come from calls in which padding columns are masked out (equal up to float rounding), and
+sampling uses one generator per sequence seeded as `decode_loop` seeds its one, so a seeded
+sampled request's text does not depend on its neighbours.
 
 The scheduler itself is synchronous and single-threaded: the engine never runs two steps at once,
 and other threads only append to `waiting` (through the engine) or set `Sequence.cancelled`.
@@ -126,12 +126,15 @@ class Scheduler:
             raise ValueError(f"admitted {len(admitted)} sequences into {self.free_slots} free slots")
         events = self._drop_cancelled()
         self._decode()
-        todo, self.sliding = self.sliding + admitted, []
-        cancelled = [s.cancelled for s in todo]  # read once: another thread may set it meanwhile
-        events += [(s, "", "cancelled") for s, c in zip(todo, cancelled) if c]
-        for seq in admitted:
+        slid, self.sliding = self.sliding, []
+        groups = []
+        for group in (slid, admitted):
+            cancelled = [s.cancelled for s in group]  # read once: another thread may set it meanwhile
+            events += [(s, "", "cancelled") for s, c in zip(group, cancelled) if c]
+            groups.append([s for s, c in zip(group, cancelled) if not c])
+        for seq in groups[1]:
             seq.start(self.model.context_length)
-        self._prefill([s for s, c in zip(todo, cancelled) if not c])
+        self._prefill(*groups)
         events += self._sample()
         return events
 
@@ -156,17 +159,20 @@ class Scheduler:
         for seq, row in zip(self.rows, logits):
             seq.logits = row
 
-    def _prefill(self, todo: list[Sequence]) -> None:
-        """Run each group of equal-length windows as one unpadded batch and add it to the batch."""
-        groups: dict[int, list[Sequence]] = {}
-        for seq in todo:
-            groups.setdefault(len(seq.window), []).append(seq)
-        for group in groups.values():
+    def _prefill(self, slid: list[Sequence], admitted: list[Sequence]) -> None:
+        """Run the slid windows (all context_length // 2 long) in one call and the new prompts in
+        another (left-padded to the longest), then add both to the batch with one concatenation."""
+        caches = [] if self.cache is None else [self.cache]
+        for group in (slid, admitted):
+            if not group:
+                continue
             logits, cache = self.model.prefill([s.window for s in group])
             for seq, row in zip(group, logits):
                 seq.logits = row
             self.rows.extend(group)
-            self.cache = cache if self.cache is None else BatchCache.concat([self.cache, cache])
+            caches.append(cache)
+        if caches:
+            self.cache = BatchCache.concat(caches) if len(caches) > 1 else caches[0]
 
     def _sample(self) -> list[Event]:
         if not self.rows:
