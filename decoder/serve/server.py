@@ -32,8 +32,9 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     with the default-size model, A/B in one run:
 
     - intra-op threads: one core fewer than the process may use (at least 1), by default. The
-      event loop (one socket send per token per stream) needs a core; with both cores for
-      onnxruntime, 16 streaming clients got ~600 tok/s, with one ~730;
+      event loop (one socket send per token per stream) needs a core: 16 streaming clients got
+      1124 / 963 / 865 tok/s with one thread and 1375 / 872 / 587 with two, alternating (two win
+      only while nothing else runs on the machine);
     - no spinning between ops (onnxruntime's threads busy-wait by default, taking the cores the
       event loop needs): 1.4x (1 client) and 1.6x (16 clients) the tokens/s."""
     options = cpu_session_options(threads or max(1, default_threads() - 1))
