@@ -89,6 +89,7 @@ class _StopFlag:
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum: int | None = None
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "_StopFlag":
@@ -100,7 +101,13 @@ class _StopFlag:
     def _handle(self, signum, frame) -> None:
         if self.requested:  # second signal: give up at once
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self.signum = True, signum
+
+    def redeliver(self) -> None:
+        """A signal that came after the last step (the run completed anyway) goes to the handler
+        that was there before training, so a caller (a sweep worker, a grid) stops too."""
+        if self.signum is not None and self._previous:
+            signal.raise_signal(self.signum)
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
@@ -162,7 +169,10 @@ def _train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, quie
                     break
         except TrainingError as exc:
             status, error = "diverged", str(exc)
-    return trainer.finish(status, error)
+    summary = trainer.finish(status, error)
+    if stop.requested and status != "interrupted":
+        stop.redeliver()
+    return summary
 
 
 class _Trainer:

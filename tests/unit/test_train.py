@@ -1,5 +1,7 @@
 import json
 import math
+import os
+import signal
 
 import pytest
 import torch
@@ -48,6 +50,23 @@ def test_resume_after_interruption_is_bit_identical(small_corpus, tmp_path):
     for name in a:
         assert torch.equal(a[name], b[name]), name
     assert len(full) == 24
+
+
+def test_a_signal_after_the_last_step_completes_the_run_then_reaches_the_callers_handler(small_corpus, tmp_path):
+    config = tiny_config(small_corpus, training={"max_steps": 6, "eval_interval": 3})
+    received = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    try:
+        def at_step(step, metrics):  # the signal lands after this step's stop check: the budget ends the run
+            if step == 6:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return False
+
+        summary = train(config, tmp_path / "run", quiet=True, on_step=at_step)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert summary["status"] == "completed" and summary["step"] == 6
+    assert received == [signal.SIGTERM]  # not swallowed: a sweep worker stops instead of taking the next trial
 
 
 def test_resume_refuses_a_different_config(small_corpus, tmp_path):
