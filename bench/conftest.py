@@ -73,7 +73,7 @@ def timing(pytestconfig: pytest.Config) -> Timing:
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    """The book's compact cl100k_base vocabulary (~11.7k ids), built from DECODER_DATA_DIR."""
+    """The book's compact cl100k_base vocabulary (min_count 2: ~7.9k ids), built from DECODER_DATA_DIR."""
     from decoder.config import DataConfig
     from decoder.data import DataError, prepare
     from decoder.tokenizer import TokenizerError

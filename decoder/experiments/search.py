@@ -13,6 +13,8 @@ A search file has the grid file's `name`, `description` and `base`, and a `searc
       objectives: [val_bpb]      # val_bpb (min); [val_bpb, tokens_per_s] (max): a Pareto front
       pruner: median             # median | successive_halving | hyperband | none, or {type: median, ...options}
       seed: 0
+      start_from_base: false     # true: the study's first trial is the base config's own values, so the
+                                 # search's best is compared with the hand-picked recipe under the same conditions
 
 The pruner is fed each evaluation's validation bits per byte, at step = the evaluation's ordinal (1,
 2, ...), so trials of different speeds compare at the same share of the budget when
@@ -36,7 +38,7 @@ from decoder.config import ConfigError, RunConfig, config_from_dict, read_yaml, 
 from decoder.experiments.grid import _key_problem, check_header, raise_problems, settings_label
 
 SEARCH_KEYS = ("name", "description", "base", "search")
-SECTION_KEYS = ("space", "sampler", "n_trials", "objectives", "pruner", "seed")
+SECTION_KEYS = ("space", "sampler", "n_trials", "objectives", "pruner", "seed", "start_from_base")
 OBJECTIVES = {"val_bpb": "minimize", "tokens_per_s": "maximize"}
 """Objective name -> direction; the value of a trial is its run's summary.json entry (best_val_bpb
 for val_bpb: the best evaluation's bits per byte)."""
@@ -93,6 +95,7 @@ class Search:
     objectives: tuple[str, ...]
     pruner: dict
     seed: int = 0
+    start_from_base: bool = False
     description: str = ""
     path: Path | None = None
     raw: dict = field(default_factory=dict)
@@ -111,6 +114,15 @@ class Search:
         for key, value in settings.items():
             set_dotted(raw, key, value)
         return config_from_dict(raw, source=source)
+
+    def base_settings(self) -> dict[str, Any]:
+        """The base config's value of every searched key (what `start_from_base` enqueues)."""
+        resolved = self.config_of({}, source="base").to_dict()
+        out = {}
+        for param in self.params:
+            section, name = param.key.split(".", 1)
+            out[param.key] = resolved[section][name]
+        return out
 
     def fingerprint(self) -> str:
         """What a study's trials are comparable under (base, space, objectives): a study created
@@ -296,11 +308,33 @@ def search_from_dict(raw: Any, *, source: str = "experiment", path: Path | None 
         raise ConfigError("is not a search (it has no search: section); a grid runs with decoder run", source)
     name, base, problems = check_header(raw, source, SEARCH_KEYS)
     params, sampler, n_trials, objectives, pruner, seed = _section(raw, problems)
+    start_from_base = (raw.get("search") or {}).get("start_from_base", False) if isinstance(raw, dict) else False
+    if not isinstance(start_from_base, bool):
+        problems.append(f"search.start_from_base={start_from_base!r}: must be true or false")
     raise_problems(source, problems)
     search = Search(name=name, base=base, params=params, sampler=sampler, n_trials=n_trials, objectives=objectives,
-                    pruner=pruner, seed=seed, description=raw.get("description", ""), path=path, raw=raw)
-    raise_problems(source, _probe_problems(search))
+                    pruner=pruner, seed=seed, start_from_base=start_from_base, description=raw.get("description", ""),
+                    path=path, raw=raw)
+    raise_problems(source, _probe_problems(search) + _base_problems(search))
     return search
+
+
+def _base_problems(search: Search) -> list[str]:
+    """With start_from_base, every base value must be a point of its distribution."""
+    if not search.start_from_base:
+        return []
+    try:
+        values = search.base_settings()
+    except ConfigError:
+        return []  # the base's own problems are reported by the probes
+    out = []
+    for param in search.params:
+        value = values[param.key]
+        inside = value in param.choices if param.type == "categorical" else param.low <= value <= param.high
+        if not inside:
+            where = list(param.choices) if param.type == "categorical" else f"[{param.low}, {param.high}]"
+            out.append(f"search.start_from_base: the base's {param.key}={value!r} is outside the space ({where})")
+    return out
 
 
 def load_search(path: str | Path) -> Search:

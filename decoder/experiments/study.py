@@ -120,6 +120,16 @@ def create_or_load(storage, name: str, directions: list[str], fingerprint: str):
     return study
 
 
+def enqueue_base(study, settings: dict) -> bool:
+    """Queue the base config's values as the study's first trial (once: a study that has trials, or
+    was given its base trial before, is left alone). Returns whether it queued one."""
+    if study.user_attrs.get("base_enqueued") or study.get_trials(deepcopy=False):
+        return False
+    study.set_user_attr("base_enqueued", True)
+    study.enqueue_trial(settings, user_attrs={"base": True})
+    return True
+
+
 def is_retry(trial) -> bool:
     return "failed_trial" in trial.system_attrs
 

@@ -24,7 +24,7 @@ from decoder.experiments.grid import Experiment, Point, settings_label
 from decoder.experiments.runner import check_data, run_point
 from decoder.experiments.search import Param, Search, probes
 from decoder.experiments.study import (HEARTBEAT_S, Interrupted, Surplus, TrialFailed, create_or_load,
-                                       default_storage, open_storage, slot_of, work, import_optuna)
+                                       default_storage, enqueue_base, open_storage, slot_of, work, import_optuna)
 from decoder.runs import RunDir
 
 
@@ -242,6 +242,8 @@ def _search_worker(search: Search, url: str, runs_dir: str, quiet: bool, heartbe
     create_or_load(storage, search.name, search.directions, search.fingerprint())
     study = optuna.load_study(study_name=search.name, storage=storage, sampler=_per_trial_seed(search),
                               pruner=_pruner(search))
+    if search.start_from_base and enqueue_base(study, search.base_settings()):
+        say("trial 0 is the base config (start_from_base)")
     work(study, SearchObjective(search, Path(runs_dir), quiet=quiet, say=say), search.n_trials,
          heartbeat_s=heartbeat_s, say=say)
 

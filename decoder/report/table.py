@@ -177,6 +177,18 @@ def memorisation(ids: Iterable[int], train_ngrams: set[bytes], n: int = NGRAM) -
     return sum(g in train_ngrams for g in grams) / len(grams)
 
 
+def repeated_spans(ids: Iterable[int], n: int = NGRAM, window: int = 100) -> int:
+    """How many n-token spans of `ids` repeat an earlier span that started fewer than `window`
+    tokens before (0 = the text does not loop)."""
+    last: dict[bytes, int] = {}
+    count = 0
+    for i, gram in enumerate(_ngram_keys(ids, n)):
+        if gram in last and i - last[gram] < window:
+            count += 1
+        last[gram] = i
+    return count
+
+
 
 
 def _mean_cell(group: Group, column: str, kind: str = "float") -> str:
@@ -263,7 +275,8 @@ def samples_markdown(name: str, records: list[RunRecord], *, command: str) -> st
     seeds = seeds_vary(records)
     lines = [f"# {name}: samples", "", f"Regenerate: `{command}`", "",
              f"Memorised: the share of the continuation's {NGRAM}-token n-grams that occur verbatim in the "
-             "training split (100% = recited from the book).", ""]
+             f"training split (100% = recited from the book). Repeats: the continuation's {NGRAM}-token spans "
+             "that repeat one started fewer than 100 tokens before (0 = no loop).", ""]
     for record in records:
         if not record.samples or record.config is None:
             continue
@@ -277,8 +290,9 @@ def samples_markdown(name: str, records: list[RunRecord], *, command: str) -> st
         lines += [f"## {record.experiment}: {title}", "", f"Run `{record.run_dir}`, prompt: "
                   f"`{record.samples[0].get('prompt', '')}`", ""]
         for sample in record.samples:
-            share = memorisation(tokenizer.encode(sample["text"]), grams)
+            ids = tokenizer.encode(sample["text"])
+            share = memorisation(ids, grams)
             figure = f"{share:.0%}" if share is not None else f"n/a (< {NGRAM} tokens)"
-            lines += [f"**{sample['strategy']}** (memorised: {figure})", "", "```text",
+            lines += [f"**{sample['strategy']}** (memorised: {figure}, repeats: {repeated_spans(ids)})", "", "```text",
                       sample["prompt"] + sample["text"], "```", ""]
     return "\n".join(lines).rstrip() + "\n"

@@ -65,6 +65,22 @@ def test_a_repeated_suggestion_reuses_the_finished_run(tmp_path, small_corpus, m
     assert capsys.readouterr().out.count("] training\n") == 2
 
 
+def test_start_from_base_runs_the_base_config_as_trial_0_once(tmp_path, small_corpus, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    space = {"training.lr": LR, "model.n_blocks": {"type": "int", "low": 1, "high": 2}}
+    path = tiny_search(tmp_path / "s.yaml", small_corpus, "based", space, n_trials=3, sampler="random", seed=4,
+                       start_from_base=True)
+    assert main(["sweep", str(path), "--quiet", "--no-report"]) == 0
+    trials = _study(tmp_path / "runs", "based").trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+    assert trials[0].params == {"training.lr": 1.0e-3, "model.n_blocks": 1} and trials[0].user_attrs["base"]
+    assert all(t.params != trials[0].params for t in trials[1:])
+    path.write_text(path.read_text().replace("n_trials: 3", "n_trials: 4"))  # resumed later: not queued again
+    assert main(["sweep", str(path), "--quiet", "--no-report"]) == 0
+    trials = _study(tmp_path / "runs", "based").trials
+    assert len(trials) == 4 and sum(bool(t.user_attrs.get("base")) for t in trials) == 1
+
+
 def test_two_objectives_give_a_pareto_front(tmp_path, small_corpus, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = tiny_search(tmp_path / "s.yaml", small_corpus, "pareto",

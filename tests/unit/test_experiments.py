@@ -25,7 +25,7 @@ from decoder.experiments import (
     run_experiment,
 )
 from decoder.report import REPORT_COLUMNS, write_report
-from decoder.report.table import memorisation, ngram_set
+from decoder.report.table import memorisation, ngram_set, repeated_spans
 
 REAL_TRAIN = decoder.train.train
 
@@ -365,6 +365,7 @@ def test_report_tables_plots_and_samples(seeded_runs, tmp_path, monkeypatch):
 
     samples = (folder / "samples.md").read_text()
     assert samples.count("**greedy** (memorised: ") == 4 and samples.count("**sampled** (memorised: ") == 4
+    assert samples.count(", repeats: ") == 8
 
 
 def test_report_marks_a_crashed_run_incomplete_and_compares_sources(seeded_runs, tmp_path, monkeypatch):
@@ -406,3 +407,11 @@ def test_memorisation_is_the_share_of_ngrams_seen_in_training():
     assert memorisation(mixed, grams) == pytest.approx(5 / 17)
     assert memorisation(train[:7], grams) is None
     assert memorisation(list(train[40:48]), grams) == 1.0
+
+
+def test_repeated_spans_counts_loops_within_the_window_only():
+    assert repeated_spans(np.arange(300)) == 0
+    loop = np.tile(np.arange(10), 5)  # a 10-token phrase said 5 times: every span from the 11th on repeats
+    assert repeated_spans(loop) == len(loop) - 8 + 1 - 10
+    far = np.concatenate([np.arange(8), np.arange(100, 200), np.arange(8)])  # the same 8 tokens 108 apart
+    assert repeated_spans(far) == 0 and repeated_spans(far, window=200) == 1

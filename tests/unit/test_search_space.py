@@ -101,3 +101,17 @@ def test_grids_and_searches_do_not_mix():
         experiment_from_dict(raw)
     raw["grid"] = {"model.n_blocks": [1, 2]}
     assert any("grid: unknown key" in p for p in _problems(raw))
+
+
+def test_start_from_base_takes_the_bases_values_and_refuses_one_outside_the_space():
+    space = {"training.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+             "model.d_model": {"type": "categorical", "choices": [32, 64]}}
+    search = search_from_dict(_search(space, start_from_base=True))
+    assert search.start_from_base and search.base_settings() == {"training.lr": 1e-3, "model.d_model": 32}
+    assert not search_from_dict(_search(space)).start_from_base
+    outside = {**space, "model.d_model": {"type": "categorical", "choices": [64, 128]},
+               "training.lr": {"type": "float", "low": 2e-3, "high": 1e-2}}
+    problems = _problems(_search(outside, start_from_base=True))
+    assert any("model.d_model=32 is outside the space ([64, 128])" in p for p in problems)
+    assert any("training.lr=0.001 is outside the space ([0.002, 0.01])" in p for p in problems)
+    assert any("must be true or false" in p for p in _problems(_search(space, start_from_base="yes")))
