@@ -2,8 +2,9 @@
 
 A time budget (`training.max_seconds`) is what users run; a token budget (`training.max_tokens`) is
 what a grid can be compared on, on any machine and under any load. This measures each point's
-training step (the very `train_step` the trainer runs: forward, backward, clip, AdamW) at the
-point's precision and this process's threads, median over timed steps after a warm-up, and prints
+training step (the very `train_step` the trainer runs: forward, backward, clip, AdamW, with the
+attention kernel the trainer picks) at the point's precision, gradient accumulation and threads
+(its `training.num_threads`, else this process's), median over timed steps after a warm-up, and prints
 its tokens/s and the tokens it would see in `--seconds`, scaled by `--efficiency` (the share of a
 real run's wall time spent in steps: data sampling, logging and the like take the rest; measure it
 as a real run's tokens_seen / (tokens/s x max_seconds)). Paste the budgets into a grid's `zip`.
@@ -21,7 +22,7 @@ import torch
 
 from decoder.data import BatchSampler, prepare
 from decoder.experiments.grid import load_experiment, settings_label
-from decoder.hardware import resolve_precision
+from decoder.hardware import resolve_precision, training_attention_backend
 from decoder.model import GPT
 from decoder.step import make_optimizer, train_step
 
@@ -31,17 +32,25 @@ def step_tokens_per_s(config, *, warmup: int, steps: int) -> float:
     t = config.training
     dataset = prepare(config.data)
     torch.manual_seed(t.seed)
-    model = GPT(config.model, dataset.tokenizer.vocab_size)
-    optimizer = make_optimizer(model, config)
-    sampler = BatchSampler(dataset.train, config.model.context_length, t.batch_size, config.data.windows, seed=t.seed)
     device, precision = torch.device("cpu"), resolve_precision(t.precision, torch.device("cpu"))
+    model = GPT(config.model, dataset.tokenizer.vocab_size)
+    model.set_attention_backend(training_attention_backend("cpu", config.model.context_length, precision))  # as train
+    optimizer = make_optimizer(model, config)
+    sampler = BatchSampler(dataset.train, config.model.context_length, t.batch_size // t.grad_accum_steps,
+                           config.data.windows, seed=t.seed)
+    threads = torch.get_num_threads()
+    if t.num_threads:
+        torch.set_num_threads(t.num_threads)
     times = []
-    for i in range(warmup + steps):
-        batch = [sampler.next_batch()]
-        start = time.perf_counter()
-        train_step(model, optimizer, batch, device=device, precision=precision, grad_clip=t.grad_clip)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
+    try:
+        for i in range(warmup + steps):
+            batch = [sampler.next_batch() for _ in range(t.grad_accum_steps)]
+            start = time.perf_counter()
+            train_step(model, optimizer, batch, device=device, precision=precision, grad_clip=t.grad_clip)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
     return t.batch_size * config.model.context_length / statistics.median(times)
 
 

@@ -104,9 +104,11 @@ class _StopFlag:
         self.requested, self.signum = True, signum
 
     def redeliver(self) -> None:
-        """A signal that came after the last step (the run completed anyway) goes to the handler
-        that was there before training, so a caller (a sweep worker, a grid) stops too."""
-        if self.signum is not None and self._previous:
+        """A signal that came after the last step's stop check (the run completed anyway) goes to
+        the Python handler that was there before training, so a caller that handles it (a sweep
+        worker, Ctrl-C in a grid) stops too. With no such handler (SIGTERM's default) it is dropped:
+        the run is complete and the process ends normally."""
+        if self.signum is not None and callable(self._previous.get(self.signum)):
             signal.raise_signal(self.signum)
 
     def __exit__(self, *exc) -> None:

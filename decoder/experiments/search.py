@@ -308,9 +308,13 @@ def search_from_dict(raw: Any, *, source: str = "experiment", path: Path | None 
         raise ConfigError("is not a search (it has no search: section); a grid runs with decoder run", source)
     name, base, problems = check_header(raw, source, SEARCH_KEYS)
     params, sampler, n_trials, objectives, pruner, seed = _section(raw, problems)
-    start_from_base = (raw.get("search") or {}).get("start_from_base", False) if isinstance(raw, dict) else False
+    section = raw.get("search") if isinstance(raw, dict) else None
+    start_from_base = section.get("start_from_base", False) if isinstance(section, dict) else False
     if not isinstance(start_from_base, bool):
         problems.append(f"search.start_from_base={start_from_base!r}: must be true or false")
+    elif start_from_base and isinstance(sampler, dict) and sampler.get("type") == "grid":
+        problems.append("search.start_from_base: the grid sampler already visits every point (and skips a "
+                        "queued one); use start_from_base with tpe or random")
     raise_problems(source, problems)
     search = Search(name=name, base=base, params=params, sampler=sampler, n_trials=n_trials, objectives=objectives,
                     pruner=pruner, seed=seed, start_from_base=start_from_base, description=raw.get("description", ""),
@@ -320,7 +324,8 @@ def search_from_dict(raw: Any, *, source: str = "experiment", path: Path | None 
 
 
 def _base_problems(search: Search) -> list[str]:
-    """With start_from_base, every base value must be a point of its distribution."""
+    """With start_from_base, every base value must be a point of its distribution (Optuna only
+    warns about fixed values outside it)."""
     if not search.start_from_base:
         return []
     try:
@@ -330,11 +335,25 @@ def _base_problems(search: Search) -> list[str]:
     out = []
     for param in search.params:
         value = values[param.key]
-        inside = value in param.choices if param.type == "categorical" else param.low <= value <= param.high
-        if not inside:
-            where = list(param.choices) if param.type == "categorical" else f"[{param.low}, {param.high}]"
+        if not _in_space(param, value):
+            where = list(param.choices) if param.type == "categorical" else \
+                f"{param.type} in [{param.low}, {param.high}]" + (f" by {param.step}" if param.step else "")
             out.append(f"search.start_from_base: the base's {param.key}={value!r} is outside the space ({where})")
     return out
+
+
+def _in_space(param: Param, value: Any) -> bool:
+    """Whether `value` is a point of `param` (same type as a categorical choice; on a numeric step grid)."""
+    if param.type == "categorical":
+        return any(type(c) is type(value) and c == value for c in param.choices)
+    if not _number(value) or (param.type == "int" and not isinstance(value, int)):
+        return False
+    if not param.low <= value <= param.high:
+        return False
+    if param.step:
+        steps = (value - param.low) / param.step
+        return abs(steps - round(steps)) < 1e-9
+    return True
 
 
 def load_search(path: str | Path) -> Search:

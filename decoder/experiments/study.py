@@ -103,10 +103,18 @@ def _redacted(url: str) -> str:
     return scheme + sep + rest
 
 
-def create_or_load(storage, name: str, directions: list[str], fingerprint: str):
-    """The study `name` (created if new); one made for another experiment is refused."""
+def create_or_load(storage, name: str, directions: list[str], fingerprint: str,
+                   on_create: Callable[[Any], None] | None = None):
+    """The study `name` (created if new); one made for another experiment is refused. `on_create`
+    runs only in the one process whose call created the study (creation is atomic in the storage:
+    of several workers starting together, exactly one creates it)."""
     optuna = import_optuna()
-    study = optuna.create_study(storage=storage, study_name=name, directions=directions, load_if_exists=True)
+    try:
+        study = optuna.create_study(storage=storage, study_name=name, directions=directions)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=name, storage=storage)
+        created = False
     if [d.name.lower() for d in study.directions] != directions:
         raise StudyError(f"study {name!r} optimises {[d.name.lower() for d in study.directions]}, "
                          f"this file {directions}; use another name or storage")
@@ -117,17 +125,15 @@ def create_or_load(storage, name: str, directions: list[str], fingerprint: str):
         raise StudyError(f"study {name!r} in this storage was made from another base config or search space "
                          "(only n_trials, sampler, pruner and seed may change); rename the experiment, "
                          "or delete the study (optuna delete-study) to start over")
+    if created and on_create is not None:
+        on_create(study)
     return study
 
 
-def enqueue_base(study, settings: dict) -> bool:
-    """Queue the base config's values as the study's first trial (once: a study that has trials, or
-    was given its base trial before, is left alone). Returns whether it queued one."""
-    if study.user_attrs.get("base_enqueued") or study.get_trials(deepcopy=False):
-        return False
-    study.set_user_attr("base_enqueued", True)
+def enqueue_base(study, settings: dict) -> None:
+    """Queue the base config's values as a trial (`start_from_base`; called once, by the process
+    that created the study, so the base is queued once however many workers start together)."""
     study.enqueue_trial(settings, user_attrs={"base": True})
-    return True
 
 
 def is_retry(trial) -> bool:

@@ -239,11 +239,14 @@ def _search_worker(search: Search, url: str, runs_dir: str, quiet: bool, heartbe
     _stop_on_sigterm()
     optuna = import_optuna()
     storage = open_storage(url, heartbeat_s)
-    create_or_load(storage, search.name, search.directions, search.fingerprint())
+    def queue_base(study) -> None:
+        enqueue_base(study, search.base_settings())
+        say("the base config is queued as the first trial (start_from_base)")
+
+    create_or_load(storage, search.name, search.directions, search.fingerprint(),
+                   on_create=queue_base if search.start_from_base else None)
     study = optuna.load_study(study_name=search.name, storage=storage, sampler=_per_trial_seed(search),
                               pruner=_pruner(search))
-    if search.start_from_base and enqueue_base(study, search.base_settings()):
-        say("trial 0 is the base config (start_from_base)")
     work(study, SearchObjective(search, Path(runs_dir), quiet=quiet, say=say), search.n_trials,
          heartbeat_s=heartbeat_s, say=say)
 

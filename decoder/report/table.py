@@ -177,12 +177,15 @@ def memorisation(ids: Iterable[int], train_ngrams: set[bytes], n: int = NGRAM) -
     return sum(g in train_ngrams for g in grams) / len(grams)
 
 
-def repeated_spans(ids: Iterable[int], n: int = NGRAM, window: int = 100) -> int:
+def repeated_spans(ids: Iterable[int], n: int = NGRAM, window: int = 100) -> int | None:
     """How many n-token spans of `ids` repeat an earlier span that started fewer than `window`
-    tokens before (0 = the text does not loop)."""
+    tokens before (0 = the text does not loop); None when `ids` has fewer than n tokens."""
+    grams = _ngram_keys(ids, n)
+    if not grams:
+        return None
     last: dict[bytes, int] = {}
     count = 0
-    for i, gram in enumerate(_ngram_keys(ids, n)):
+    for i, gram in enumerate(grams):
         if gram in last and i - last[gram] < window:
             count += 1
         last[gram] = i
@@ -291,8 +294,9 @@ def samples_markdown(name: str, records: list[RunRecord], *, command: str) -> st
                   f"`{record.samples[0].get('prompt', '')}`", ""]
         for sample in record.samples:
             ids = tokenizer.encode(sample["text"])
-            share = memorisation(ids, grams)
+            share, repeats = memorisation(ids, grams), repeated_spans(ids)
             figure = f"{share:.0%}" if share is not None else f"n/a (< {NGRAM} tokens)"
-            lines += [f"**{sample['strategy']}** (memorised: {figure}, repeats: {repeated_spans(ids)})", "", "```text",
+            repeated = repeats if repeats is not None else "n/a"
+            lines += [f"**{sample['strategy']}** (memorised: {figure}, repeats: {repeated})", "", "```text",
                       sample["prompt"] + sample["text"], "```", ""]
     return "\n".join(lines).rstrip() + "\n"

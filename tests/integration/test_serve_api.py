@@ -38,11 +38,11 @@ def generate_onnx(capsys, bundle, *options: str) -> str:
 
 def post(app, body, **kwargs):
     """POST a dict as JSON, anything else (bytes, an async iterator of chunks) as the raw body."""
-    async def test(client):
+    async def call(client):
         if isinstance(body, dict):
             return await client.post("/v1/completions", json=body, **kwargs)
         return await client.post("/v1/completions", content=body, **kwargs)
-    return in_process(app, test)
+    return in_process(app, call)
 
 
 PLAIN = ("--repetition-penalty", "1", "--no-repeat-ngram-size", "0")  # the API's defaults; generate's are on
@@ -63,11 +63,11 @@ def test_greedy_and_seeded_text_equal_generate_onnx_whatever_runs_beside(app, on
     others = [{"prompt": p, "max_tokens": m, "temperature": 1.0} for p, m in [("The sea", 5), ("Pencroft", 60),
                                                                                 ("A", 23)]]
 
-    async def test(client):
+    async def call(client):
         requests = [{"prompt": PROMPT, "max_tokens": 40, **b} for b in bodies] + others
         return await asyncio.gather(*(client.post("/v1/completions", json=r) for r in requests))
 
-    responses = in_process(app, test)
+    responses = in_process(app, call)
     assert [r.status_code for r in responses] == [200] * 7
     assert [r.json()["choices"][0]["text"] for r in responses[:4]] == expected
 
@@ -174,14 +174,14 @@ BAD_REQUESTS = [
 
 @pytest.mark.parametrize("body,status,param,code", BAD_REQUESTS, ids=[str(b)[:60] for b, *_ in BAD_REQUESTS])
 def test_bad_request_gets_an_error_object_and_the_server_carries_on(app, caplog, body, status, param, code):
-    async def test(client):
+    async def call(client):
         content = body if isinstance(body, bytes) else json.dumps(body).encode()
         bad = await client.post("/v1/completions", content=content)
         good = await client.post("/v1/completions", json={"prompt": "x", "max_tokens": 2})
         return bad, good
 
     with caplog.at_level(logging.WARNING):
-        bad, good = in_process(app, test)
+        bad, good = in_process(app, call)
     assert bad.status_code == status, bad.text
     error = bad.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
@@ -201,10 +201,10 @@ def test_oversized_chunked_body_without_length_is_refused(app):
 
 
 def test_unknown_route_and_method_get_error_objects(app):
-    async def test(client):
+    async def call(client):
         return await client.get("/v2/nothing"), await client.get("/v1/completions")
 
-    missing, wrong_method = in_process(app, test)
+    missing, wrong_method = in_process(app, call)
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
     assert wrong_method.status_code == 405 and wrong_method.json()["error"]["code"] == "method_not_allowed"
 
@@ -213,7 +213,7 @@ def test_full_queue_answers_429_with_retry_after(runtime):
     app = create_app(runtime, ServeConfig(max_batch=1, max_queue=1))
     engine = app.state.engine
 
-    async def test(client):
+    async def call(client):
         long = {"prompt": PROMPT, "max_tokens": 4000, "temperature": 0}
         running = asyncio.ensure_future(client.post("/v1/completions", json=long))
         while engine.jobs_running < 1:
@@ -225,7 +225,7 @@ def test_full_queue_answers_429_with_retry_after(runtime):
         gauges = (await client.get("/metrics")).text
         return refused, gauges, await running, await queued
 
-    refused, gauges, running, queued = in_process(app, test)
+    refused, gauges, running, queued = in_process(app, call)
     assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
     assert refused.json()["error"]["code"] == "queue_full"
     assert metric(gauges, "decoder_requests_running") == 1 and metric(gauges, "decoder_requests_waiting") == 1
@@ -233,11 +233,11 @@ def test_full_queue_answers_429_with_retry_after(runtime):
 
 
 def test_models_health_metrics_and_page(app, onnx_bundle, runtime):
-    async def test(client):
+    async def call(client):
         await client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 5, "stream": True})
         return [await client.get(path) for path in ("/v1/models", "/health", "/metrics", "/")]
 
-    models, health, metrics, page = in_process(app, test)
+    models, health, metrics, page = in_process(app, call)
     (card,) = models.json()["data"]
     assert card["id"] == runtime.meta["run"]["id"] and card["object"] == "model"
     assert card["sha256"] == hashlib.sha256((onnx_bundle / "model.onnx").read_bytes()).hexdigest()
@@ -280,13 +280,13 @@ class FailingOnce:
 def test_engine_failure_answers_500_and_the_next_request_works(runtime, caplog):
     app = create_app(FailingOnce(runtime))
 
-    async def test(client):
+    async def call(client):
         first = await client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 5})
         second = await client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 5})
         return first, second
 
     with caplog.at_level(logging.ERROR):
-        first, second = in_process(app, test)
+        first, second = in_process(app, call)
     assert first.status_code == 500 and first.json()["error"]["code"] == "engine_error"
     assert second.status_code == 200 and second.json()["choices"][0]["finish_reason"] == "length"
     assert any("injected failure" in (r.exc_text or "") for r in caplog.records)

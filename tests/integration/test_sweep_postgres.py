@@ -45,8 +45,9 @@ def test_two_workers_share_a_study_and_resume_after_a_restart(postgres, tmp_path
     url = new_database(postgres, "share")
     path = tiny_search(tmp_path / "s.yaml", small_corpus, "share", {"training.lr": LR}, n_trials=6, seed=3)
     # trials long enough (100 steps) that the stop lands mid-study on a fast machine too
-    path.write_text(path.read_text().replace("max_steps: 20", "max_steps: 100").replace("eval_interval: 5",
-                                                                                       "eval_interval: 25"))
+    longer = path.read_text().replace("max_steps: 20", "max_steps: 100").replace("eval_interval: 5", "eval_interval: 25")
+    assert "max_steps: 100" in longer and "eval_interval: 25" in longer
+    path.write_text(longer)
     logs = [tmp_path / "w0.log", tmp_path / "w1.log"]
     workers = _workers(path, tmp_path, url, logs)
     wait_for(lambda: _count(url, "share", "COMPLETE") >= 2 and _count(url, "share", "RUNNING") >= 1,

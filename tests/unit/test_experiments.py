@@ -415,3 +415,4 @@ def test_repeated_spans_counts_loops_within_the_window_only():
     assert repeated_spans(loop) == len(loop) - 8 + 1 - 10
     far = np.concatenate([np.arange(8), np.arange(100, 200), np.arange(8)])  # the same 8 tokens 108 apart
     assert repeated_spans(far) == 0 and repeated_spans(far, window=200) == 1
+    assert repeated_spans(np.arange(7)) is None  # shorter than one span

@@ -113,5 +113,14 @@ def test_start_from_base_takes_the_bases_values_and_refuses_one_outside_the_spac
                "training.lr": {"type": "float", "low": 2e-3, "high": 1e-2}}
     problems = _problems(_search(outside, start_from_base=True))
     assert any("model.d_model=32 is outside the space ([64, 128])" in p for p in problems)
-    assert any("training.lr=0.001 is outside the space ([0.002, 0.01])" in p for p in problems)
+    assert any("training.lr=0.001 is outside the space (float in [0.002, 0.01])" in p for p in problems)
     assert any("must be true or false" in p for p in _problems(_search(space, start_from_base="yes")))
+    unset = {"training.warmup_fraction": {"type": "float", "low": 0.0, "high": 0.2}}  # the base leaves it null
+    assert any("warmup_fraction=None is outside" in p for p in _problems(_search(unset, start_from_base=True)))
+    off_grid = {"training.lr": {"type": "float", "low": 4e-4, "high": 9.4e-3, "step": 3e-3}}  # 4e-4, 3.4e-3, ...
+    assert any("by 0.003" in p for p in _problems(_search(off_grid, start_from_base=True)))
+    as_float = {"model.d_model": {"type": "categorical", "choices": [32.0, 64.0]}}  # 32 is an int in the base
+    assert any("d_model=32 is outside" in p for p in _problems(_search(as_float, start_from_base=True)))
+    grid = _problems(_search({"model.d_model": {"type": "categorical", "choices": [32, 64]}}, sampler="grid",
+                             n_trials=2, start_from_base=True))
+    assert any("use start_from_base with tpe or random" in p for p in grid)

@@ -69,6 +69,23 @@ def test_a_signal_after_the_last_step_completes_the_run_then_reaches_the_callers
     assert received == [signal.SIGTERM]  # not swallowed: a sweep worker stops instead of taking the next trial
 
 
+def test_a_signal_that_stops_the_run_is_not_delivered_again(small_corpus, tmp_path):
+    config = tiny_config(small_corpus, training={"max_steps": 6, "eval_interval": 3})
+    received = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    try:
+        def at_step(step, metrics):
+            if step == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return False
+
+        summary = train(config, tmp_path / "run", quiet=True, on_step=at_step)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert summary["status"] == "interrupted" and summary["step"] == 4  # honoured after the next step
+    assert received == []
+
+
 def test_resume_refuses_a_different_config(small_corpus, tmp_path):
     config = tiny_config(small_corpus)
     train(config, tmp_path / "run", quiet=True, on_step=lambda step, m: step == 3)
