@@ -52,36 +52,33 @@ def test_resume_after_interruption_is_bit_identical(small_corpus, tmp_path):
     assert len(full) == 24
 
 
-def test_a_signal_after_the_last_step_completes_the_run_then_reaches_the_callers_handler(small_corpus, tmp_path):
-    config = tiny_config(small_corpus, training={"max_steps": 6, "eval_interval": 3})
-    received = []
+def _train_signalled_at(step_of_signal: int, config, run_dir) -> tuple[dict, list[int]]:
+    """Train with a caller's SIGTERM handler installed; SIGTERM is sent from on_step at that step
+    (after the step's own stop check). Returns the summary and the signals the caller's handler got."""
+    received: list[int] = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
     try:
-        def at_step(step, metrics):  # the signal lands after this step's stop check: the budget ends the run
-            if step == 6:
+        def at_step(step, metrics):
+            if step == step_of_signal:
                 os.kill(os.getpid(), signal.SIGTERM)
             return False
 
-        summary = train(config, tmp_path / "run", quiet=True, on_step=at_step)
+        summary = train(config, run_dir, quiet=True, on_step=at_step)
     finally:
         signal.signal(signal.SIGTERM, previous)
+    return summary, received
+
+
+def test_a_signal_after_the_last_step_completes_the_run_then_reaches_the_callers_handler(small_corpus, tmp_path):
+    config = tiny_config(small_corpus, training={"max_steps": 6, "eval_interval": 3})
+    summary, received = _train_signalled_at(6, config, tmp_path / "run")  # the budget ends the run first
     assert summary["status"] == "completed" and summary["step"] == 6
     assert received == [signal.SIGTERM]  # not swallowed: a sweep worker stops instead of taking the next trial
 
 
 def test_a_signal_that_stops_the_run_is_not_delivered_again(small_corpus, tmp_path):
     config = tiny_config(small_corpus, training={"max_steps": 6, "eval_interval": 3})
-    received = []
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
-    try:
-        def at_step(step, metrics):
-            if step == 3:
-                os.kill(os.getpid(), signal.SIGTERM)
-            return False
-
-        summary = train(config, tmp_path / "run", quiet=True, on_step=at_step)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    summary, received = _train_signalled_at(3, config, tmp_path / "run")
     assert summary["status"] == "interrupted" and summary["step"] == 4  # honoured after the next step
     assert received == []
 
