@@ -208,6 +208,18 @@ class GPT(nn.Module):
         new ones (see the module docstring for the layout); position_ids (B, T): each new token's
         position (default P..P+T-1 for every row). Without both the model is the plain causal
         decoder that training uses."""
+        x, presents = self.hidden(idx, past, attention_mask, position_ids)
+        return self.lm_head(x), presents  # (B, T, vocab)
+
+    def hidden(
+        self,
+        idx: torch.Tensor,
+        past: KVCache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, KVCache]:
+        """`forward` without the output layer: the final (layer-normed) hidden states (B, T, C) and
+        the cache. The training loss (decoder.loss) applies the output layer itself, in chunks."""
         B, T = idx.shape
         P = 0 if past is None else past[0][0].shape[2]
         if attention_mask is not None and attention_mask.shape != (B, P + T):
@@ -227,5 +239,4 @@ class GPT(nn.Module):
         for i, block in enumerate(self.transformer.h):
             x, present = block(x, None if past is None else past[i], mask)
             presents.append(present)
-        x = self.transformer.ln_f(x)
-        return self.lm_head(x), presents  # (B, T, vocab)
+        return self.transformer.ln_f(x), presents

@@ -2,8 +2,9 @@
 learning-rate schedule, the optimizer, the gradient-accumulated optimizer step and the validation
 loss over a whole split.
 
-Both the step and the evaluation score next-token prediction the same way (cross-entropy of the
-float32 logits, under `decoder.hardware.autocast`); `decoder.train` runs them in its loop and the
+Both the step and the evaluation score next-token prediction the same way: cross-entropy of the
+float32 logits under `decoder.hardware.autocast`, computed by `decoder.loss.linear_cross_entropy`
+(fused with the output layer, in row chunks); `decoder.train` runs them in its loop and the
 benchmarks time `train_step` itself.
 """
 
@@ -13,11 +14,11 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from decoder import distributed as dist_utils
 from decoder.config import RunConfig
 from decoder.hardware import autocast
+from decoder.loss import IGNORE_INDEX, linear_cross_entropy
 from decoder.metrics import quality
 from decoder.model import GPT
 
@@ -93,19 +94,19 @@ def evaluate(model: GPT, tokens: np.ndarray, byte_lengths: np.ndarray, device: t
         lengths = [min(T, n_pred - s) for s in group]
         L = max(lengths)
         x = torch.zeros(len(group), L, dtype=torch.long)
-        y = torch.full((len(group), L), -100, dtype=torch.long)
+        y = torch.full((len(group), L), IGNORE_INDEX, dtype=torch.long)
         for j, (s, n) in enumerate(zip(group, lengths)):
             x[j, :n] = data[s : s + n]
             y[j, :n] = data[s + 1 : s + 1 + n]
         with autocast(device, precision):
-            logits, _ = model(x.to(device))
-        total += F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(), reduction="sum").item()
+            hidden, _ = model.hidden(x.to(device))
+            total += linear_cross_entropy(hidden, model.lm_head.weight, y.to(device), reduction="sum").item()
     model.train(was_training)
     return {**quality(total, n_pred, int(byte_lengths[tokens[1:]].sum())), "val_tokens": n_pred}
 
 
 def train_step(
-    model: torch.nn.Module,
+    loss_model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
     *,
@@ -116,20 +117,20 @@ def train_step(
 ) -> torch.Tensor:
     """One optimizer step over gradient-accumulated micro-batches; returns the mean loss (detached).
 
-    `model` may be DDP-wrapped: gradients are all-reduced only on the last micro-batch. The
-    benchmarks time this very function."""
+    `loss_model` maps (idx, targets) to the mean loss: a `decoder.loss.NextTokenLoss`, possibly
+    DDP-wrapped (gradients are all-reduced only on the last micro-batch). The benchmarks time this
+    very function."""
     n = len(micro_batches)
     total = torch.zeros((), device=device)
     for i, (x, y) in enumerate(micro_batches):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with dist_utils.no_sync(model, ctx, last=i == n - 1):
+        with dist_utils.no_sync(loss_model, ctx, last=i == n - 1):
             with autocast(device, precision):
-                logits, _ = model(x)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / n
+                loss = loss_model(x, y) / n
             loss.backward()
         total += loss.detach()
     if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        torch.nn.utils.clip_grad_norm_(loss_model.parameters(), grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return total

@@ -28,6 +28,7 @@ from decoder.data import BatchSampler, Dataset, prepare
 from decoder.errors import TrainingError
 from decoder.generate import write_samples
 from decoder.hardware import cpu_name, resolve_device, training_attention_backend
+from decoder.loss import NextTokenLoss
 from decoder.model import GPT
 from decoder.runs import RunDir
 from decoder.step import evaluate as evaluate_split
@@ -208,7 +209,9 @@ class _Trainer:
                    "precision": self.precision})
         self.state = TrainState(**self.checkpointer.restore(saved)) if saved is not None else TrainState()
         self.last_val: dict | None = saved["val"] if saved is not None else None
-        self.train_model = dist_utils.wrap(self.model, ctx)
+        # Under torch.compile the plain loss, which inductor fuses itself; the fused one's Python
+        # chunk loop would only break the graph.
+        self.train_model = dist_utils.wrap(NextTokenLoss(self.model, fused=not t.compile), ctx)
         if t.compile:
             self.train_model = torch.compile(self.train_model)
         self.tokens_per_step = t.batch_size * config.model.context_length * ctx.world_size

@@ -1,0 +1,89 @@
+"""The training step at the default shape, side by side in one process: nanoGPT's model and step
+(bench/nanogpt.py), ours before the fused loss (full logits, then F.cross_entropy) and ours as
+`decoder train` runs it (decoder.loss's fused, chunked output-layer loss). The arms are
+interleaved (12 rounds of 5 steps each, the first 2 rounds discarded) so every arm sees the same
+machine state; prints each arm's median tokens/s and the ratios.
+
+Run alone on the machine:  python -m bench.step_ab [fp32|bf16] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from contextlib import nullcontext
+
+import torch
+from torch.nn.attention import sdpa_kernel
+
+from bench.common import SIZES
+from bench.nanogpt import NanoGPT, nanogpt_optimizer, nanogpt_step
+from decoder.config import DataConfig, ModelConfig, RunConfig, TrainingConfig
+from decoder.data import prepare
+from decoder.hardware import cpu_name, training_attention_backend
+from decoder.loss import NextTokenLoss
+from decoder.model import GPT
+from decoder.step import make_optimizer, train_step
+
+ROUNDS, STEPS, DISCARD = 12, 5, 2
+
+
+def arms(shape: ModelConfig, vocab: int, precision: str, batch) -> dict:
+    """name -> a function running one training step."""
+    backend = training_attention_backend("cpu", shape.context_length, precision)
+    config = RunConfig(model=shape, training=TrainingConfig(max_steps=1, batch_size=batch[0][0].shape[0]))
+    out = {}
+    torch.manual_seed(0)
+    nano = NanoGPT(shape, vocab)
+    nano_opt = nanogpt_optimizer(nano, "cpu")
+    dtype = torch.bfloat16 if precision == "bf16" else None
+
+    def nano_step():
+        with sdpa_kernel(backend) if backend is not None else nullcontext():
+            nanogpt_step(nano, nano_opt, *batch[0], dtype)
+
+    out["nanoGPT"] = nano_step
+    for name, fused in (("decoder, logits loss", False), ("decoder", True)):
+        torch.manual_seed(0)
+        model = GPT(shape, vocab)
+        model.set_attention_backend(backend)  # as decoder.train does
+        loss_model, optimizer = NextTokenLoss(model, fused=fused), make_optimizer(model, config)
+        out[name] = (lambda lm=loss_model, opt=optimizer: train_step(
+            lm, opt, batch, device=torch.device("cpu"), precision=precision, grad_clip=1.0))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("precision", nargs="?", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    size = SIZES["small"]
+    vocab = prepare(DataConfig()).tokenizer.vocab_size
+    xy = torch.randint(0, vocab, (size.batch, size.model.context_length + 1), generator=torch.Generator().manual_seed(0))
+    batch = [(xy[:, :-1].contiguous(), xy[:, 1:].contiguous())]
+    steps = arms(size.model, vocab, args.precision, batch)
+    rates: dict[str, list[float]] = {name: [] for name in steps}
+    for round_ in range(ROUNDS):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            for _ in range(STEPS):
+                step()
+            if round_ >= DISCARD:
+                rates[name].append(STEPS * xy[:, 1:].numel() / (time.perf_counter() - start))
+    m = size.model
+    print(f"{cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, {args.precision}; "
+          f"d_model {m.d_model}, {m.n_heads} heads, {m.n_blocks} blocks, context {m.context_length}, "
+          f"batch {size.batch}, vocabulary {vocab}")
+    medians = {name: statistics.median(r) for name, r in rates.items()}
+    for name, value in medians.items():
+        print(f"{name}: median {value:,.0f} tokens/s over {len(rates[name])} rounds "
+              f"(x{value / medians['nanoGPT']:.2f} nanoGPT)")
+    print(f"fused loss / logits loss: x{medians['decoder'] / medians['decoder, logits loss']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
