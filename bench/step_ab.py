@@ -1,10 +1,10 @@
 """The training step at the default shape, side by side in one process: nanoGPT's model and step
 (bench/nanogpt.py), ours before the fused loss (full logits, then F.cross_entropy) and ours as
 `decoder train` runs it (decoder.loss's fused, chunked output-layer loss). The arms are
-interleaved (12 rounds of 5 steps each, the first 2 rounds discarded) so every arm sees the same
-machine state; prints each arm's median tokens/s and the ratios.
+interleaved (by default 12 rounds of 5 steps each, the first 2 rounds discarded) so every arm sees
+the same machine state; prints each arm's median tokens/s and the ratios.
 
-Run alone on the machine:  python -m bench.step_ab [fp32|bf16] [--threads N]
+Run alone on the machine:  python -m bench.step_ab [fp32|bf16] [--threads N] [--rounds R --steps S]
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from decoder.loss import NextTokenLoss
 from decoder.model import GPT
 from decoder.step import make_optimizer, train_step
 
-ROUNDS, STEPS, DISCARD = 12, 5, 2
 
 
 def arms(shape: ModelConfig, vocab: int, precision: str, batch) -> dict:
@@ -58,6 +57,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("precision", nargs="?", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    parser.add_argument("--rounds", type=int, default=12, help="interleaved rounds (default 12)")
+    parser.add_argument("--steps", type=int, default=5, help="steps per arm and round (default 5)")
+    parser.add_argument("--discard", type=int, default=2, help="first rounds left out (default 2)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -67,13 +69,13 @@ def main() -> None:
     batch = [(xy[:, :-1].contiguous(), xy[:, 1:].contiguous())]
     steps = arms(size.model, vocab, args.precision, batch)
     rates: dict[str, list[float]] = {name: [] for name in steps}
-    for round_ in range(ROUNDS):
+    for round_ in range(args.rounds):
         for name, step in steps.items():
             start = time.perf_counter()
-            for _ in range(STEPS):
+            for _ in range(args.steps):
                 step()
-            if round_ >= DISCARD:
-                rates[name].append(STEPS * xy[:, 1:].numel() / (time.perf_counter() - start))
+            if round_ >= args.discard:
+                rates[name].append(args.steps * xy[:, 1:].numel() / (time.perf_counter() - start))
     m = size.model
     print(f"{cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, {args.precision}; "
           f"d_model {m.d_model}, {m.n_heads} heads, {m.n_blocks} blocks, context {m.context_length}, "

@@ -171,7 +171,7 @@ def cell_of(entry: dict, matmul_peak: dict[str, float], read_bandwidth: float | 
 # Display order of the values the suites write; anything else sorts after them, alphabetically.
 ORDER = {
     "model": ("reference", "small", "medium"),
-    "engine": ("reference notebook", "decoder", "torch uncached", "torch kv-cache", "transformers", "onnxruntime"),
+    "engine": ("reference notebook", "nanoGPT", "decoder, logits loss", "decoder", "torch uncached", "torch kv-cache", "transformers", "onnxruntime"),
     "precision": ("fp32", "bf16", "int8"),
 }
 
@@ -255,10 +255,16 @@ def _generation_checks(batch: int) -> list[Check]:
 def _checks() -> list[Check]:
     ref = {"workload": "train", "model": "reference"}
     medium = {"workload": "train", "model": "medium", "engine": "decoder"}
+    small = {"workload": "train", "model": "small", "engine": "decoder"}
     return [
         *[Check(f"train reference config: decoder {p} (compact vocab) / reference notebook fp32 (full vocab)", "ratio",
                 {**ref, "engine": "decoder", "precision": p}, {**ref, "engine": "reference notebook",
                                                                "precision": "fp32"}, 8.0, "#2")
+          for p in ("fp32", "bf16")],
+        *[Check(f"train small (default shape): decoder {p} / nanoGPT {p}", "ratio", {**small, "precision": p},
+                {**small, "engine": "nanoGPT", "precision": p}, None, "#11") for p in ("fp32", "bf16")],
+        *[Check(f"train small: decoder {p}, fused loss / logits loss (after / before)", "ratio",
+                {**small, "precision": p}, {**small, "engine": "decoder, logits loss", "precision": p}, None, "#11")
           for p in ("fp32", "bf16")],
         *[Check(f"train medium: decoder {p} MFU", "mfu", {**medium, "precision": p}, None, 0.5, "#5")
           for p in ("fp32", "bf16")],

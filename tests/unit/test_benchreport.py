@@ -66,6 +66,9 @@ def cpu_json(tmp_path) -> str:
         train("cpu", "medium", "decoder", "bf16", 16, 4096, 0.8, MEDIUM_FLOPS),
         train("cpu", "reference", "decoder", "bf16", 50, 2000, 0.5),
         train("cpu", "reference", "reference notebook", "fp32", 50, 2000, 5.0),
+        train("cpu", "small", "decoder", "fp32", 32, 2048, 0.5),
+        train("cpu", "small", "decoder, logits loss", "fp32", 32, 2048, 0.6),
+        train("cpu", "small", "nanoGPT", "fp32", 32, 2048, 0.65),
         generate("cpu", "onnxruntime", "fp32", 1, 0.25),
         generate("cpu", "onnxruntime", "int8", 1, 0.3),
         generate("cpu", "transformers", "fp32", 1, 1.0),
@@ -115,7 +118,7 @@ def test_files_of_the_same_machine_fill_one_column(cpu_json, tmp_path):
     """A suite run in parts on one machine: rows from a later file join the column and use the
     peaks of the earlier file; a row measured twice keeps the first figure."""
     part = write(tmp_path / "part2.json", {"cpu": "Test CPU 9000", "torch_threads": 2, "gpu": None}, [
-        train("cpu", "small", "decoder", "fp32", 32, 4096, 4.0, MEDIUM_FLOPS),
+        train("cpu", "reference", "decoder", "fp32", 50, 4096, 4.0, MEDIUM_FLOPS),
         train("cpu", "medium", "decoder", "fp32", 16, 4096, 100.0, MEDIUM_FLOPS),  # already in cpu.json
     ])
     other_machine = write(tmp_path / "other.json", {"cpu": "Other CPU", "torch_threads": 8, "gpu": None}, [
@@ -124,9 +127,9 @@ def test_files_of_the_same_machine_fill_one_column(cpu_json, tmp_path):
     sources = device_sources([cpu_json, part, other_machine])
     assert [s.path.name for s in sources["cpu"]] == ["cpu.json", "part2.json"]
     rows = build_table(sources)
-    small = row(rows, workload="train", model="small")
-    assert small["cpu_tokens_per_s"] == pytest.approx(4096 / 4.0)
-    assert small["cpu_mfu"] == pytest.approx(MEDIUM_FLOPS / 4.0 / (CPU_PEAK["fp32"][0] / CPU_PEAK["fp32"][1]))
+    added = row(rows, workload="train", model="reference", engine="decoder", precision="fp32")
+    assert added["cpu_tokens_per_s"] == pytest.approx(4096 / 4.0)
+    assert added["cpu_mfu"] == pytest.approx(MEDIUM_FLOPS / 4.0 / (CPU_PEAK["fp32"][0] / CPU_PEAK["fp32"][1]))
     medium = row(rows, workload="train", model="medium", precision="fp32")
     assert medium["cpu_tokens_per_s"] == pytest.approx(4096 / 2.0)
     assert find_row(rows, {"model": "tiny"}) is None
@@ -167,8 +170,13 @@ def test_comparisons_against_targets(cpu_json, cuda_json):
     assert cuda_cpu["value"] == pytest.approx(2.0 / 0.04) and cuda_cpu["met"]
     mfu = comps[("train medium: decoder fp32 MFU", "cpu")]
     assert mfu["value"] == pytest.approx(MEDIUM_FLOPS / 2.0 / (CPU_PEAK["fp32"][0] / CPU_PEAK["fp32"][1]))
-    # Nothing measured, nothing reported: no torch rows, no fp32 reference-config row.
-    assert not [k for k in comps if "torch uncached" in k[0] or "decoder fp32 (compact" in k[0]]
+    nano = comps[("train small (default shape): decoder fp32 / nanoGPT fp32", "cpu")]
+    assert nano["value"] == pytest.approx(0.65 / 0.5) and nano["target"] is None and nano["issue"] == "#11"
+    after = comps[("train small: decoder fp32, fused loss / logits loss (after / before)", "cpu")]
+    assert after["value"] == pytest.approx(0.6 / 0.5)
+    # Nothing measured, nothing reported: no torch rows, no fp32 reference-config row, no bf16 nanoGPT.
+    assert not [k for k in comps if "torch uncached" in k[0] or "decoder fp32 (compact" in k[0]
+                or "bf16 / nanoGPT" in k[0]]
 
 
 def test_command_writes_csv_markdown_and_plot(cpu_json, cuda_json, tmp_path, capsys):
