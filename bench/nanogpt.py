@@ -16,7 +16,11 @@ Given every advantage ours gets: the same vocabulary (the book's compact one, no
 takes the vocabulary size from the data), the same threads and process, and the same attention
 kernel rule (`decoder.hardware.training_attention_backend`). nanoGPT runs CPU training in fp32
 only (its precision context is a no-op on CPU); for the bf16 rows it gets the same bf16 autocast
-as ours.
+as ours. On CUDA, nanoGPT's defaults would also turn on TF32 and `torch.compile`; these rows use
+neither (as ours), so a CUDA row here is "nanoGPT, compile off, no TF32".
+
+The one difference in the arithmetic: nanoGPT's GELU is the exact (erf) one, ours GPT-2's tanh
+approximation; the matmul FLOPs per token are the same.
 """
 
 from __future__ import annotations
@@ -55,6 +59,11 @@ class NanoBlock(nn.Module):
 class NanoGPT(nn.Module):
     def __init__(self, config: ModelConfig, vocab_size: int) -> None:
         super().__init__()
+        # nanoGPT's architecture has no switch for these: refuse a shape it would not train the same way.
+        if not (config.ff_width == 4 * config.d_model and config.bias and config.positional == "learned"
+                and config.tie_embeddings and config.dropout == 0):
+            raise ValueError("nanoGPT's formulation needs d_ff = 4 * d_model, biases, learned positions, "
+                             "a tied head and dropout 0")
         self.wte = nn.Embedding(vocab_size, config.d_model)
         self.wpe = nn.Embedding(config.context_length, config.d_model)
         self.blocks = nn.ModuleList([NanoBlock(config.d_model, config.n_heads) for _ in range(config.n_blocks)])

@@ -1,8 +1,9 @@
 """The training step at the default shape, side by side in one process: nanoGPT's model and step
 (bench/nanogpt.py), ours before the fused loss (full logits, then F.cross_entropy) and ours as
 `decoder train` runs it (decoder.loss's fused, chunked output-layer loss). The arms are
-interleaved (by default 12 rounds of 5 steps each, the first 2 rounds discarded) so every arm sees
-the same machine state; prints each arm's median tokens/s and the ratios.
+interleaved, their order rotated each round (by default 12 rounds of 5 steps each, the first 2
+rounds discarded), so every arm sees the same machine state; prints each arm's median tokens/s and
+the medians of the per-round ratios.
 
 Run alone on the machine:  python -m bench.step_ab [fp32|bf16] [--threads N] [--rounds R --steps S]
 """
@@ -68,23 +69,29 @@ def main() -> None:
     xy = torch.randint(0, vocab, (size.batch, size.model.context_length + 1), generator=torch.Generator().manual_seed(0))
     batch = [(xy[:, :-1].contiguous(), xy[:, 1:].contiguous())]
     steps = arms(size.model, vocab, args.precision, batch)
-    rates: dict[str, list[float]] = {name: [] for name in steps}
+    names = list(steps)
+    rates: dict[str, list[float]] = {name: [] for name in names}
     for round_ in range(args.rounds):
-        for name, step in steps.items():
+        shift = round_ % len(names)  # rotate the order so no arm always follows the same one
+        for name in names[shift:] + names[:shift]:
             start = time.perf_counter()
             for _ in range(args.steps):
-                step()
+                steps[name]()
             if round_ >= args.discard:
                 rates[name].append(args.steps * xy[:, 1:].numel() / (time.perf_counter() - start))
     m = size.model
     print(f"{cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, {args.precision}; "
           f"d_model {m.d_model}, {m.n_heads} heads, {m.n_blocks} blocks, context {m.context_length}, "
-          f"batch {size.batch}, vocabulary {vocab}")
-    medians = {name: statistics.median(r) for name, r in rates.items()}
-    for name, value in medians.items():
-        print(f"{name}: median {value:,.0f} tokens/s over {len(rates[name])} rounds "
-              f"(x{value / medians['nanoGPT']:.2f} nanoGPT)")
-    print(f"fused loss / logits loss: x{medians['decoder'] / medians['decoder, logits loss']:.2f}")
+          f"batch {size.batch}, vocabulary {vocab}; {args.rounds - args.discard} rounds of {args.steps} steps")
+
+    def paired(a: str, b: str) -> float:
+        """Median over rounds of a's tokens/s over b's in the same round."""
+        return statistics.median(x / y for x, y in zip(rates[a], rates[b], strict=True))
+
+    for name in names:
+        print(f"{name}: median {statistics.median(rates[name]):,.0f} tokens/s "
+              f"(x{paired(name, 'nanoGPT'):.2f} nanoGPT, median of per-round ratios)")
+    print(f"fused loss / logits loss: x{paired('decoder', 'decoder, logits loss'):.2f} (median of per-round ratios)")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 the same loss and the same gradients, in float32 and under bf16 autocast, across chunk edges and
 with positions that are not scored."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,6 +11,7 @@ from decoder import loss as loss_module
 from decoder.config import ModelConfig
 from decoder.loss import IGNORE_INDEX, NextTokenLoss, linear_cross_entropy
 from decoder.model import GPT
+from decoder.step import evaluate
 
 
 def _inputs(n=37, c=16, v=53, seed=0):
@@ -64,9 +66,18 @@ def test_bf16_autocast_matches_plain_within_bf16_rounding(monkeypatch):
     torch.testing.assert_close(got[0], expected[0], rtol=1e-3, atol=1e-3)
     for e, g in zip(expected[1:], got[1:]):
         torch.testing.assert_close(g, e, rtol=2e-2, atol=2e-3)
-    # and it really computed in bf16: the float32 result differs by more than float32 rounding
+    # and it really computed in bf16: loss and gradients differ from float32's by more than its rounding
     fp32 = _loss_and_grads(linear_cross_entropy, hidden, weight, targets)
     assert (got[0] - fp32[0]).abs() > 1e-6
+    for b, f in zip(got[1:], fp32[1:]):
+        assert (b - f).abs().max() > 1e-3 * f.abs().max()
+
+
+def test_all_positions_ignored():
+    hidden, weight, targets = _inputs()
+    targets[:] = IGNORE_INDEX
+    assert linear_cross_entropy(hidden, weight, targets, reduction="sum").item() == 0.0
+    assert torch.isnan(linear_cross_entropy(hidden, weight, targets))
 
 
 def test_without_gradients_the_value_is_the_same_and_nothing_is_recorded():
@@ -101,3 +112,24 @@ def test_next_token_loss_fused_and_plain_give_the_same_parameter_gradients(monke
     assert grads[True][1].keys() == grads[False][1].keys()
     for name, g in grads[False][1].items():
         torch.testing.assert_close(grads[True][1][name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_evaluate_scores_every_window_as_the_plain_loss_does(monkeypatch, precision):
+    """The validation loss (chunked, no gradients, a padded last window) equals the plain
+    cross-entropy summed window by window."""
+    monkeypatch.setattr(loss_module, "CHUNK_ROWS", 7)
+    config = ModelConfig(d_model=32, n_heads=2, n_blocks=2, context_length=16)
+    torch.manual_seed(0)
+    model = GPT(config, vocab_size=61)
+    tokens = np.random.default_rng(0).integers(0, 61, size=16 * 5 + 6)  # the last window is short: padded
+    got = evaluate(model, tokens, np.ones(61, dtype=np.int64), torch.device("cpu"), precision)
+    total = 0.0
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        for s in range(0, len(tokens) - 1, 16):
+            x = torch.from_numpy(tokens[s : s + 16][: len(tokens) - 1 - s])[None]
+            y = torch.from_numpy(tokens[s + 1 : s + 17])
+            logits, _ = model(x)
+            total += F.cross_entropy(logits[0].float(), y, reduction="sum").item()
+    assert got["val_tokens"] == len(tokens) - 1
+    assert got["val_loss"] == pytest.approx(total / (len(tokens) - 1), rel=1e-5)
