@@ -17,6 +17,7 @@ import torch
 from decoder.config import DataConfig, ModelConfig, RunConfig, TrainingConfig
 from decoder.data import prepare
 from decoder.hardware import training_attention_backend
+from decoder.loss import NextTokenLoss
 from decoder.model import GPT
 from decoder.step import make_optimizer, train_step
 
@@ -42,7 +43,7 @@ def main() -> None:
         for model, optimizer, rates in arms.values():
             start = time.perf_counter()
             for _ in range(5):
-                train_step(model, optimizer, batch, device=torch.device("cpu"), precision=precision, grad_clip=1.0)
+                train_step(NextTokenLoss(model), optimizer, batch, device=torch.device("cpu"), precision=precision, grad_clip=1.0)
             if round_ >= 2:
                 rates.append(5 * 32 * 64 / (time.perf_counter() - start))
     print(f"{torch.get_num_threads()} threads, {precision}")

@@ -23,6 +23,7 @@ import torch
 from decoder.data import BatchSampler, prepare
 from decoder.experiments.grid import load_experiment, settings_label
 from decoder.hardware import resolve_precision, training_attention_backend
+from decoder.loss import NextTokenLoss
 from decoder.model import GPT
 from decoder.step import make_optimizer, train_step
 
@@ -36,6 +37,7 @@ def step_tokens_per_s(config, *, warmup: int, steps: int) -> float:
     model = GPT(config.model, dataset.tokenizer.vocab_size)
     model.set_attention_backend(training_attention_backend("cpu", config.model.context_length, precision))  # as train
     optimizer = make_optimizer(model, config)
+    loss_model = NextTokenLoss(model)  # what the trainer differentiates (fused output-layer loss)
     sampler = BatchSampler(dataset.train, config.model.context_length, t.batch_size // t.grad_accum_steps,
                            config.data.windows, seed=t.seed)
     threads = torch.get_num_threads()
@@ -46,7 +48,7 @@ def step_tokens_per_s(config, *, warmup: int, steps: int) -> float:
         for i in range(warmup + steps):
             batch = [sampler.next_batch() for _ in range(t.grad_accum_steps)]
             start = time.perf_counter()
-            train_step(model, optimizer, batch, device=device, precision=precision, grad_clip=t.grad_clip)
+            train_step(loss_model, optimizer, batch, device=device, precision=precision, grad_clip=t.grad_clip)
             if i >= warmup:
                 times.append(time.perf_counter() - start)
     finally:

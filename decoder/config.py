@@ -2,81 +2,22 @@
 
 A run is fully described by a `RunConfig` (the four sections below). Loading from YAML or a dict
 rejects unknown keys (suggesting a close match), wrong types and impossible values, and reports
-every problem at once in a single `ConfigError`. The same structure is written next to every
+every problem at once in a single `ConfigError` (the checking itself: `decoder.validation`). The same structure is written next to every
 checkpoint (`config.yaml`), so a run can be rebuilt from its folder alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import functools
-import math
 import re
-import types
-import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from decoder.errors import UserError
-
-
-class ConfigError(UserError, ValueError):
-    """Configuration problems a user must fix. `problems` lists each one (naming the field, its
-    value and what is allowed); the message is `source: ` and the problems joined by '; '."""
-
-    def __init__(self, problems: str | list[str], source: str | None = None) -> None:
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
-        self.source = source
-        super().__init__((f"{source}: " if source else "") + "; ".join(self.problems))
-
-
-def check(config: Any) -> Any:
-    """`config` (a RunConfig or one section) if it has no problems, else one ConfigError listing them."""
-    problems = config.problems()
-    if problems:
-        raise ConfigError(problems)
-    return config
-
-
-@functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def choices(cls: type, name: str) -> tuple[Any, ...]:
-    """The allowed values of a `Literal` field (empty for any other field)."""
-    annotation = _hints(cls)[name]
-    return typing.get_args(annotation) if typing.get_origin(annotation) is Literal else ()
-
-
-_BOUND = re.compile(r"(>=|>) (\S+)|in ([\[(])(\S+), (\S+?)([\])])")
-
-
-def _within(value: float, bound: str) -> bool:
-    """Whether `value` meets `bound`: '>= 1', '> 0', 'in [0, 1)', ... (False for NaN)."""
-    m = _BOUND.match(bound)
-    if m[1]:
-        return value >= float(m[2]) if m[1] == ">=" else value > float(m[2])
-    low, high = float(m[4]), float(m[5])
-    return (low <= value if m[3] == "[" else low < value) and (value <= high if m[6] == "]" else value < high)
-
-
-def field_problems(config: Any, section: str, bounds: dict[str, str]) -> list[str]:
-    """Problems of single fields of a config section: a `Literal` field must hold one of its
-    arguments; a numeric field named in `bounds` must meet its bound ('>= 1', 'in (0, 1]', ...,
-    with an optional note after it), unless it is None (null)."""
-    out = []
-    for f in fields(config):
-        value, allowed = getattr(config, f.name), choices(type(config), f.name)
-        if allowed and value not in allowed:
-            out.append(f"{section}.{f.name}={value!r}: allowed {', '.join(map(repr, allowed))}")
-        if f.name in bounds and value is not None and not _within(value, bounds[f.name]):
-            out.append(f"{section}.{f.name}={value}: must be {bounds[f.name]}")
-    return out
+from decoder.validation import ConfigError, build_section, field_problems, unknown_key
+from decoder.validation import check  # noqa: F401  (re-exported: callers import it from here)
 
 
 @dataclass(frozen=True)
@@ -289,61 +230,6 @@ SECTIONS: dict[str, type] = {
 }
 
 
-def _type_ok(value: Any, annotation: Any) -> bool:
-    """Whether `value` (from YAML) fits the field annotation; ints are accepted for floats."""
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if annotation in (str, bool):
-        return isinstance(value, annotation)
-    origin = typing.get_origin(annotation)
-    if origin is Literal:  # the value itself is checked by field_problems
-        return any(type(value) is type(a) for a in typing.get_args(annotation))
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, a) if a is not type(None) else value is None for a in typing.get_args(annotation))
-    return True
-
-
-def _type_name(annotation: Any) -> str:
-    if typing.get_origin(annotation) is Literal:
-        return "one of " + ", ".join(map(repr, typing.get_args(annotation)))
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return " or ".join("null" if a is type(None) else a.__name__ for a in typing.get_args(annotation))
-    return annotation.__name__
-
-
-def _unknown_key(prefix: str, key: str, allowed: list[str]) -> str:
-    close = difflib.get_close_matches(key, allowed, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"{prefix}{key}: unknown key{hint}; valid keys: {', '.join(allowed)}"
-
-
-def _build_section(name: str, cls: type, raw: Any, problems: list[str]) -> Any:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        problems.append(f"{name}: must be a mapping of keys to values, got {type(raw).__name__}")
-        return cls()
-    hints = _hints(cls)
-    allowed = [f.name for f in fields(cls)]
-    kwargs = {}
-    for key, value in raw.items():
-        if key not in allowed:
-            problems.append(_unknown_key(f"{name}.", str(key), allowed))
-            continue
-        if not _type_ok(value, hints[key]):
-            problems.append(f"{name}.{key}={value!r}: must be {_type_name(hints[key])}")
-            continue
-        if isinstance(value, float) and not math.isfinite(value):
-            problems.append(f"{name}.{key}={value!r}: must be a finite number")
-            continue
-        if hints[key] is float or (float in typing.get_args(hints[key]) and isinstance(value, int)):
-            value = float(value) if value is not None else None
-        kwargs[key] = value
-    return cls(**kwargs)
-
-
 def config_from_dict(raw: Any, *, source: str = "config") -> RunConfig:
     """Build and validate a RunConfig from a nested dict, raising one ConfigError listing every problem.
 
@@ -353,8 +239,8 @@ def config_from_dict(raw: Any, *, source: str = "config") -> RunConfig:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"must be a mapping with sections {', '.join(SECTIONS)}", source)
-    problems = [_unknown_key("", str(key), list(SECTIONS)) for key in raw if key not in SECTIONS]
-    config = RunConfig(**{name: _build_section(name, cls, raw.get(name), problems) for name, cls in SECTIONS.items()})
+    problems = [unknown_key("", str(key), list(SECTIONS)) for key in raw if key not in SECTIONS]
+    config = RunConfig(**{name: build_section(name, cls, raw.get(name), problems) for name, cls in SECTIONS.items()})
     problems.extend(config.problems())
     if problems:
         raise ConfigError(problems, source)

@@ -20,7 +20,8 @@ The pruner is fed each evaluation's validation bits per byte, at step = the eval
 2, ...), so trials of different speeds compare at the same share of the budget when
 `training.eval_fraction` is set. Every problem (bad distributions, unknown keys, options, a pruner
 with two objectives, probe configs of the space that do not build) is reported at once, as for grids.
-Running a search is `decoder.experiments.sweep`.
+The space itself (parameters and their parsing) is `decoder.experiments.space`; running a search is
+`decoder.experiments.sweep`.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from decoder.config import ConfigError, RunConfig, config_from_dict, read_yaml, set_dotted
-from decoder.experiments.grid import _key_problem, check_header, raise_problems, settings_label
+from decoder.experiments.grid import check_header, raise_problems, settings_label
+from decoder.experiments.space import Param, in_space, parse_param
 
 SEARCH_KEYS = ("name", "description", "base", "search")
 SECTION_KEYS = ("space", "sampler", "n_trials", "objectives", "pruner", "seed", "start_from_base")
@@ -50,37 +52,6 @@ PRUNER_OPTIONS = {
     "hyperband": ("min_resource", "max_resource", "reduction_factor"),
 }
 MAX_PROBES = 4096  # configs built to validate a space: every categorical choice x numeric ends
-
-
-@dataclass(frozen=True)
-class Param:
-    """One searched dotted key: int / float (low, high, log, step) or categorical (choices)."""
-
-    key: str
-    type: str
-    low: float | int | None = None
-    high: float | int | None = None
-    log: bool = False
-    step: float | int | None = None
-    choices: tuple = ()
-
-    def probe_values(self) -> list:
-        """Values every config of the space is checked at: all choices, all ints of a short range,
-        else the two ends."""
-        if self.type == "categorical":
-            return list(self.choices)
-        if self.type == "int" and not self.log and (self.high - self.low) // (self.step or 1) < 16:
-            return list(range(self.low, self.high + 1, self.step or 1))
-        return [self.low, self.high]
-
-    def grid_values(self) -> list:
-        """Every value (grid sampler): choices, or low..high by step."""
-        if self.type == "categorical":
-            return list(self.choices)
-        step = self.step or 1  # an int's default step
-        count = int(round((self.high - self.low) / step)) + 1
-        return [self.low + i * step for i in range(count)] if self.type == "int" else \
-            [round(self.low + i * step, 12) for i in range(count)]
 
 
 @dataclass(frozen=True)
@@ -130,62 +101,6 @@ class Search:
         what = {k: self.raw["search"].get(k) for k in ("space", "objectives")}
         text = json.dumps({"base": self.base, **what}, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _numeric_param(key: str, spec: dict, problems: list[str]) -> Param | None:
-    kind, low, high, log, step = spec["type"], spec.get("low"), spec.get("high"), spec.get("log", False), spec.get("step")
-    where = f"search.space.{key}"
-    exact = (lambda v: isinstance(v, int) and not isinstance(v, bool)) if kind == "int" else _number
-    bad = [f"{name}={v!r}" for name, v in (("low", low), ("high", high)) if not exact(v)]
-    if bad:
-        problems.append(f"{where}: {', '.join(bad)}: low and high must be {'integers' if kind == 'int' else 'numbers'}")
-        return None
-    if not isinstance(log, bool):
-        problems.append(f"{where}: log={log!r}: must be true or false")
-        return None
-    if low > high:
-        problems.append(f"{where}: low={low} > high={high}")
-    if log and low <= 0:
-        problems.append(f"{where}: log=true needs low > 0, got {low}")
-    if step is not None and (not exact(step) or step <= 0):
-        problems.append(f"{where}: step={step!r}: must be a positive {'integer' if kind == 'int' else 'number'}")
-    elif step is not None and log:
-        problems.append(f"{where}: step and log=true cannot be combined")
-    elif step is not None and low <= high and abs((high - low) / step - round((high - low) / step)) > 1e-9:
-        problems.append(f"{where}: high - low = {high - low} is not a multiple of step={step}")
-    return Param(key, kind, low, high, log, step)
-
-
-def _param(key: Any, spec: Any, problems: list[str]) -> Param | None:
-    problem = _key_problem("search.space", key)
-    if problem:
-        problems.append(problem)
-        return None
-    where = f"search.space.{key}"
-    if not isinstance(spec, dict) or spec.get("type") not in ("int", "float", "categorical"):
-        problems.append(f"{where}: must be a mapping with type int, float or categorical, e.g. "
-                        "{type: float, low: 1.0e-4, high: 1.0e-2, log: true}, got " + repr(spec))
-        return None
-    allowed = ("type", "choices") if spec["type"] == "categorical" else ("type", "low", "high", "log", "step")
-    unknown = [k for k in spec if k not in allowed]
-    if unknown:
-        problems.append(f"{where}: {', '.join(map(str, unknown))}: unknown for type {spec['type']}; "
-                        f"valid: {', '.join(allowed)}")
-        return None
-    if spec["type"] != "categorical":
-        return _numeric_param(key, spec, problems)
-    choices = spec.get("choices")
-    if not isinstance(choices, list) or not choices or any(isinstance(c, (list, dict)) for c in choices):
-        problems.append(f"{where}: choices must be a non-empty list of scalars, got {choices!r}")
-        return None
-    if len({repr(c) for c in choices}) != len(choices):
-        problems.append(f"{where}: choices repeat a value: {choices}")
-        return None
-    return Param(key, "categorical", choices=tuple(choices))
 
 
 def _named_spec(section: dict, what: str, options: dict[str, tuple], default: str, problems: list[str]) -> dict:
@@ -247,7 +162,7 @@ def _section(raw: dict, problems: list[str]) -> tuple[list[Param], dict, Any, tu
     if not isinstance(space, dict) or not space:
         problems.append("search.space: must map dotted keys (section.field) to distributions")
         space = {}
-    params = [p for p in (_param(k, v, problems) for k, v in space.items()) if p is not None]
+    params = [p for p in (parse_param(k, v, problems) for k, v in space.items()) if p is not None]
     sampler = _named_spec(section, "sampler", SAMPLER_OPTIONS, "tpe", problems)
     pruner = _named_spec(section, "pruner", PRUNER_OPTIONS, "none", problems)
     objectives = _objectives(section, problems)
@@ -335,25 +250,11 @@ def _base_problems(search: Search) -> list[str]:
     out = []
     for param in search.params:
         value = values[param.key]
-        if not _in_space(param, value):
+        if not in_space(param, value):
             where = list(param.choices) if param.type == "categorical" else \
                 f"{param.type} in [{param.low}, {param.high}]" + (f" by {param.step}" if param.step else "")
             out.append(f"search.start_from_base: the base's {param.key}={value!r} is outside the space ({where})")
     return out
-
-
-def _in_space(param: Param, value: Any) -> bool:
-    """Whether `value` is a point of `param` (same type as a categorical choice; on a numeric step grid)."""
-    if param.type == "categorical":
-        return any(type(c) is type(value) and c == value for c in param.choices)
-    if not _number(value) or (param.type == "int" and not isinstance(value, int)):
-        return False
-    if not param.low <= value <= param.high:
-        return False
-    if param.step:
-        steps = (value - param.low) / param.step
-        return abs(steps - round(steps)) < 1e-9
-    return True
 
 
 def load_search(path: str | Path) -> Search:

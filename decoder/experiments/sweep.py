@@ -22,7 +22,8 @@ from typing import Any, Callable, Iterator
 
 from decoder.experiments.grid import Experiment, Point, settings_label
 from decoder.experiments.runner import check_data, run_point
-from decoder.experiments.search import Param, Search, probes
+from decoder.experiments.search import Search, probes
+from decoder.experiments.space import Param
 from decoder.experiments.study import (HEARTBEAT_S, Interrupted, Surplus, TrialFailed, create_or_load,
                                        default_storage, enqueue_base, open_storage, slot_of, work, import_optuna)
 from decoder.runs import RunDir

@@ -7,12 +7,12 @@ from decoder.config import (
     ModelConfig,
     RunConfig,
     TrainingConfig,
-    choices,
     config_from_dict,
     dump_config,
     load_config,
     set_dotted,
 )
+from decoder.validation import choices
 from decoder.errors import UserError
 
 

@@ -12,13 +12,14 @@ from decoder.config import ModelConfig
 from decoder.loss import IGNORE_INDEX, NextTokenLoss, linear_cross_entropy
 from decoder.model import GPT
 from decoder.step import evaluate
+from tinyconf import DEVICES
 
 
-def _inputs(n=37, c=16, v=53, seed=0):
+def _inputs(n=37, c=16, v=53, seed=0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
-    hidden = torch.randn(n, c, generator=g).requires_grad_()
-    weight = (torch.randn(v, c, generator=g) * 0.5).requires_grad_()
-    targets = torch.randint(0, v, (n,), generator=g)
+    hidden = torch.randn(n, c, generator=g).to(device).requires_grad_()
+    weight = (torch.randn(v, c, generator=g) * 0.5).to(device).requires_grad_()
+    targets = torch.randint(0, v, (n,), generator=g).to(device)
     return hidden, weight, targets
 
 
@@ -34,20 +35,22 @@ def _loss_and_grads(fn, hidden, weight, targets, **kwargs):
     return loss.detach(), hidden.grad.clone(), weight.grad.clone()
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("chunk_rows", [1, 8, 37, 512])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_fused_equals_plain_in_float32(monkeypatch, chunk_rows, reduction):
+def test_fused_equals_plain_in_float32(monkeypatch, chunk_rows, reduction, device):
     monkeypatch.setattr(loss_module, "CHUNK_ROWS", chunk_rows)  # 8 leaves a partial last chunk of 37 rows
-    hidden, weight, targets = _inputs()
+    hidden, weight, targets = _inputs(device=device)
     expected = _loss_and_grads(_plain, hidden, weight, targets, reduction=reduction)
     got = _loss_and_grads(linear_cross_entropy, hidden, weight, targets, reduction=reduction)
     for e, g in zip(expected, got):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
 
 
-def test_ignored_positions_score_nothing_and_get_no_gradient(monkeypatch):
+@pytest.mark.parametrize("device", DEVICES)
+def test_ignored_positions_score_nothing_and_get_no_gradient(monkeypatch, device):
     monkeypatch.setattr(loss_module, "CHUNK_ROWS", 8)
-    hidden, weight, targets = _inputs()
+    hidden, weight, targets = _inputs(device=device)
     targets[[0, 9, 10, 36]] = IGNORE_INDEX
     expected = _loss_and_grads(_plain, hidden, weight, targets)
     got = _loss_and_grads(linear_cross_entropy, hidden, weight, targets)
@@ -56,10 +59,11 @@ def test_ignored_positions_score_nothing_and_get_no_gradient(monkeypatch):
     assert torch.count_nonzero(got[1][[0, 9, 10, 36]]) == 0
 
 
-def test_bf16_autocast_matches_plain_within_bf16_rounding(monkeypatch):
+@pytest.mark.parametrize("device", DEVICES)
+def test_bf16_autocast_matches_plain_within_bf16_rounding(monkeypatch, device):
     monkeypatch.setattr(loss_module, "CHUNK_ROWS", 8)
-    hidden, weight, targets = _inputs(c=64, v=300)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    hidden, weight, targets = _inputs(c=64, v=300, device=device)
+    with torch.autocast(device, dtype=torch.bfloat16):
         expected = _loss_and_grads(_plain, hidden, weight, targets)
         got = _loss_and_grads(linear_cross_entropy, hidden, weight, targets)
     assert got[0].dtype == torch.float32 and got[1].dtype == hidden.dtype and got[2].dtype == weight.dtype
@@ -94,14 +98,15 @@ def test_mismatched_positions_are_refused():
         linear_cross_entropy(hidden, weight, targets[:-1])
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("tie", [True, False])
-def test_next_token_loss_fused_and_plain_give_the_same_parameter_gradients(monkeypatch, tie):
+def test_next_token_loss_fused_and_plain_give_the_same_parameter_gradients(monkeypatch, tie, device):
     monkeypatch.setattr(loss_module, "CHUNK_ROWS", 5)
     config = ModelConfig(d_model=32, n_heads=2, n_blocks=2, context_length=16, tie_embeddings=tie)
     torch.manual_seed(0)
-    model = GPT(config, vocab_size=61)
-    idx = torch.randint(0, 61, (3, 16))
-    targets = torch.randint(0, 61, (3, 16))
+    model = GPT(config, vocab_size=61).to(device)
+    idx = torch.randint(0, 61, (3, 16)).to(device)
+    targets = torch.randint(0, 61, (3, 16)).to(device)
     grads = {}
     for fused in (False, True):
         model.zero_grad(set_to_none=True)

@@ -1,0 +1,28 @@
+"""The measuring scripts beside the suites run against the trainer's current step (not timed here):
+`bench.budget` times the very `train_step` the trainer runs, so a change to its signature must
+break this test, not the script in a user's hands."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from bench.budget import step_tokens_per_s
+from decoder.config import config_from_dict
+
+EXCERPT = Path(__file__).resolve().parent.parent / "tests" / "assets" / "excerpt.txt"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_budget_times_the_trainers_step(tmp_path, monkeypatch, precision):
+    monkeypatch.setenv("DECODER_CACHE_DIR", str(tmp_path))
+    config = config_from_dict({
+        "model": {"d_model": 32, "n_heads": 2, "n_blocks": 2, "context_length": 16, "dropout": 0.1},
+        "data": {"corpus": str(EXCERPT), "tokenizer": "gpt2"},
+        "training": {"batch_size": 8, "grad_accum_steps": 2, "max_tokens": 10_000, "precision": precision,
+                     "num_threads": 1},
+    })
+    rate = step_tokens_per_s(config, warmup=1, steps=2)
+    assert math.isfinite(rate) and rate > 0
