@@ -106,10 +106,13 @@ def test_client_giving_up_on_a_plain_request_frees_its_slot(server):
 
 def test_sigterm_refuses_new_work_cancels_streams_after_the_grace_and_exits_0(onnx_bundle):
     grace = 2
-    with server_process(onnx_bundle, "--shutdown-grace", str(grace)) as (url, proc):
+    # The stream must outlast the grace on any machine: the tiny test model can write a whole
+    # 4,000-token completion within the 2-s grace (a CI run on a 2-core EPYC saw it end "length"),
+    # so one request asks for 16 of them and the server runs one sequence at a time (64,000 tokens).
+    with server_process(onnx_bundle, "--shutdown-grace", str(grace), "--max-batch", "1") as (url, proc):
         async def stream_during_shutdown():
             async with httpx.AsyncClient(timeout=30) as client:
-                body = {"prompt": "Harding wondered", "max_tokens": 4000, "temperature": 0, "stream": True}
+                body = {"prompt": PROMPTS * 2, "max_tokens": 4000, "temperature": 0, "stream": True}
                 async with client.stream("POST", url + "/v1/completions", json=body) as r:
                     lines = r.aiter_lines()
                     first = await anext(lines)
@@ -120,7 +123,7 @@ def test_sigterm_refuses_new_work_cancels_streams_after_the_grace_and_exits_0(on
 
         ended_after, lines = asyncio.run(stream_during_shutdown())
         texts, finishes = stream_texts(sse_data("\n".join(lines)))
-        assert finishes == {0: "cancelled"} and texts[0]
+        assert finishes == {i: "cancelled" for i in range(16)} and texts[0]
         assert grace - 0.5 < ended_after < grace + 3
         assert proc.wait(15) == 0
         with pytest.raises(httpx.TransportError):
