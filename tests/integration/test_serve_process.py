@@ -135,7 +135,7 @@ def test_request_in_flight_at_sigterm_completes_within_the_grace(onnx_bundle):
         async def request_then_term():
             async with httpx.AsyncClient(timeout=30) as client:
                 pending = asyncio.ensure_future(client.post(url + "/v1/completions", json={
-                    "prompt": "Harding wondered", "max_tokens": 1000, "temperature": 0}))  # a second or more
+                    "prompt": "Harding wondered", "max_tokens": 4000, "temperature": 0}))  # about 2 s here
                 while metric((await client.get(url + "/metrics")).text, "decoder_requests_running") < 1:
                     assert not pending.done(), "finished before the signal could be sent"
                     await asyncio.sleep(0.01)
