@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import signal
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +29,7 @@ from decoder.hardware import cpu_name, resolve_device, training_attention_backen
 from decoder.loss import NextTokenLoss
 from decoder.model import GPT
 from decoder.runs import RunDir
+from decoder.signals import StopFlag
 from decoder.step import evaluate as evaluate_split
 from decoder.step import budget_progress, eval_due, lr_at, make_optimizer, train_step
 from decoder.tensorboard import TensorBoardLog
@@ -85,38 +84,6 @@ class _LossWindow:
         self.start += seconds
 
 
-class _StopFlag:
-    """Set by SIGINT/SIGTERM (first signal: finish the step, checkpoint, exit)."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> "_StopFlag":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:  # second signal: give up at once
-            raise KeyboardInterrupt
-        self.requested, self.signum = True, signum
-
-    def redeliver(self) -> None:
-        """A signal that came after the last step's stop check (the run completed anyway) goes to
-        the Python handler that was there before training, so a caller that handles it (a sweep
-        worker, Ctrl-C in a grid) stops too. With no such handler (SIGTERM's default) it is dropped:
-        the run is complete and the process ends normally."""
-        if self.signum is not None and callable(self._previous.get(self.signum)):
-            signal.raise_signal(self.signum)
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 # ---------------------------------------------------------------------------------------------
 # Setup helpers
 
@@ -159,7 +126,7 @@ def _train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, quie
            on_step: Callable[[int, dict], bool] | None = None, dataset: Dataset | None = None) -> dict:
     trainer = _Trainer(config.validated(), RunDir(run_dir), resume=resume, dataset=dataset)
     status, error = "completed", None
-    with _StopFlag() as stop, _progress_bar(config, trainer.tokens_per_step, quiet, trainer.state.step) as bar:
+    with StopFlag() as stop, _progress_bar(config, trainer.tokens_per_step, quiet, trainer.state.step) as bar:
         try:
             while budget_progress(config, trainer.state) < 1.0:
                 lr, due = trainer.step(bar)
@@ -293,7 +260,7 @@ class _Trainer:
         patience = self.config.training.patience
         return patience is not None and self.state.evals_since_best >= patience
 
-    def should_stop(self, stop: _StopFlag, on_step: Callable[[int, dict], bool] | None, lr: float) -> bool:
+    def should_stop(self, stop: StopFlag, on_step: Callable[[int, dict], bool] | None, lr: float) -> bool:
         """Whether a signal or the caller's callback asked any rank to stop after this step."""
         wants = stop.requested or (
             on_step is not None and bool(on_step(self.state.step, {"lr": lr, "train_loss": self.window.train_loss})))
