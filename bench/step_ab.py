@@ -1,6 +1,7 @@
 """The training step at the default shape, side by side in one process: nanoGPT's model and step
 (bench/nanogpt.py), ours before the fused loss (full logits, then F.cross_entropy) and ours as
-`decoder train` runs it (decoder.loss's fused, chunked output-layer loss). The arms are
+`decoder train` runs it (decoder.loss's fused, chunked output-layer loss), with AdamW and with Muon
+(`training.optimizer: muon`; its Newton-Schulz iterations in the run's precision). The arms are
 interleaved, their order rotated each round (by default 12 rounds of 5 steps each, the first 2
 rounds discarded), so every arm sees the same machine state; prints each arm's median tokens/s and
 the medians of the per-round ratios.
@@ -32,7 +33,6 @@ from decoder.step import make_optimizer, train_step
 def arms(shape: ModelConfig, vocab: int, precision: str, batch) -> dict:
     """name -> a function running one training step."""
     backend = training_attention_backend("cpu", shape.context_length, precision)
-    config = RunConfig(model=shape, training=TrainingConfig(max_steps=1, batch_size=batch[0][0].shape[0]))
     out = {}
     torch.manual_seed(0)
     nano = NanoGPT(shape, vocab)
@@ -44,11 +44,15 @@ def arms(shape: ModelConfig, vocab: int, precision: str, batch) -> dict:
             nanogpt_step(nano, nano_opt, *batch[0], dtype)
 
     out["nanoGPT"] = nano_step
-    for name, fused in (("decoder, logits loss", False), ("decoder", True)):
+    for name, fused, opt_name in (("decoder, logits loss", False, "adamw"), ("decoder", True, "adamw"),
+                                  ("decoder, muon", True, "muon")):
+        config = RunConfig(model=shape, training=TrainingConfig(max_steps=1, batch_size=batch[0][0].shape[0],
+                                                                optimizer=opt_name))
         torch.manual_seed(0)
         model = GPT(shape, vocab)
         model.set_attention_backend(backend)  # as decoder.train does
-        loss_model, optimizer = NextTokenLoss(model, fused=fused), make_optimizer(model, config)
+        loss_model = NextTokenLoss(model, fused=fused)
+        optimizer = make_optimizer(model, config, precision)
         out[name] = (lambda lm=loss_model, opt=optimizer: train_step(
             lm, opt, batch, device=torch.device("cpu"), precision=precision, grad_clip=1.0))
     return out
@@ -92,6 +96,7 @@ def main() -> None:
         print(f"{name}: median {statistics.median(rates[name]):,.0f} tokens/s "
               f"(x{paired(name, 'nanoGPT'):.2f} nanoGPT, median of per-round ratios)")
     print(f"fused loss / logits loss: x{paired('decoder', 'decoder, logits loss'):.2f} (median of per-round ratios)")
+    print(f"muon / adamw: x{paired('decoder, muon', 'decoder'):.2f} (median of per-round ratios)")
 
 
 if __name__ == "__main__":

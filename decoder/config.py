@@ -104,8 +104,12 @@ class TrainingConfig:
     """Sequences per optimizer step per process (the global batch is batch_size * world_size)."""
     grad_accum_steps: int = 1
     """Micro-batches accumulated per optimizer step (each of batch_size / grad_accum_steps sequences)."""
-    optimizer: Literal["adamw", "adam"] = "adamw"
-    """'adamw' (decoupled weight decay on matrices only) or 'adam' (the reference's; no decay)."""
+    optimizer: Literal["adamw", "adam", "muon"] = "adamw"
+    """'adamw' (decoupled weight decay on matrices only), 'adam' (the reference's; no decay) or
+    'muon' (Muon on the blocks' weight matrices, its update scaled to AdamW's RMS so lr and
+    weight_decay keep their meaning; AdamW on embeddings, norms and biases; decoder/muon.py)."""
+    muon_momentum: float = 0.95
+    """Muon's (Nesterov) momentum; used only with optimizer 'muon'."""
     lr: float = 1e-3
     """Peak learning rate."""
     min_lr_ratio: float = 0.1
@@ -159,7 +163,8 @@ class TrainingConfig:
         out = field_problems(self, "training", {
             "batch_size": ">= 1", "lr": "> 0", "min_lr_ratio": "in [0, 1]", "warmup_steps": ">= 0",
             "warmup_fraction": "in [0, 1) or null", "eval_fraction": "in (0, 1] or null", "weight_decay": ">= 0",
-            "beta1": "in [0, 1)", "beta2": "in [0, 1)", "eps": "> 0", "grad_clip": ">= 0 (0 disables)",
+            "beta1": "in [0, 1)", "beta2": "in [0, 1)", "muon_momentum": "in [0, 1)", "eps": "> 0",
+            "grad_clip": ">= 0 (0 disables)",
             "max_steps": "> 0", "max_tokens": "> 0", "max_seconds": "> 0", "eval_interval": ">= 1",
             "patience": ">= 1 or null", "log_interval": ">= 1", "num_threads": ">= 1 or null"})
         if self.grad_accum_steps < 1 or (self.batch_size >= 1 and self.batch_size % self.grad_accum_steps):

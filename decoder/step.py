@@ -21,6 +21,7 @@ from decoder.hardware import autocast
 from decoder.loss import IGNORE_INDEX, linear_cross_entropy
 from decoder.metrics import quality
 from decoder.model import GPT
+from decoder.muon import Muon
 
 
 def budget_progress(config: RunConfig, state) -> float:
@@ -61,8 +62,41 @@ def lr_at(config: RunConfig, step: int, progress: float) -> float:
     return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def make_optimizer(model: GPT, config: RunConfig) -> torch.optim.Optimizer:
-    """AdamW with decay on matrices only (not norms, biases, embeddings); or plain Adam."""
+class OptimizerPair(torch.optim.Optimizer):
+    """Two optimizers stepped as one (Muon for the blocks' matrices, AdamW for the rest): the
+    trainer sets `lr` on `param_groups` and checkpoints `state_dict()` as it does for one."""
+
+    def __init__(self, first: torch.optim.Optimizer, second: torch.optim.Optimizer) -> None:
+        self.optimizers = (first, second)
+        # Not Optimizer.__init__: the two hold the parameters, their groups and their state.
+        self.defaults = {}
+        self.state = {}
+        self._optimizer_step_pre_hooks, self._optimizer_step_post_hooks = {}, {}
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [group for opt in self.optimizers for group in opt.param_groups]
+
+    def step(self, closure=None) -> None:
+        for opt in self.optimizers:
+            opt.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"pair": [opt.state_dict() for opt in self.optimizers]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        for opt, saved in zip(self.optimizers, state_dict["pair"], strict=True):
+            opt.load_state_dict(saved)
+
+
+def make_optimizer(model: GPT, config: RunConfig, precision: str = "fp32") -> torch.optim.Optimizer:
+    """AdamW with decay on matrices only (not norms, biases, embeddings); plain Adam; or Muon on those
+    matrices (the blocks' linear layers) with AdamW on the rest. `precision` is the run's resolved
+    one ('fp32' or 'bf16'): Muon's Newton-Schulz iterations run in it."""
     t = config.training
     embeddings = {id(model.transformer.wte.weight)}
     if "wpe" in model.transformer:
@@ -73,6 +107,12 @@ def make_optimizer(model: GPT, config: RunConfig) -> torch.optim.Optimizer:
     kwargs = dict(lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps)
     if t.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), **kwargs)
+    if t.optimizer == "muon":
+        # Each matrix's orthogonalised update is scaled to AdamW's typical RMS, so one lr and
+        # schedule drive both optimizers.
+        ns_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        muon = Muon(decay, lr=t.lr, weight_decay=t.weight_decay, momentum=t.muon_momentum, ns_dtype=ns_dtype)
+        return OptimizerPair(muon, torch.optim.AdamW(no_decay, weight_decay=0.0, **kwargs))
     groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, **kwargs)
 

@@ -163,7 +163,7 @@ class _Trainer:
 
         torch.manual_seed(t.seed)
         self.model = GPT(config.model, tokenizer.vocab_size).to(self.device)
-        self.optimizer = make_optimizer(self.model, config)
+        self.optimizer = make_optimizer(self.model, config, self.precision)
         self.model.set_attention_backend(
             training_attention_backend(self.device.type, config.model.context_length, self.precision))
         self.sampler = BatchSampler(self.dataset.train, config.model.context_length, t.batch_size // t.grad_accum_steps,

@@ -36,8 +36,10 @@ def test_loss_goes_down_and_run_folder_is_complete(small_corpus, tmp_path):
     assert loaded_config == config and meta["val"]["val_loss"] == summary["best_val_loss"]
 
 
-def test_resume_after_interruption_is_bit_identical(small_corpus, tmp_path):
-    config = tiny_config(small_corpus, model={"dropout": 0.1}, training={"max_steps": 24, "eval_interval": 8})
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_after_interruption_is_bit_identical(small_corpus, tmp_path, optimizer):
+    config = tiny_config(small_corpus, model={"dropout": 0.1},
+                         training={"max_steps": 24, "eval_interval": 8, "optimizer": optimizer})
     full = train_losses(config, tmp_path / "full")
     interrupted = train(config, tmp_path / "split", quiet=True, on_step=lambda step, m: step == 13)
     assert interrupted["status"] == "interrupted" and interrupted["step"] == 13
@@ -198,3 +200,38 @@ def test_checkpoints_of_the_older_key_sets_still_load_and_resume(small_corpus, t
     (checkpoints / "latest.prev.pt").unlink()
     with pytest.raises(CheckpointError, match="has no optimizer, sampler, rng state"):
         train(config, tmp_path / "run", quiet=True, resume=True)
+
+
+def test_muon_takes_the_blocks_matrices_and_adamw_the_rest(small_corpus, tmp_path):
+    from decoder.model import GPT
+    from decoder.muon import Muon
+    from decoder.step import make_optimizer
+
+    config = tiny_config(small_corpus, training={"optimizer": "muon", "lr": 1e-2, "weight_decay": 0.0})
+    model = GPT(config.model, vocab_size=64)
+    optimizer = make_optimizer(model, config)
+    muon, adamw = optimizer.optimizers
+    assert isinstance(muon, Muon) and isinstance(adamw, torch.optim.AdamW)
+    in_muon = {id(p) for g in muon.param_groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        assert (id(p) in in_muon) == (p.dim() == 2 and ".h." in f".{name}"), name
+    assert len(optimizer.param_groups) == 2
+    for group in optimizer.param_groups:  # what the trainer does each step
+        group["lr"] = 1e-2
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    x = torch.randint(0, 64, (4, 16))
+    logits, _ = model(x)
+    logits.float().logsumexp(-1).mean().backward()
+    optimizer.step()
+    for name, p in model.named_parameters():
+        assert not torch.equal(p, before[name]), name
+        if id(p) in in_muon:  # an orthogonalised update scaled to AdamW's RMS, 0.2 * lr at most
+            rms = (p - before[name]).pow(2).mean().sqrt().item()
+            assert 0.4 * 0.2 * 1e-2 < rms < 1.2 * 0.2 * 1e-2, name
+
+
+def test_a_muon_run_learns(small_corpus, tmp_path):
+    config = tiny_config(small_corpus, training={"max_steps": 40, "eval_interval": 20, "optimizer": "muon"})
+    summary = train(config, tmp_path / "run", quiet=True)
+    assert summary["status"] == "completed"
+    assert summary["best_val_loss"] < math.log(summary["vocab_size"]) - 0.5
