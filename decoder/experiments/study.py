@@ -19,6 +19,7 @@ from __future__ import annotations
 import random
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -46,6 +47,43 @@ class TrialFailed(Exception):
 
 class Interrupted(Exception):
     """The worker was asked to stop (Ctrl-C, SIGTERM) mid-trial; its checkpoint is saved."""
+
+
+class _StopHold:
+    """A worker's SIGTERM is Ctrl-C, but not while Optuna records a trial (ask, tell, the heartbeat
+    thread's start and stop): a KeyboardInterrupt raised in the middle of that bookkeeping escapes it
+    as some other error (an unbound local in Optuna's `finally`) and the worker exits 1, not 130.
+    So study.optimize runs held, the objective itself unheld; a signal that came while held is
+    raised as KeyboardInterrupt when the hold ends."""
+
+    depth = 0
+    pending = False
+
+
+def stop_now(signum=None, frame=None) -> None:
+    """A sweep worker's SIGTERM handler: KeyboardInterrupt now, or when Optuna's bookkeeping ends."""
+    if _StopHold.depth:
+        _StopHold.pending = True
+        return
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def _hold_stop(hold: bool):
+    """Hold (True) or release (False) stop_now's KeyboardInterrupt for the duration; a held one is
+    raised on release (at the objective's start or when the hold ends)."""
+    saved = _StopHold.depth
+    _StopHold.depth = saved + 1 if hold else 0
+    try:
+        if not _StopHold.depth and _StopHold.pending:
+            _StopHold.pending = False
+            raise KeyboardInterrupt
+        yield
+    finally:
+        _StopHold.depth = saved
+    if not saved and _StopHold.pending:
+        _StopHold.pending = False
+        raise KeyboardInterrupt
 
 
 def import_optuna():
@@ -169,6 +207,8 @@ def requeue(study, trial_number: int) -> None:
     """Queue a WAITING copy of a trial this worker stopped (it resumes from its checkpoint)."""
     optuna = import_optuna()
     frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == trial_number)
+    if frozen.state.is_finished() and frozen.state.name != "FAIL":  # completed (or pruned) before the stop
+        return
     optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, frozen)
 
 
@@ -202,10 +242,12 @@ def _run_one(study, objective: Callable) -> None:
 
     def tracked(trial):
         current.append(trial.number)
-        return objective(trial)
+        with _hold_stop(False):
+            return objective(trial)
 
     try:
-        study.optimize(tracked, n_trials=1, catch=(Surplus, TrialFailed), gc_after_trial=False)
+        with _hold_stop(True):
+            study.optimize(tracked, n_trials=1, catch=(Surplus, TrialFailed), gc_after_trial=False)
     except (Interrupted, KeyboardInterrupt):
         if current:
             requeue(study, current[0])

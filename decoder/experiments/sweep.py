@@ -25,7 +25,8 @@ from decoder.experiments.runner import check_data, run_point
 from decoder.experiments.search import Search, probes
 from decoder.experiments.space import Param
 from decoder.experiments.study import (HEARTBEAT_S, Interrupted, Surplus, TrialFailed, create_or_load,
-                                       default_storage, enqueue_base, open_storage, slot_of, work, import_optuna)
+                                       default_storage, enqueue_base, open_storage, slot_of, stop_now, work,
+                                       import_optuna)
 from decoder.runs import RunDir
 
 
@@ -223,10 +224,7 @@ def _per_trial_seed(search: Search):
 
 def _stop_on_sigterm() -> None:
     """SIGTERM outside training acts as Ctrl-C (training handles it itself: checkpoint, then stop)."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGTERM, stop_now)
 
 
 def _search_worker(search: Search, url: str, runs_dir: str, quiet: bool, heartbeat_s: int, tag: str,
