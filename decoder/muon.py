@@ -6,8 +6,9 @@ lerp, decoupled weight decay, the "match_rms_adamw" scale 0.2 * sqrt(max(rows, c
 Muon reuse AdamW's learning rate and weight decay); tests/unit/test_muon.py checks that the two
 give the same parameters in bf16. The one difference is the dtype of the iterations: torch's always
 runs them in bf16, which a CPU without bf16 units emulates at a fraction of its fp32 speed (on the
-2-core EPYC without AVX512-BF16 a Muon step took longer than the model's forward and backward).
-Here they run in fp32 unless the run itself trains in bf16.
+2-core EPYC without AVX512-BF16, a run with torch's class had not reached its first evaluation when
+the AdamW run beside it had reached its second; observed once, not timed). Here they run in fp32
+unless the run itself trains in bf16.
 """
 
 from __future__ import annotations
