@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from decoder import distributed as dist_utils
-from decoder.config import RunConfig, config_from_dict
+from decoder.config import RunConfig, saved_config_from_dict
 from decoder.errors import TrainingError, UserError
 from decoder.hardware import resolve_precision
 from decoder.io import atomic_write
@@ -103,7 +103,7 @@ def load_model(path: str | Path, map_location: str = "cpu") -> tuple[GPT, Tokeni
                                   "(is it a run folder?)")
         path = found
     state = load_checkpoint(path)
-    config = config_from_dict(state["config"], source=str(path))
+    config = saved_config_from_dict(state["config"], source=str(path))
     model = GPT(config.model, state["vocab_size"])
     try:
         model.load_state_dict(clean_state_dict(state["model"]))

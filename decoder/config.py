@@ -74,7 +74,12 @@ class DataConfig:
     """Shrink the vocabulary to the 256 byte tokens + tokens seen in the training split + <|endoftext|>."""
     min_count: int = 2
     """Compact vocabulary only: keep a token if it occurs at least this often in the training split;
-    rarer tokens are spelled in byte tokens everywhere, so the byte fallback is trained."""
+    rarer tokens are spelled with the vocabulary's tokens everywhere (see `fallback`), so the
+    fallback that unseen validation words need is trained."""
+    fallback: Literal["bytes", "pieces"] = "pieces"
+    """Compact vocabulary only: how a token outside it is spelled: 'bytes' (its UTF-8 bytes' byte
+    tokens) or 'pieces' (the fewest vocabulary tokens whose bytes join to it; bytes only where no
+    longer piece fits)."""
     val_fraction: float = 0.1
     """Fraction of the token stream (its end, contiguous) held out for validation."""
     windows: Literal["random", "sliding"] = "random"
@@ -267,6 +272,29 @@ def load_config(path: str | Path) -> RunConfig:
     return config_from_dict(read_yaml(path), source=str(path))
 
 
+ADDED_KEYS: dict[tuple[str, str], Any] = {("training", "muon_momentum"): 0.95, ("data", "fallback"): "bytes"}
+"""Keys added after runs were saved without them, and the value that reproduces what those runs did.
+A saved config lacking one means that value, not today's default (which may differ); and a config
+holding that value is hashed without the key (`run_id`), so the ids of runs made before it existed,
+and the experiments that name them, stay valid."""
+
+
+def saved_config_from_dict(raw: Any, source: str) -> RunConfig:
+    """A resolved config saved with a run (its config.yaml, a checkpoint): as `config_from_dict`,
+    with the keys in ADDED_KEYS that it lacks set to what the run used."""
+    if isinstance(raw, dict):
+        raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+        for (section, key), value in ADDED_KEYS.items():
+            if isinstance(raw.get(section), dict):
+                raw[section].setdefault(key, value)
+    return config_from_dict(raw, source=source)
+
+
+def load_saved_config(path: str | Path) -> RunConfig:
+    """Read a run folder's config.yaml (see `saved_config_from_dict`)."""
+    return saved_config_from_dict(read_yaml(path), source=str(path))
+
+
 def dump_config(config: RunConfig) -> str:
     return yaml.safe_dump(config.to_dict(), sort_keys=False)
 
@@ -284,8 +312,13 @@ def set_dotted(raw: dict, dotted: str, value: Any) -> None:
 
 def run_id(config: RunConfig) -> str:
     """A short stable id of a resolved config: the first 10 hex digits of the SHA-256 of its
-    key-sorted JSON. Training stores it in checkpoints; the experiment runner names folders by it."""
+    key-sorted JSON, leaving out keys added later that hold the value runs had before them
+    (ADDED_KEYS). Training stores it in checkpoints; the experiment runner names folders by it."""
     import hashlib
     import json
 
-    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+    raw = config.to_dict()
+    for (section, key), value in ADDED_KEYS.items():
+        if raw[section].get(key) == value:
+            del raw[section][key]
+    return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:10]

@@ -166,7 +166,7 @@ def prepare(config: DataConfig) -> Dataset:
         tails.append(tail)
     raw_train = _join_documents(heads, encoding.eot_token)
     raw_val = _join_documents(tails, encoding.eot_token)
-    tokenizer = Tokenizer.from_encoding(encoding, config.compact_vocab, raw_train, config.min_count)
+    tokenizer = Tokenizer.from_encoding(encoding, config.compact_vocab, raw_train, config.min_count, config.fallback)
     return Dataset(
         tokenizer=tokenizer,
         train=tokenizer.to_model_ids(raw_train),

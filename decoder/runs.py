@@ -53,7 +53,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from decoder.config import RunConfig, dump_config, load_config
+from decoder.config import RunConfig, dump_config, load_saved_config
 from decoder.io import FileFormatError, atomic_write, read_json, write_json
 
 if TYPE_CHECKING:
@@ -133,7 +133,7 @@ class RunDir:
 
     def read_config(self) -> RunConfig | None:
         """The saved config; None when there is none (a ConfigError when it does not load)."""
-        return load_config(self.config_file) if self.config_file.is_file() else None
+        return load_saved_config(self.config_file) if self.config_file.is_file() else None
 
     def write_tokenizer(self, tokenizer: "Tokenizer") -> None:
         self.path.mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,13 @@
-"""tiktoken encodings with an optional compact vocabulary (byte fallback), saved as JSON.
+"""tiktoken encodings with an optional compact vocabulary (byte or piece fallback), saved as JSON.
 
 The compact vocabulary keeps the 256 single-byte tokens, every token seen at least `min_count`
-times in the training split and `<|endoftext|>`, renumbered densely. A token outside it is replaced
-by its bytes' single-byte tokens, so any text still round-trips losslessly; with `min_count` > 1
-rare training words are spelled in bytes too, so the model learns to use the byte fallback that
-unseen validation words need. Imports numpy and tiktoken only (the torch-free
-runtime uses this module).
+times in the training split and `<|endoftext|>`, renumbered densely. A token outside it is spelled
+with tokens inside it, so any text still round-trips losslessly: with `fallback="bytes"` by its
+bytes' single-byte tokens, with `fallback="pieces"` by the fewest vocabulary tokens whose bytes join
+to it (" volcanic" -> " vol" "canic" rather than nine bytes; bytes only where no longer piece fits),
+the way a trimmed BPE vocabulary re-segments the tokens it dropped. With `min_count` > 1 rare
+training words are spelled that way too, so the model learns the fallback that unseen validation
+words need. Imports numpy and tiktoken only (the torch-free runtime uses this module).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import tiktoken
 from decoder.errors import UserError
 
 EOT = "<|endoftext|>"
+FALLBACKS = ("bytes", "pieces")
 
 
 class TokenizerError(UserError, ValueError):
@@ -48,9 +51,15 @@ def get_encoding(name: str) -> tiktoken.Encoding:
 class Tokenizer:
     """Text <-> model ids. `ids` maps model id -> tiktoken id (None: the full encoding, identity)."""
 
-    def __init__(self, encoding: tiktoken.Encoding, ids: Sequence[int] | None = None, min_count: int = 1) -> None:
+    def __init__(self, encoding: tiktoken.Encoding, ids: Sequence[int] | None = None, min_count: int = 1,
+                 fallback: str = "bytes") -> None:
+        if fallback not in FALLBACKS:
+            raise TokenizerError(f"fallback={fallback!r}: allowed {', '.join(map(repr, FALLBACKS))}")
         self.encoding = encoding
         self.min_count = min_count
+        self.fallback = fallback
+        self._spellings: dict[int, np.ndarray] = {}
+        self._piece_ids: dict[bytes, int] | None = None
         self.eot_token = encoding.eot_token
         self.compact = ids is not None
         if ids is None:
@@ -76,14 +85,14 @@ class Tokenizer:
 
     @classmethod
     def build(cls, encoding_name: str, compact: bool, training_tiktoken_ids: np.ndarray | None = None,
-              min_count: int = 1) -> "Tokenizer":
+              min_count: int = 1, fallback: str = "bytes") -> "Tokenizer":
         """Make a tokenizer; a compact one from the tiktoken ids of the training split."""
-        return cls.from_encoding(get_encoding(encoding_name), compact, training_tiktoken_ids, min_count)
+        return cls.from_encoding(get_encoding(encoding_name), compact, training_tiktoken_ids, min_count, fallback)
 
     @classmethod
     def from_encoding(
         cls, encoding: tiktoken.Encoding, compact: bool, training_tiktoken_ids: np.ndarray | None = None,
-        min_count: int = 1,
+        min_count: int = 1, fallback: str = "bytes",
     ) -> "Tokenizer":
         if not compact:
             return cls(encoding)
@@ -95,7 +104,7 @@ class Tokenizer:
         seen, counts = np.unique(np.asarray(training_tiktoken_ids, dtype=np.int64), return_counts=True)
         kept = seen[counts >= min_count]
         extra = sorted(set(kept.tolist()) - set(byte_tt) - {encoding.eot_token})
-        return cls(encoding, byte_tt + extra + [encoding.eot_token], min_count)
+        return cls(encoding, byte_tt + extra + [encoding.eot_token], min_count, fallback)
 
     @property
     def eot_id(self) -> int:
@@ -122,11 +131,39 @@ class Tokenizer:
         pieces, start = [], 0
         for i in missing:
             pieces.append(mapped[start:i])
-            raw = self.encoding.decode_single_token_bytes(int(tiktoken_ids[i]))
-            pieces.append(self._byte_ids[np.frombuffer(raw, dtype=np.uint8)])
+            pieces.append(self._spelling(int(tiktoken_ids[i])))
             start = i + 1
         pieces.append(mapped[start:])
         return np.concatenate(pieces)
+
+    def _spelling(self, tiktoken_id: int) -> np.ndarray:
+        """Model ids that spell a token outside the compact vocabulary (see the module docstring)."""
+        if tiktoken_id not in self._spellings:
+            raw = self.encoding.decode_single_token_bytes(tiktoken_id)
+            if self.fallback == "bytes":
+                self._spellings[tiktoken_id] = self._byte_ids[np.frombuffer(raw, dtype=np.uint8)]
+            else:
+                self._spellings[tiktoken_id] = np.array(self._fewest_pieces(raw), dtype=np.int64)
+        return self._spellings[tiktoken_id]
+
+    def _fewest_pieces(self, raw: bytes) -> list[int]:
+        """The fewest vocabulary tokens whose bytes join to `raw` (dynamic programming over end
+        positions; among equally short spellings, the one whose last piece is longest)."""
+        if self._piece_ids is None:
+            self._piece_ids = {b: m for m in range(self.vocab_size) if m != self.eot_id and (b := self.token_bytes(m))}
+            self._longest_piece = max(map(len, self._piece_ids))
+        longest = self._longest_piece
+        n = len(raw)
+        cost, cut = [0] + [n + 1] * n, [0] * (n + 1)
+        for end in range(1, n + 1):
+            for start in range(max(0, end - longest), end):
+                if cost[start] + 1 < cost[end] and raw[start:end] in self._piece_ids:
+                    cost[end], cut[end] = cost[start] + 1, start
+        out, end = [], n
+        while end:
+            out.append(self._piece_ids[raw[cut[end]:end]])
+            end = cut[end]
+        return out[::-1]
 
     def encode(self, text: str) -> list[int]:
         return self.to_model_ids(self.raw_encode(text)).tolist()
@@ -162,13 +199,15 @@ class Tokenizer:
             "compact": self.compact,
             "ids": None if self._to_tiktoken is None else self._to_tiktoken.tolist(),
             "min_count": self.min_count,
+            "fallback": self.fallback,
         }
 
     @classmethod
     def from_dict(cls, data: dict, encoding: tiktoken.Encoding | None = None) -> "Tokenizer":
         try:
             enc = encoding if encoding is not None else get_encoding(data["encoding"])
-            return cls(enc, data["ids"] if data.get("compact") else None, int(data.get("min_count", 1)))
+            return cls(enc, data["ids"] if data.get("compact") else None, int(data.get("min_count", 1)),
+                       data.get("fallback", "bytes"))
         except (KeyError, TypeError) as exc:
             raise TokenizerError(f"tokenizer description is missing {exc}") from None
 

@@ -17,7 +17,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--full-vocab", action="store_true", help="do not compact the vocabulary")
     p.add_argument("--min-count", type=int, default=DEFAULTS.min_count,
                    help="keep a token in the compact vocabulary only if it occurs this often in the training "
-                        f"split; rarer ones are spelled in bytes (default {DEFAULTS.min_count})")
+                        f"split; rarer ones are spelled with the tokens kept (default {DEFAULTS.min_count})")
+    p.add_argument("--fallback", choices=["bytes", "pieces"], default=DEFAULTS.fallback,
+                   help="how a token outside the compact vocabulary is spelled: its bytes, or the fewest "
+                        f"vocabulary tokens that join to it (default {DEFAULTS.fallback})")
     p.add_argument("--val-fraction", type=float, default=DEFAULTS.val_fraction)
     p.add_argument("--list", action="store_true", help="list registered corpora")
 
@@ -30,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name}\t{url}")
         return 0
     config = check(DataConfig(corpus=args.corpus, tokenizer=args.tokenizer, compact_vocab=not args.full_vocab,
-                              min_count=args.min_count, val_fraction=args.val_fraction))
+                              min_count=args.min_count, fallback=args.fallback,
+                              val_fraction=args.val_fraction))
     dataset = prepare(config)
     n_tokens = len(dataset.train) + len(dataset.val)
     info = {
@@ -39,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         "text_bytes": dataset.text_bytes,
         "tokenizer": args.tokenizer,
         "min_count": args.min_count,
+        "fallback": args.fallback,
         "vocab_size": dataset.tokenizer.vocab_size,
         "tokens": n_tokens,
         "train_tokens": len(dataset.train),

@@ -233,8 +233,8 @@ def summary_markdown(name: str, frame, keys: list[str], bases: list[dict], *, co
         if "val_bpb" not in b:
             continue
         data = b["data"]
-        where = f" ({data.tokenizer}, {data.corpus}, min_count {data.min_count})" if many_data(bases) else \
-            f" (min_count {data.min_count})"
+        ids = f"min_count {data.min_count}, {data.fallback}" if data.compact_vocab else "full vocabulary"
+        where = f" ({data.tokenizer}, {data.corpus}, {ids})" if many_data(bases) else f" ({ids})"
         numbers = [markdown.number(b["val_loss"]), markdown.number(b["val_ppl"], "ppl"), markdown.number(b["val_bpb"]),
                    "", "", "n-gram"]
         cells = [f"baseline: {b['name']}{where}"] + [""] * (len(header) - 1 - len(numbers)) + numbers
@@ -249,7 +249,7 @@ def summary_markdown(name: str, frame, keys: list[str], bases: list[dict], *, co
         "mean ± std (sample std) over the runs of that configuration. 'train s' is training time "
         "without evaluation. The baselines are interpolated Kneser-Ney n-gram models fitted on the "
         "same training split and scored on the same validation tokens (the same ids: min_count is the "
-        "compact vocabulary's, see results/min-count/).", "",
+        "compact vocabulary's, then how it spells the tokens it dropped; see results/min-count/).", "",
         markdown.table(header, [cells for _, cells in ranked]), "",
     ]
     lines += [f"- {b['name']} baseline unavailable: {b['error']}" for b in bases if "error" in b]

@@ -182,9 +182,10 @@ def test_data_min_count_reports_the_vocabulary_training_would_use(small_corpus, 
 
     reports = {}
     for min_count in (1, 4):
-        assert main(["data", str(small_corpus), "--tokenizer", "gpt2", "--min-count", str(min_count)]) == 0
+        assert main(["data", str(small_corpus), "--tokenizer", "gpt2", "--min-count", str(min_count),
+                     "--fallback", "bytes"]) == 0
         reports[min_count] = json.loads(capsys.readouterr().out)
-    dataset = prepare(DataConfig(corpus=str(small_corpus), tokenizer="gpt2", min_count=4))
+    dataset = prepare(DataConfig(corpus=str(small_corpus), tokenizer="gpt2", min_count=4, fallback="bytes"))
     assert reports[4]["min_count"] == 4
     assert reports[4]["vocab_size"] == dataset.tokenizer.vocab_size
     assert (reports[4]["train_tokens"], reports[4]["val_tokens"]) == (len(dataset.train), len(dataset.val))
@@ -192,3 +193,9 @@ def test_data_min_count_reports_the_vocabulary_training_would_use(small_corpus, 
     assert reports[4]["vocab_size"] < reports[1]["vocab_size"]
     assert reports[4]["tokens"] > reports[1]["tokens"]
     assert reports[4]["bytes_per_token"] < reports[1]["bytes_per_token"]
+    # the same vocabulary with dropped tokens spelled in vocabulary pieces: fewer tokens than bytes
+    assert main(["data", str(small_corpus), "--tokenizer", "gpt2", "--min-count", "4", "--fallback", "pieces"]) == 0
+    pieces = json.loads(capsys.readouterr().out)
+    assert pieces["fallback"] == "pieces" and reports[4]["fallback"] == "bytes"
+    assert pieces["vocab_size"] == reports[4]["vocab_size"]
+    assert reports[1]["tokens"] <= pieces["tokens"] < reports[4]["tokens"]

@@ -1,9 +1,11 @@
 import dataclasses
 
 import pytest
+import yaml
 
 from decoder.config import (
     ConfigError,
+    DataConfig,
     ModelConfig,
     RunConfig,
     TrainingConfig,
@@ -137,3 +139,36 @@ def test_readme_documents_every_config_key():
         table = readme.split(f"**`{section}`**", 1)[1].split("**`", 1)[0]
         for f in dataclasses.fields(cls):
             assert f"| `{f.name}` |" in table, f"README config reference lacks {section}.{f.name}"
+
+
+def test_a_saved_config_without_a_later_key_means_what_the_run_used(tmp_path):
+    # Run folders and checkpoints written before data.fallback existed spelled dropped tokens in
+    # bytes; reading them must say so (their baselines, reports and exports depend on it), while a
+    # new experiment file without the key gets today's default.
+    from decoder.config import load_saved_config, saved_config_from_dict
+
+    raw = config_from_dict({"training": {"max_steps": 1}}).to_dict()
+    del raw["data"]["fallback"]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert load_saved_config(path).data.fallback == "bytes"
+    assert saved_config_from_dict(raw, "checkpoint").data.fallback == "bytes"
+    assert "fallback" not in raw["data"]  # the caller's dict is left alone
+    assert load_config(path).data.fallback == DataConfig().fallback
+    saved = config_from_dict({"data": {"fallback": "pieces"}, "training": {"max_steps": 1}}).to_dict()
+    assert saved_config_from_dict(saved, "checkpoint").data.fallback == "pieces"
+
+
+def test_run_ids_outlive_keys_added_later():
+    from decoder.config import run_id
+
+    def config(**data):
+        return config_from_dict({"model": {"d_model": 64}, "data": data, "training": {"max_steps": 10, "lr": 1e-3}})
+
+    # The id this config had before training.muon_momentum and data.fallback existed (computed
+    # with decoder/config.py of d161869): holding the values runs had then, it keeps it.
+    assert run_id(config(fallback="bytes")) == "52d828e9b9"
+    assert run_id(config(fallback="pieces")) != "52d828e9b9"
+    moved = config_from_dict({"model": {"d_model": 64}, "data": {"fallback": "bytes"},
+                              "training": {"max_steps": 10, "lr": 1e-3, "muon_momentum": 0.9}})
+    assert run_id(moved) != "52d828e9b9"

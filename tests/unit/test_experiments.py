@@ -356,7 +356,7 @@ def test_report_tables_plots_and_samples(seeded_runs, tmp_path, monkeypatch):
     assert means == sorted(means)
     assert model_rows[0][0] == "**best**" and all(r[0] == "" for r in model_rows[1:])
     assert sorted(r[0] for r in rows if r[0].startswith("baseline")) == [
-        "baseline: KN bigram (min_count 2)", "baseline: KN trigram (min_count 2)"]  # the runs' ids
+        "baseline: KN bigram (min_count 2, pieces)", "baseline: KN trigram (min_count 2, pieces)"]  # the runs' ids
     grouped = table.groupby(["model.n_heads", "model.n_blocks"])["best_val_bpb"]
     best_mean = grouped.mean().min()
     assert float(model_rows[0][bpb].split("±")[0]) == pytest.approx(best_mean, abs=1e-4)

@@ -131,3 +131,50 @@ def test_min_count_below_one_is_refused():
     enc = tok.get_encoding("gpt2")
     with pytest.raises(TokenizerError, match="min_count=0"):
         Tokenizer.from_encoding(enc, True, np.array([1, 2]), min_count=0)
+
+
+@pytest.mark.parametrize("min_count", [2, 4])
+def test_pieces_fallback_spells_dropped_tokens_in_the_fewest_vocabulary_tokens(excerpt_text, min_count):
+    enc = tok.get_encoding("cl100k_base")
+    train_ids = np.array(enc.encode_ordinary(excerpt_text[:TRAIN_CHARS]))
+    by_bytes = Tokenizer.from_encoding(enc, True, train_ids, min_count=min_count)
+    pieces = Tokenizer.from_encoding(enc, True, train_ids, min_count=min_count, fallback="pieces")
+    assert pieces.vocab_size == by_bytes.vocab_size  # the same vocabulary, spelled differently
+    kept = {pieces.token_bytes(m) for m in range(pieces.vocab_size)}
+    for text in (ODD_TEXT, excerpt_text[:3000], excerpt_text[-2000:], ""):
+        ids = pieces.encode(text)
+        assert pieces.decode(ids) == text
+        assert len(ids) <= len(by_bytes.encode(text))
+    # A dropped token is spelled in fewer pieces than bytes where longer pieces exist, and no
+    # spelling with fewer pieces exists (checked by brute force over every split into kept tokens).
+    ids, counts = np.unique(train_ids, return_counts=True)
+    dropped = [int(t) for t in ids[(counts < min_count) & (ids > 255)]]
+    shorter = 0
+    for t in dropped[:40]:
+        raw = enc.decode_single_token_bytes(t)
+        spelled = pieces.to_model_ids(np.array([t]))
+        assert b"".join(pieces.token_bytes(int(m)) for m in spelled) == raw
+        assert len(spelled) == _fewest_splits(raw, kept)
+        shorter += len(spelled) < len(raw)
+    assert shorter > 0
+
+
+def _fewest_splits(raw: bytes, kept: set[bytes]) -> int:
+    """Brute force: the fewest kept tokens that join to `raw` (recursion over the first piece)."""
+    if not raw:
+        return 0
+    return min(1 + _fewest_splits(raw[i:], kept) for i in range(1, len(raw) + 1) if raw[:i] in kept)
+
+
+def test_fallback_is_saved_old_files_mean_bytes_and_unknown_values_are_refused(tmp_path):
+    enc = tok.get_encoding("gpt2")
+    train = np.array(enc.encode_ordinary("the island the island the cave cave volcano"))
+    t = Tokenizer.from_encoding(enc, True, train, min_count=2, fallback="pieces")
+    t.save(tmp_path / "tok.json")
+    loaded = Tokenizer.load(tmp_path / "tok.json")
+    assert loaded.fallback == "pieces" and loaded.encode("the volcano") == t.encode("the volcano")
+    old = t.to_dict()
+    del old["fallback"]  # a tokenizer.json written before the field existed
+    assert Tokenizer.from_dict(old).fallback == "bytes"
+    with pytest.raises(TokenizerError, match="fallback='words'.*'bytes', 'pieces'"):
+        Tokenizer.from_encoding(enc, True, train, fallback="words")
