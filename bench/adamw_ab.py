@@ -1,4 +1,4 @@
-"""The training step at the default shape with the AdamW `make_optimizer` builds (torch's default
+"""The training step at the default shape with the AdamW `build_training` builds (torch's default
 implementation for the device: on CPU the per-parameter loop) against torch's foreach and fused
 AdamW, interleaved in one process so every arm sees the same machine state: 12 rounds of 5 steps per
 arm, the first 2 rounds discarded, median tokens/s printed.
@@ -16,10 +16,7 @@ import torch
 
 from decoder.config import DataConfig, ModelConfig, RunConfig, TrainingConfig
 from decoder.data import prepare
-from decoder.hardware import training_attention_backend
-from decoder.loss import NextTokenLoss
-from decoder.model import GPT
-from decoder.step import make_optimizer, train_step
+from decoder.step import build_training
 
 
 def main() -> None:
@@ -32,22 +29,19 @@ def main() -> None:
     arms = {}
     for name, options in (("default", {}), ("foreach", {"foreach": True, "fused": None}),
                           ("fused", {"fused": True, "foreach": None})):
-        torch.manual_seed(0)
-        model = GPT(shape, vocab)
-        model.set_attention_backend(training_attention_backend("cpu", shape.context_length, precision))  # as train
-        optimizer = make_optimizer(model, config)
-        for group in optimizer.param_groups:
+        training = build_training(config, vocab, "cpu", precision)
+        for group in training.optimizer.param_groups:
             group.update(options)
-        arms[name] = (model, optimizer, [])
+        arms[name] = (training, [])
     for round_ in range(12):
-        for model, optimizer, rates in arms.values():
+        for training, rates in arms.values():
             start = time.perf_counter()
             for _ in range(5):
-                train_step(NextTokenLoss(model), optimizer, batch, device=torch.device("cpu"), precision=precision, grad_clip=1.0)
+                training.step(batch)
             if round_ >= 2:
                 rates.append(5 * 32 * 64 / (time.perf_counter() - start))
     print(f"{torch.get_num_threads()} threads, {precision}")
-    for name, (_, _, rates) in arms.items():
+    for name, (_, rates) in arms.items():
         print(f"{name}: median {statistics.median(rates):,.0f} tokens/s over {len(rates)} rounds")
 
 

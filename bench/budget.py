@@ -2,14 +2,15 @@
 
 A time budget (`training.max_seconds`) is what users run; a token budget (`training.max_tokens`) is
 what a grid can be compared on, on any machine and under any load. This measures each point's
-training step (the very `train_step` the trainer runs: forward, backward, clip, AdamW, with the
-attention kernel the trainer picks) at the point's precision, gradient accumulation and threads
-(its `training.num_threads`, else this process's), median over timed steps after a warm-up, and prints
-its tokens/s and the tokens it would see in `--seconds`, scaled by `--efficiency` (the share of a
-real run's wall time spent in steps: data sampling, logging and the like take the rest; measure it
-as a real run's tokens_seen / (tokens/s x max_seconds)). Paste the budgets into a grid's `zip`.
+training step (the very `Training.step` the trainer runs, built by `decoder.step.build_training`:
+forward, backward, clip, AdamW, with the attention kernel the trainer picks) at the point's
+precision, gradient accumulation and threads (its `training.num_threads`, else this process's),
+median over timed steps after a warm-up, and prints its tokens/s and the tokens it would see in
+`--seconds`, scaled by `--efficiency` (the share of a real run's wall time spent in steps: data
+sampling, logging and the like take the rest; measure it as a real run's tokens_seen / (tokens/s x
+max_seconds)). Paste the budgets into a grid's `zip`.
 
-Run alone on the machine:  python -m bench.budget experiments/recipe-budget.yaml --seconds 600
+Run alone on the machine:  python -m bench.budget research/recipe/recipe-budget.yaml --seconds 600
 """
 
 from __future__ import annotations
@@ -20,26 +21,19 @@ import time
 
 import torch
 
-from decoder.data import BatchSampler, prepare
+from decoder.data import prepare
 from decoder.experiments.grid import load_experiment, settings_label
-from decoder.hardware import resolve_precision, training_attention_backend
-from decoder.loss import NextTokenLoss
-from decoder.model import GPT
-from decoder.step import make_optimizer, train_step
+from decoder.hardware import resolve_precision
+from decoder.step import batch_sampler, build_training
 
 
 def step_tokens_per_s(config, *, warmup: int, steps: int) -> float:
-    """Median tokens/s of `train_step` for this config on the CPU."""
+    """Median tokens/s of the trainer's step (`Training.step`) for this config on the CPU."""
     t = config.training
     dataset = prepare(config.data)
-    torch.manual_seed(t.seed)
-    device, precision = torch.device("cpu"), resolve_precision(t.precision, torch.device("cpu"))
-    model = GPT(config.model, dataset.tokenizer.vocab_size)
-    model.set_attention_backend(training_attention_backend("cpu", config.model.context_length, precision))  # as train
-    optimizer = make_optimizer(model, config)
-    loss_model = NextTokenLoss(model)  # what the trainer differentiates (fused output-layer loss)
-    sampler = BatchSampler(dataset.train, config.model.context_length, t.batch_size // t.grad_accum_steps,
-                           config.data.windows, seed=t.seed)
+    device = torch.device("cpu")
+    training = build_training(config, dataset.tokenizer.vocab_size, device, resolve_precision(t.precision, device))
+    sampler = batch_sampler(config, dataset.train)
     threads = torch.get_num_threads()
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
@@ -48,7 +42,7 @@ def step_tokens_per_s(config, *, warmup: int, steps: int) -> float:
         for i in range(warmup + steps):
             batch = [sampler.next_batch() for _ in range(t.grad_accum_steps)]
             start = time.perf_counter()
-            train_step(loss_model, optimizer, batch, device=device, precision=precision, grad_clip=t.grad_clip)
+            training.step(batch)
             if i >= warmup:
                 times.append(time.perf_counter() - start)
     finally:

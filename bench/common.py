@@ -56,7 +56,7 @@ SIZES = {
     "reference": experiment_size("reference", "reference"),
     # experiments/default.yaml: the project's main job (d_model 192, 4 heads, 3 blocks, context 64, batch 32).
     "small": experiment_size("small", "default"),
-    # The ONNX issue's deployment shape: 6 blocks, 6 heads, d_model 384, context 256 (batch 16).
+    # The ONNX deployment shape: 6 blocks, 6 heads, d_model 384, context 256 (batch 16).
     "medium": Size("medium", ModelConfig(d_model=384, n_heads=6, n_blocks=6, context_length=256), batch=16),
 }
 GENERATION_SIZE = SIZES["medium"]

@@ -230,7 +230,8 @@ def markdown(args: argparse.Namespace, results: dict, load_before: tuple[float, 
 
 
 def targets(results: dict) -> list[str]:
-    """The issue's targets at 16 clients, each with its measured ratio and whether it is met."""
+    """The continuous-batching targets at 16 clients, each with its measured ratio and whether it is
+    met."""
     one, sixteen, bound = results[1, "batched"], results[16, "batched"], results[16, "offline"]
     checks = [
         ("aggregate tok/s at 16 clients / at 1 client", sixteen["tok_s"] / one["tok_s"], ">= 4", 4.0, True),

@@ -24,10 +24,7 @@ from bench.nanogpt import NanoGPT, nanogpt_optimizer, nanogpt_step
 from decoder.config import DataConfig, ModelConfig, RunConfig, TrainingConfig
 from decoder.data import prepare
 from decoder.hardware import cpu_name, training_attention_backend
-from decoder.loss import NextTokenLoss
-from decoder.model import GPT
-from decoder.step import make_optimizer, train_step
-
+from decoder.step import build_training
 
 
 def arms(shape: ModelConfig, vocab: int, precision: str, batch) -> dict:
@@ -48,13 +45,8 @@ def arms(shape: ModelConfig, vocab: int, precision: str, batch) -> dict:
                                   ("decoder, muon", True, "muon")):
         config = RunConfig(model=shape, training=TrainingConfig(max_steps=1, batch_size=batch[0][0].shape[0],
                                                                 optimizer=opt_name))
-        torch.manual_seed(0)
-        model = GPT(shape, vocab)
-        model.set_attention_backend(backend)  # as decoder.train does
-        loss_model = NextTokenLoss(model, fused=fused)
-        optimizer = make_optimizer(model, config, precision)
-        out[name] = (lambda lm=loss_model, opt=optimizer: train_step(
-            lm, opt, batch, device=torch.device("cpu"), precision=precision, grad_clip=1.0))
+        training = build_training(config, vocab, "cpu", precision, fused=fused)
+        out[name] = lambda training=training: training.step(batch)
     return out
 
 

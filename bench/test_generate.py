@@ -1,6 +1,6 @@
 """Generation throughput: batch 1 and 8, 128 new tokens after a 16-token prompt, greedy.
 
-The model is the ONNX issue's deployment shape (6 blocks, 6 heads, d_model 384, context 256) over
+The model is the ONNX deployment shape (6 blocks, 6 heads, d_model 384, context 256) over
 the book's compact vocabulary, with random weights (speed does not depend on them). Engines:
 
 - torch without cache: the reference notebook's way, every step re-runs the last context tokens;
@@ -93,7 +93,7 @@ def onnx_bundle(model, tokenizer, tmp_path_factory) -> Path:
     try:
         from decoder.export import export_model
     except ImportError as exc:
-        pytest.skip(f"decoder.export is not importable ({exc}): the onnxruntime rows need the ONNX export issue")
+        pytest.skip(f"decoder.export is not importable ({exc}): the onnxruntime rows need the [export] extra")
     few_tokens = np.random.default_rng(0).integers(0, tokenizer.vocab_size, 65, dtype=np.int64)
     return Path(export_model(model, tokenizer, RunConfig(model=GENERATION_SIZE.model),
                              tmp_path_factory.mktemp("onnx") / "bundle", quantize="int8", val_tokens=few_tokens))

@@ -1,6 +1,7 @@
 """The measuring scripts beside the suites run against the trainer's current step (not timed here):
-`bench.budget` and `bench.step_ab` time the very `train_step` the trainer runs, so a change to its
-signature must break this test, not the script in a user's hands."""
+`bench.budget` and `bench.step_ab` time the very `Training.step` the trainer runs (built by
+`decoder.step.build_training`), so a change to it must break this test, not the script in a user's
+hands."""
 
 from __future__ import annotations
 

@@ -1,11 +1,12 @@
 """Training step throughput: forward + backward + optimizer step, tokens per second.
 
-Ours (decoder.model.GPT with the step decoder.train runs: the fused output-layer loss, AdamW,
-gradient clipping, fp32 or bf16 autocast, the book's compact vocabulary) at three sizes; at the
-default shape ("small") also ours before the fused loss (full logits, then F.cross_entropy) and
-nanoGPT's model and step (bench/nanogpt.py); and the reference notebook's formulation
-(bench/reference.py: post-LN nn.MultiheadAttention blocks, full 100,277-row output layer, Adam,
-fp32) at its own configuration, all measured in the same process on the same device and threads.
+Ours (decoder.model.GPT with the step decoder.train runs, built by decoder.step.build_training:
+the fused output-layer loss, AdamW, gradient clipping, fp32 or bf16 autocast, the attention kernel
+the trainer picks, the book's compact vocabulary) at three sizes; at the default shape ("small")
+also ours before the fused loss (full logits, then F.cross_entropy) and nanoGPT's model and step
+(bench/nanogpt.py); and the reference notebook's formulation (bench/reference.py: post-LN
+nn.MultiheadAttention blocks, full 100,277-row output layer, Adam, fp32) at its own configuration,
+all measured in the same process on the same device and threads.
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ from bench.nanogpt import NanoGPT, nanogpt_optimizer, nanogpt_step
 from bench.reference import ReferenceModel, reference_optimizer, reference_step
 from decoder.config import RunConfig, TrainingConfig
 from decoder.hardware import training_attention_backend
-from decoder.loss import NextTokenLoss
 from decoder.model import GPT
-from decoder.step import make_optimizer, train_step
+from decoder.step import build_training
 
 
 def _batch(vocab_size: int, batch: int, context: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,16 +41,11 @@ def _measure_decoder(benchmark, timing, tokenizer, device: str, size: str, preci
     skip_unless_supported(device, precision)
     spec = SIZES[size]
     config = RunConfig(model=spec.model, training=TrainingConfig(max_steps=1, batch_size=spec.batch))
-    torch.manual_seed(0)
-    model = GPT(spec.model, tokenizer.vocab_size).to(device)
-    optimizer = make_optimizer(model, config)
-    model.set_attention_backend(training_attention_backend(device, spec.model.context_length, precision))  # as train does
-    loss_model = NextTokenLoss(model, fused=fused)
+    training = build_training(config, tokenizer.vocab_size, device, precision, fused=fused)
+    model = training.model
     x, y = _batch(tokenizer.vocab_size, spec.batch, spec.model.context_length, device)
     loss = measure(
-        benchmark,
-        lambda: train_step(loss_model, optimizer, [(x, y)], device=torch.device(device), precision=precision,
-                           grad_clip=config.training.grad_clip),
+        benchmark, lambda: training.step([(x, y)]),
         device=device, timing=timing, workload="train", model=size,
         engine="decoder" if fused else "decoder, logits loss", precision=precision,
         batch=spec.batch, tokens=x.numel(), flops=model.flops_per_token() * x.numel(),

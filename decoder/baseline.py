@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -136,14 +137,22 @@ def score(model: KneserNey, tokens: np.ndarray, byte_lengths: np.ndarray) -> dic
     return {**quality(float(nats.sum()), len(nats), n_bytes), "val_tokens": len(nats)}
 
 
-def _cache_path(data: DataConfig, order: int):
-    from decoder.data import cache_dir, corpus_path
+def cache_file(kind: str, key: dict) -> Path:
+    """The cache file of one baseline result: baselines/<kind>-<hash of key>.json under the cache
+    folder (`decoder.data.cache_dir`); `key` holds everything the result depends on."""
+    from decoder.data import cache_dir
+
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir() / "baselines" / f"{kind}-{digest}.json"
+
+
+def _cache_path(data: DataConfig, order: int) -> Path:
+    from decoder.data import corpus_path
 
     corpus = [hashlib.sha256(corpus_path(name).read_bytes()).hexdigest() for name in data.corpora]
     if len(corpus) == 1:
         corpus = corpus[0]  # the key of single-document caches written before lists existed
-    key = json.dumps({"data": asdict(data), "order": order, "corpus_sha256": corpus, "version": 1}, sort_keys=True)
-    return cache_dir() / "baselines" / f"kn{order}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    return cache_file(f"kn{order}", {"data": asdict(data), "order": order, "corpus_sha256": corpus, "version": 1})
 
 
 def kn_baseline(data: DataConfig, order: int = 3) -> dict:

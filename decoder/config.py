@@ -129,8 +129,11 @@ class TrainingConfig:
     weight_decay: float = 0.1
     """AdamW weight decay, applied to matrices (not to norms, biases or embeddings)."""
     beta1: float = 0.9
+    """Adam/AdamW first-moment decay (momentum)."""
     beta2: float = 0.95
+    """Adam/AdamW second-moment decay."""
     eps: float = 1e-8
+    """Adam/AdamW denominator epsilon."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value; 0 disables clipping."""
     max_steps: int | None = None
@@ -310,15 +313,34 @@ def set_dotted(raw: dict, dotted: str, value: Any) -> None:
     section[parts[1]] = value
 
 
+def _hash(raw: dict) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:10]
+
+
 def run_id(config: RunConfig) -> str:
     """A short stable id of a resolved config: the first 10 hex digits of the SHA-256 of its
     key-sorted JSON, leaving out keys added later that hold the value runs had before them
     (ADDED_KEYS). Training stores it in checkpoints; the experiment runner names folders by it."""
-    import hashlib
-    import json
+    return run_ids(config)[0]
 
+
+def run_ids(config: RunConfig) -> tuple[str, ...]:
+    """`run_id` first, then the ids the same config had while only the first k keys of ADDED_KEYS
+    existed (k = 1 …): a run made then hashed those keys with whatever value they held, and lacked
+    the later ones. Finding a run folder tries them in order, so the reports of runs made before a
+    key was added still find their folders."""
     raw = config.to_dict()
-    for (section, key), value in ADDED_KEYS.items():
-        if raw[section].get(key) == value:
-            del raw[section][key]
-    return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:10]
+    added = list(ADDED_KEYS.items())
+    ids = [_hash({s: {k: v for k, v in values.items() if ADDED_KEYS.get((s, k), ...) != v}
+                  for s, values in raw.items()})]
+    for era in range(1, len(added)):
+        later = added[era:]
+        if any(raw[section].get(key) != value for (section, key), value in later):
+            continue  # the config holds a value a key could not have had before it existed
+        trimmed = {s: {k: v for k, v in values.items() if (s, k) not in dict(later)} for s, values in raw.items()}
+        if (identifier := _hash(trimmed)) not in ids:
+            ids.append(identifier)
+    return tuple(ids)

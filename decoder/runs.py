@@ -1,4 +1,5 @@
-"""The run folder: every file a training run (or the experiment runner) writes, named here only.
+"""The run folder: every file a training run (or the experiment runner) writes, named here only,
+and reading folders back as `RunRecord`s (`read_run`, `load_records`): what reports are made from.
 
     <run>/
       config.yaml                 the resolved RunConfig (`decoder.config.dump_config`)
@@ -44,17 +45,22 @@ samples.json: a list of {strategy ("greedy" or "sampled"), prompt, text, seed, t
 top_p, repetition_penalty, no_repeat_ngram_size}.
 failure.json: {status: "failed", error (one line), settings, run_id, time, traceback}.
 
-Torch-free: reports read run folders without importing torch.
+Torch-free: reports read run folders without importing torch. A source given to `load_records`
+may be an experiment or search file; only its points' run folders are taken from it
+(`decoder.experiments.grid`, `decoder.sweep.search`).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
-from decoder.config import RunConfig, dump_config, load_saved_config
+from decoder.config import ConfigError, RunConfig, dump_config, load_saved_config
+from decoder.experiments.grid import SEED_KEY, ExperimentError, load_experiment
 from decoder.io import FileFormatError, atomic_write, read_json, write_json
+from decoder.sweep.search import is_search_file, load_search
 
 if TYPE_CHECKING:
     from decoder.tokenizer import Tokenizer
@@ -201,3 +207,93 @@ def _read_optional(path: Path) -> Any:
         return read_json(path)
     except FileFormatError:
         return None
+
+
+# --- reading runs back ---------------------------------------------------------------------
+
+
+@dataclass
+class RunRecord:
+    """What a run folder says about one run (or that it has not run)."""
+
+    experiment: str
+    run_dir: Path
+    config: RunConfig | None
+    status: str  # completed, early_stopped, interrupted, diverged, failed, incomplete, not run
+    summary: dict = field(default_factory=dict)
+    metrics: list[dict] = field(default_factory=list)
+    samples: list[dict] = field(default_factory=list)
+    error: str | None = None
+
+
+def read_run(run_dir: Path, experiment: str, config: RunConfig | None = None) -> RunRecord:
+    """A RunRecord from a run folder; `config` (the point's) is used when the folder has none."""
+    if not run_dir.is_dir():
+        return RunRecord(experiment, run_dir, config, "not run")
+    run = RunDir(run_dir)
+    try:
+        config = run.read_config() or config
+    except ConfigError:
+        pass
+    summary = run.read_summary() or {}
+    failure = run.read_failure() or {}
+    metrics, truncated = run.read_metrics()
+    samples = run.read_samples() or []
+    if failure:
+        status, error = "failed", failure.get("error")
+    elif summary.get("status"):
+        status, error = summary["status"], summary.get("error")
+    else:
+        status, error = "incomplete", f"{run.metrics_file.name} ends in a damaged line" if truncated else None
+    return RunRecord(experiment, run_dir, config, status, summary, metrics, samples, error)
+
+
+def load_records(sources: Iterable[str | Path], runs_dir: str | Path = "runs") -> tuple[list[RunRecord], list[str]]:
+    """Records of every source (experiment files: all their points; run folders; folders of run
+    folders) and the names of the sources."""
+    records, names = [], []
+    for source in sources:
+        path = Path(source)
+        if path.is_file() and is_search_file(path):  # a sweep: every trial's run folder
+            name = load_search(path).name
+            folder = Path(runs_dir) / name
+            runs = sorted(p for p in folder.iterdir() if RunDir(p).is_run()) if folder.is_dir() else []
+            records += [read_run(p, name) for p in runs]
+            names.append(name)
+        elif path.is_file():
+            experiment = load_experiment(path)
+            folder = Path(runs_dir) / experiment.name
+            records += [read_run(p.run_dir(folder), experiment.name, p.config) for p in experiment.points]
+            names.append(experiment.name)
+        elif path.is_dir() and RunDir(path).is_run():
+            records.append(read_run(path, path.resolve().parent.name))
+            names.append(path.resolve().parent.name)
+        elif path.is_dir() and any(RunDir(p).is_run() for p in path.iterdir()):
+            records += [read_run(p, path.resolve().name) for p in sorted(path.iterdir()) if RunDir(p).is_run()]
+            names.append(path.resolve().name)
+        else:
+            raise ExperimentError(f"{source}: neither an experiment file nor a run folder (or a folder of them)")
+    return records, list(dict.fromkeys(names))
+
+
+def flat_settings(config: RunConfig | None) -> dict[str, Any]:
+    """The config as dotted key -> value (`model.d_model`: 192); empty without a config."""
+    if config is None:
+        return {}
+    return {f"{s}.{k}": v for s, section in config.to_dict().items() for k, v in section.items()}
+
+
+def seeds_vary(records: list[RunRecord]) -> bool:
+    """Whether the runs differ in training.seed (then rows are averaged over seeds)."""
+    return len({flat_settings(r.config).get(SEED_KEY) for r in records}) > 1
+
+
+def varied_keys(records: list[RunRecord]) -> list[str]:
+    """Dotted keys (training.seed aside) whose value differs between runs of the same experiment."""
+    keys: dict[str, None] = {}
+    for name in dict.fromkeys(r.experiment for r in records):
+        flats = [flat_settings(r.config) for r in records if r.experiment == name and r.config is not None]
+        for key in flats[0] if flats else []:
+            if key != SEED_KEY and len({repr(f.get(key)) for f in flats}) > 1:
+                keys[key] = None
+    return list(keys)

@@ -1,24 +1,27 @@
-"""What one training step and one evaluation compute: the budget and evaluation schedule, the
-learning-rate schedule, the optimizer, the gradient-accumulated optimizer step and the validation
-loss over a whole split.
+"""What one training step and one evaluation compute, and the one place a trainer is built: the
+budget and evaluation schedule, the learning-rate schedule, the optimizer, `build_training` (model,
+loss module, optimizer, attention kernel, precision: a `Training`), its gradient-accumulated
+optimizer step, the batch sampler of a rank, and the validation loss over a whole split.
 
 Both the step and the evaluation score next-token prediction the same way: cross-entropy of the
 float32 logits under `decoder.hardware.autocast`, computed by `decoder.loss.linear_cross_entropy`
 (fused with the output layer, in row chunks); `decoder.train` runs them in its loop and the
-benchmarks time `train_step` itself.
+benchmarks build their step with `build_training` and time `Training.step` itself.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from decoder import distributed as dist_utils
 from decoder.config import RunConfig
-from decoder.hardware import autocast
-from decoder.loss import IGNORE_INDEX, linear_cross_entropy
+from decoder.data import BatchSampler
+from decoder.hardware import autocast, training_attention_backend
+from decoder.loss import IGNORE_INDEX, NextTokenLoss, linear_cross_entropy
 from decoder.metrics import quality
 from decoder.model import GPT
 from decoder.muon import Muon
@@ -145,32 +148,66 @@ def evaluate(model: GPT, tokens: np.ndarray, byte_lengths: np.ndarray, device: t
     return {**quality(total, n_pred, int(byte_lengths[tokens[1:]].sum())), "val_tokens": n_pred}
 
 
-def train_step(
-    loss_model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
-    *,
-    device: torch.device,
-    precision: str,
-    grad_clip: float,
-    ctx: dist_utils.DistContext = dist_utils.DistContext(),
-) -> torch.Tensor:
-    """One optimizer step over gradient-accumulated micro-batches; returns the mean loss (detached).
+@dataclass
+class Training:
+    """What a trainer steps (built by `build_training`): the model, the module differentiated
+    (`loss_model`: a `decoder.loss.NextTokenLoss` over the model, DDP-wrapped and compiled as the
+    run says), its optimizer, and the device, resolved precision and process group it runs in."""
 
-    `loss_model` maps (idx, targets) to the mean loss: a `decoder.loss.NextTokenLoss`, possibly
-    DDP-wrapped (gradients are all-reduced only on the last micro-batch). The benchmarks time this
-    very function."""
-    n = len(micro_batches)
-    total = torch.zeros((), device=device)
-    for i, (x, y) in enumerate(micro_batches):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with dist_utils.no_sync(loss_model, ctx, last=i == n - 1):
-            with autocast(device, precision):
-                loss = loss_model(x, y) / n
-            loss.backward()
-        total += loss.detach()
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(loss_model.parameters(), grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return total
+    config: RunConfig
+    model: GPT
+    loss_model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    precision: str
+    ctx: dist_utils.DistContext
+
+    def step(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]], lr: float | None = None) -> torch.Tensor:
+        """One optimizer step over gradient-accumulated micro-batches at learning rate `lr` (None:
+        the optimizer's own, the config's peak lr); returns the mean loss (detached). Gradients are
+        all-reduced only on the last micro-batch. The benchmarks time this very method."""
+        if lr is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+        n = len(micro_batches)
+        total = torch.zeros((), device=self.device)
+        for i, (x, y) in enumerate(micro_batches):
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with dist_utils.no_sync(self.loss_model, self.ctx, last=i == n - 1):
+                with autocast(self.device, self.precision):
+                    loss = self.loss_model(x, y) / n
+                loss.backward()
+            total += loss.detach()
+        if self.config.training.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.loss_model.parameters(), self.config.training.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total
+
+
+def build_training(config: RunConfig, vocab_size: int, device: torch.device | str, precision: str, *,
+                   ctx: dist_utils.DistContext = dist_utils.DistContext(), fused: bool | None = None) -> Training:
+    """The one place a trainer is built: torch seeded with training.seed, the model on `device`,
+    `make_optimizer`'s optimizer, the attention kernel `training_attention_backend` picks, and the
+    loss module, wrapped for DDP under `ctx` and compiled with training.compile. `precision` is the
+    resolved one ('fp32' or 'bf16'). `fused`: the fused output-layer loss (default: unless
+    training.compile, where inductor fuses the plain loss itself and the fused one's Python chunk
+    loop would only break the graph); False is the plain-logits baseline the benchmarks compare."""
+    t = config.training
+    device = torch.device(device)
+    torch.manual_seed(t.seed)
+    model = GPT(config.model, vocab_size).to(device)
+    optimizer = make_optimizer(model, config, precision)
+    model.set_attention_backend(training_attention_backend(device.type, config.model.context_length, precision))
+    loss_model = dist_utils.wrap(NextTokenLoss(model, fused=not t.compile if fused is None else fused), ctx)
+    if t.compile:
+        loss_model = torch.compile(loss_model)
+    return Training(config, model, loss_model, optimizer, device, precision, ctx)
+
+
+def batch_sampler(config: RunConfig, train_tokens: np.ndarray, rank: int = 0) -> BatchSampler:
+    """The micro-batches a rank trains on: batch_size // grad_accum_steps windows per draw, seeded
+    by training.seed and the rank (each rank draws its own batches)."""
+    t = config.training
+    return BatchSampler(train_tokens, config.model.context_length, t.batch_size // t.grad_accum_steps,
+                        config.data.windows, seed=t.seed + 1000003 * rank)

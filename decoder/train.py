@@ -1,8 +1,9 @@
 """Training: `train(config, run_dir) -> summary`, with checkpoints, exact resume and evaluation.
 
-The loop runs in named steps: setup (`_Trainer.__init__`: hardware, resume, data, model, run
-folder), `step` (one optimizer step), `evaluate` (the whole validation split, one metrics row),
-`should_stop` (signals and the caller's callback) and `finish` (last evaluation, samples, summary).
+The loop runs in named steps: setup (`_Trainer.__init__`: hardware, resume, data, the model and
+optimizer from `decoder.step.build_training`, run folder), `step` (one optimizer step), `evaluate`
+(the whole validation split, one metrics row), `should_stop` (signals and the caller's callback)
+and `finish` (last evaluation, samples, summary).
 What the run folder holds is `decoder.runs`; the checkpoint format and the resume checks are
 `decoder.checkpoint`; TensorBoard logging (log and evaluation steps only) is `decoder.tensorboard`.
 Under torchrun the same function runs data-parallel (see `decoder.distributed`); only rank 0 writes.
@@ -15,23 +16,21 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
 from decoder import distributed as dist_utils
 from decoder.checkpoint import Checkpointer, CheckpointError, load_model, resume_precision, resume_state
 from decoder.config import RunConfig, run_id
-from decoder.data import BatchSampler, Dataset, prepare
+from decoder.data import Dataset, prepare
 from decoder.errors import TrainingError
 from decoder.generate import write_samples
-from decoder.hardware import cpu_name, resolve_device, training_attention_backend
-from decoder.loss import NextTokenLoss
-from decoder.model import GPT
+from decoder.hardware import cpu_name, resolve_device
 from decoder.runs import RunDir
 from decoder.signals import StopFlag
 from decoder.step import evaluate as evaluate_split
-from decoder.step import budget_progress, eval_due, lr_at, make_optimizer, train_step
+from decoder.step import batch_sampler, budget_progress, build_training, eval_due, lr_at
 from decoder.tensorboard import TensorBoardLog
 
 
@@ -161,13 +160,9 @@ class _Trainer:
             raise CheckpointError(f"{run.latest}: its tokenizer differs from the one built from the corpus now")
         self.byte_lengths = tokenizer.byte_lengths()
 
-        torch.manual_seed(t.seed)
-        self.model = GPT(config.model, tokenizer.vocab_size).to(self.device)
-        self.optimizer = make_optimizer(self.model, config, self.precision)
-        self.model.set_attention_backend(
-            training_attention_backend(self.device.type, config.model.context_length, self.precision))
-        self.sampler = BatchSampler(self.dataset.train, config.model.context_length, t.batch_size // t.grad_accum_steps,
-                                    config.data.windows, seed=t.seed + 1000003 * ctx.rank)
+        self.training = build_training(config, tokenizer.vocab_size, self.device, self.precision, ctx=ctx)
+        self.model, self.optimizer = self.training.model, self.training.optimizer
+        self.sampler = batch_sampler(config, self.dataset.train, ctx.rank)
         self.run_id = run_id(config)
         self.checkpointer = Checkpointer(
             run, model=self.model, optimizer=self.optimizer, sampler=self.sampler, ctx=ctx, device=self.device,
@@ -176,11 +171,6 @@ class _Trainer:
                    "precision": self.precision})
         self.state = TrainState(**self.checkpointer.restore(saved)) if saved is not None else TrainState()
         self.last_val: dict | None = saved["val"] if saved is not None else None
-        # Under torch.compile the plain loss, which inductor fuses itself; the fused one's Python
-        # chunk loop would only break the graph.
-        self.train_model = dist_utils.wrap(NextTokenLoss(self.model, fused=not t.compile), ctx)
-        if t.compile:
-            self.train_model = torch.compile(self.train_model)
         self.tokens_per_step = t.batch_size * config.model.context_length * ctx.world_size
         self.window = _LossWindow(self.device)
         self.tensorboard = TensorBoardLog(run.tensorboard_dir, t.tensorboard and dist_utils.is_rank0(), self.state.step)
@@ -196,11 +186,8 @@ class _Trainer:
         started = time.perf_counter()
         progress_before = budget_progress(self.config, state)
         lr = lr_at(self.config, state.step, progress_before)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
         micro_batches = [self.sampler.next_batch() for _ in range(t.grad_accum_steps)]
-        loss = train_step(self.train_model, self.optimizer, micro_batches, device=self.device,
-                          precision=self.precision, grad_clip=t.grad_clip, ctx=self.ctx)
+        loss = self.training.step(micro_batches, lr)
         state.step += 1
         state.tokens_seen += self.tokens_per_step
         self.window.add(loss, self.tokens_per_step)

@@ -44,6 +44,6 @@ def train_losses(config, run_dir: Path, **kwargs) -> list[float]:
 
 def shipped_experiments() -> list[Path]:
     """experiments/*.yaml except the searches (those: tests/integration/test_sweep.py), by name."""
-    from decoder.experiments.search import is_search_file
+    from decoder.sweep.search import is_search_file
 
     return sorted(p for p in (ROOT / "experiments").glob("*.yaml") if not is_search_file(p))

@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _shard(text: str) -> tuple[int, int]:
-    from decoder.experiments import parse_shard
+    from decoder.experiments.runner import parse_shard
 
     try:
         return parse_shard(text)
@@ -32,20 +32,21 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def _train_points(experiment, args: argparse.Namespace, shard: tuple[int, int]) -> list:
-    from decoder.experiments import run_experiment
+    from decoder.experiments.runner import run_experiment
 
     if not args.storage:
         return run_experiment(experiment, args.runs_dir, force=args.force, shard=shard, quiet=args.quiet)
     if args.force or shard != (0, 1):
         raise UsageError("--storage hands points out itself: it cannot be combined with --shard or --force")
-    from decoder.experiments.sweep import pull_grid
+    from decoder.sweep.worker import pull_grid
 
     return pull_grid(experiment, args.runs_dir, args.storage, quiet=args.quiet)
 
 
 def run(args: argparse.Namespace) -> int:
     from decoder.distributed import is_rank0, shutdown
-    from decoder.experiments import check_data, dry_run_table, load_experiment
+    from decoder.experiments import load_experiment
+    from decoder.experiments.runner import check_data, dry_run_table
     from decoder.report import write_report
 
     shard = _shard(args.shard)

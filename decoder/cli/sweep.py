@@ -1,7 +1,7 @@
 """`decoder sweep EXPERIMENT`: run (or join) the Optuna study of a search file, then report.
 
 Several `decoder sweep` processes on the same --storage cooperate on one study; each trial is an
-ordinary run folder (see `decoder.experiments.sweep`)."""
+ordinary run folder (see `decoder.sweep.worker`)."""
 
 from __future__ import annotations
 
@@ -38,9 +38,9 @@ def _space_table(search) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from decoder.experiments.search import load_search
-    from decoder.experiments.study import HEARTBEAT_S
-    from decoder.experiments.sweep import check_search_data, run_sweep
+    from decoder.sweep.search import load_search
+    from decoder.sweep.study import HEARTBEAT_S
+    from decoder.sweep.worker import check_search_data, run_sweep
 
     if args.workers < 1:
         raise UsageError(f"--workers {args.workers}: must be at least 1")

@@ -58,6 +58,16 @@ class Point:
 
         return run_id(self.config)
 
+    def run_dir(self, folder: Path) -> Path:
+        """This point's run folder under an experiment's folder: the one named by `run_id`, or a
+        folder a run of the same config made under an earlier id (`decoder.config.run_ids`)."""
+        from decoder.config import run_ids
+
+        current, *earlier = run_ids(self.config)
+        if (folder / current).exists():
+            return folder / current
+        return next((folder / i for i in earlier if (folder / i).exists()), folder / current)
+
     @property
     def label(self) -> str:
         return settings_label(self.settings)

@@ -1,10 +1,10 @@
-"""Running an experiment's points, and reading run folders back.
+"""Running an experiment's points into their run folders.
 
 A point's run folder is runs/<experiment>/<run id>. Re-running an experiment file skips completed
 points, resumes interrupted ones from their latest checkpoint and retries failed ones from scratch;
 --force re-runs everything, --shard I/N runs only the points whose index is I modulo N. A failing
-point writes its failure record (`RunDir.write_failure`) and the grid goes on. Reading a folder
-back (`read_run`, `load_records`) is what the report is made from. File names: `decoder.runs`.
+point writes its failure record (`RunDir.write_failure`) and the grid goes on. File names, and
+reading the folders back for a report: `decoder.runs`.
 """
 
 from __future__ import annotations
@@ -14,14 +14,11 @@ import re
 import shutil
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
-from decoder.config import ConfigError, RunConfig
-from decoder.experiments.grid import (SEED_KEY, Experiment, ExperimentError, Point, load_experiment, raise_problems,
-                                      setting_text)
-from decoder.experiments.search import is_search_file, load_search
+from decoder.experiments.grid import Experiment, Point, raise_problems, setting_text
 from decoder.runs import RunDir
 
 
@@ -126,7 +123,7 @@ def run_experiment(experiment: Experiment, runs_dir: str | Path = "runs", *, for
     n = len(experiment.points)
     outcomes = []
     for point in mine:
-        run_dir = folder / point.run_id
+        run_dir = point.run_dir(folder)
         prefix = f"[{point.index + 1}/{n}] {point.label} -> {run_dir}"
         say(prefix)
         outcome = run_point(point, run_dir, datasets[point.config.data], force=force, quiet=quiet,
@@ -149,98 +146,10 @@ def dry_run_table(experiment: Experiment, runs_dir: str | Path, shard: tuple[int
     """The expanded points as a text table: number, run id, folder state, settings."""
     folder = Path(runs_dir) / experiment.name
     keys = experiment.varied_keys
-    rows = [[str(p.index + 1), p.run_id, point_state(folder / p.run_id)] + [setting_text(p.settings[k]) for k in keys]
+    rows = [[str(p.index + 1), p.run_id, point_state(p.run_dir(folder))] + [setting_text(p.settings[k]) for k in keys]
             for p in experiment.points if p.index % shard[1] == shard[0]]
     header = ["#", "run id", "state"] + keys
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header] + rows]
     lines.append(f"{len(rows)} of {len(experiment.points)} points in shard {shard[0]}/{shard[1]}; runs in {folder}")
     return "\n".join(lines)
-
-
-
-@dataclass
-class RunRecord:
-    """What a run folder says about one run (or that it has not run)."""
-
-    experiment: str
-    run_dir: Path
-    config: RunConfig | None
-    status: str  # completed, early_stopped, interrupted, diverged, failed, incomplete, not run
-    summary: dict = field(default_factory=dict)
-    metrics: list[dict] = field(default_factory=list)
-    samples: list[dict] = field(default_factory=list)
-    error: str | None = None
-
-
-def read_run(run_dir: Path, experiment: str, config: RunConfig | None = None) -> RunRecord:
-    """A RunRecord from a run folder; `config` (the point's) is used when the folder has none."""
-    if not run_dir.is_dir():
-        return RunRecord(experiment, run_dir, config, "not run")
-    run = RunDir(run_dir)
-    try:
-        config = run.read_config() or config
-    except ConfigError:
-        pass
-    summary = run.read_summary() or {}
-    failure = run.read_failure() or {}
-    metrics, truncated = run.read_metrics()
-    samples = run.read_samples() or []
-    if failure:
-        status, error = "failed", failure.get("error")
-    elif summary.get("status"):
-        status, error = summary["status"], summary.get("error")
-    else:
-        status, error = "incomplete", f"{run.metrics_file.name} ends in a damaged line" if truncated else None
-    return RunRecord(experiment, run_dir, config, status, summary, metrics, samples, error)
-
-
-def load_records(sources: Iterable[str | Path], runs_dir: str | Path = "runs") -> tuple[list[RunRecord], list[str]]:
-    """Records of every source (experiment files: all their points; run folders; folders of run
-    folders) and the names of the sources."""
-    records, names = [], []
-    for source in sources:
-        path = Path(source)
-        if path.is_file() and is_search_file(path):  # a sweep: every trial's run folder
-            name = load_search(path).name
-            folder = Path(runs_dir) / name
-            runs = sorted(p for p in folder.iterdir() if RunDir(p).is_run()) if folder.is_dir() else []
-            records += [read_run(p, name) for p in runs]
-            names.append(name)
-        elif path.is_file():
-            experiment = load_experiment(path)
-            folder = Path(runs_dir) / experiment.name
-            records += [read_run(folder / p.run_id, experiment.name, p.config) for p in experiment.points]
-            names.append(experiment.name)
-        elif path.is_dir() and RunDir(path).is_run():
-            records.append(read_run(path, path.resolve().parent.name))
-            names.append(path.resolve().parent.name)
-        elif path.is_dir() and any(RunDir(p).is_run() for p in path.iterdir()):
-            records += [read_run(p, path.resolve().name) for p in sorted(path.iterdir()) if RunDir(p).is_run()]
-            names.append(path.resolve().name)
-        else:
-            raise ExperimentError(f"{source}: neither an experiment file nor a run folder (or a folder of them)")
-    return records, list(dict.fromkeys(names))
-
-
-def flat_settings(config: RunConfig | None) -> dict[str, Any]:
-    if config is None:
-        return {}
-    return {f"{s}.{k}": v for s, section in config.to_dict().items() for k, v in section.items()}
-
-
-def seeds_vary(records: list[RunRecord]) -> bool:
-    return len({flat_settings(r.config).get(SEED_KEY) for r in records}) > 1
-
-
-def varied_keys(records: list[RunRecord]) -> list[str]:
-    """Dotted keys (training.seed aside) whose value differs between runs of the same experiment."""
-    keys: dict[str, None] = {}
-    for name in dict.fromkeys(r.experiment for r in records):
-        flats = [flat_settings(r.config) for r in records if r.experiment == name and r.config is not None]
-        for key in flats[0] if flats else []:
-            if key != SEED_KEY and len({repr(f.get(key)) for f in flats}) > 1:
-                keys[key] = None
-    return list(keys)
-
-

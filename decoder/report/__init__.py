@@ -5,7 +5,7 @@ columns in REPORT_COLUMNS plus the varied keys; summary.parquet too when pyarrow
 summary.md (ranked by validation bits per byte, mean ± std over seeds, the best row marked, the
 Kneser-Ney bigram and trigram baselines on the same split), loss_vs_tokens.png,
 loss_vs_seconds.png, bpb_vs_params.png, heatmap.png (when exactly two keys vary) and samples.md;
-for a search also trials.csv/.md, best.yaml and the study's plots (`sweep`).
+for a search also trials.csv/.md, best.yaml and the study's plots (`decoder.sweep.report`).
 
 The rooms: `table` (the rows, baselines, memorisation), `markdown` (the one number and table
 formatter), `plots`, and `throughput` (`decoder bench`: pytest-benchmark JSON -> throughput table).
@@ -18,11 +18,11 @@ import io
 from pathlib import Path
 
 from decoder.experiments.grid import NAME, ExperimentError, load_experiment
-from decoder.experiments.runner import load_records, varied_keys
-from decoder.experiments.search import is_search_file, load_search
 from decoder.io import atomic_write
 from decoder.report.plots import plot_bpb_vs_params, plot_curves, plot_heatmap
 from decoder.report.table import REPORT_COLUMNS, baselines, samples_markdown, summary_frame, summary_markdown
+from decoder.runs import load_records, varied_keys
+from decoder.sweep.search import is_search_file, load_search
 
 __all__ = ["REPORT_COLUMNS", "write_report"]
 
@@ -30,7 +30,7 @@ __all__ = ["REPORT_COLUMNS", "write_report"]
 def write_report(sources: list[str | Path], *, runs_dir: str | Path = "runs", out: str | Path = "results",
                  name: str | None = None, command: str | None = None, storage: str | None = None) -> Path:
     """Write summary.csv/.md, the plots and samples.md for `sources` under out/<name>/; for a
-    search file also its study's trials, best config and plots (`decoder.report.sweep`), read from
+    search file also its study's trials, best config and plots (`decoder.sweep.report`), read from
     `storage` (default: the SQLite file under runs_dir)."""
     records, names = load_records(sources, runs_dir)
     if not records:
@@ -56,7 +56,7 @@ def write_report(sources: list[str | Path], *, runs_dir: str | Path = "runs", ou
     atomic_write(folder / "samples.md", samples_markdown(name, records, command=command))
     for source in sources:
         if Path(source).is_file() and is_search_file(source):
-            from decoder.report.sweep import write_sweep_report
+            from decoder.sweep.report import write_sweep_report
 
             write_sweep_report(load_search(source), folder, runs_dir=runs_dir, storage=storage, command=command)
     return folder

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from decoder.experiments.grid import SEED_KEY, setting_text
-from decoder.experiments.runner import RunRecord, flat_settings, seeds_vary, varied_keys
 from decoder.io import atomic_write
 from decoder.report import markdown
 from decoder.report.table import group_runs, many_data
+from decoder.runs import RunRecord, flat_settings, seeds_vary, varied_keys
 
 
 def _figure(width: float = 8.0, height: float = 5.0, dpi: int = 120):

@@ -13,10 +13,9 @@ from typing import Any, Iterable
 
 from decoder.config import DataConfig
 from decoder.experiments.grid import SEED_KEY, setting_text, settings_label
-from decoder.experiments.runner import RunRecord, flat_settings, seeds_vary, varied_keys
 from decoder.metrics import perplexity
 from decoder.report import markdown
-from decoder.runs import RunDir
+from decoder.runs import RunDir, RunRecord, flat_settings, seeds_vary, varied_keys
 
 NGRAM = 8  # memorisation: share of the sample's 8-token n-grams found verbatim in the training split
 
@@ -132,8 +131,11 @@ def _plain(value: Any) -> Any:
 
 
 def baselines(records: list[RunRecord]) -> list[dict]:
-    """Kneser-Ney bigram and trigram on each distinct data config of the runs."""
+    """Kneser-Ney bigram and trigram on each distinct data config of the runs, then the
+    compressors (`decoder.compressors`) on each distinct validation text (min_count and the
+    fallback change the ids, not the bytes). Each row has a `kind`: "n-gram" or "compressor"."""
     from decoder.baseline import kn_baseline
+    from decoder.compressors import compressor_baselines
     from decoder.data import DataError
     from decoder.tokenizer import TokenizerError
 
@@ -146,9 +148,18 @@ def baselines(records: list[RunRecord]) -> list[dict]:
             try:
                 result = kn_baseline(data, order)
             except (DataError, TokenizerError) as exc:
-                out.append({"name": name, "data": data, "error": str(exc)})
+                out.append({"name": name, "kind": "n-gram", "data": data, "error": str(exc)})
                 continue
-            out.append({"name": name, "data": data, **result})
+            out.append({"name": name, "kind": "n-gram", "data": data, **result})
+    texts: dict[tuple, DataConfig] = {}
+    for data in datas:
+        texts.setdefault((tuple(data.corpora), data.tokenizer, data.val_fraction), data)
+    for data in texts.values():
+        try:
+            rows = compressor_baselines(data)
+        except (DataError, TokenizerError) as exc:
+            rows = [{"name": "compressors", "error": str(exc)}]
+        out += [{**row, "kind": "compressor", "data": data} for row in rows]
     return out
 
 
@@ -235,8 +246,10 @@ def summary_markdown(name: str, frame, keys: list[str], bases: list[dict], *, co
         data = b["data"]
         ids = f"min_count {data.min_count}, {data.fallback}" if data.compact_vocab else "full vocabulary"
         where = f" ({data.tokenizer}, {data.corpus}, {ids})" if many_data(bases) else f" ({ids})"
+        if b.get("kind") == "compressor":  # the same bytes whatever the vocabulary
+            where = f" ({data.tokenizer}, {data.corpus})" if many_data(bases) else ""
         numbers = [markdown.number(b["val_loss"]), markdown.number(b["val_ppl"], "ppl"), markdown.number(b["val_bpb"]),
-                   "", "", "n-gram"]
+                   "", "", b.get("kind", "n-gram")]
         cells = [f"baseline: {b['name']}{where}"] + [""] * (len(header) - 1 - len(numbers)) + numbers
         ranked.append((b["val_bpb"], cells))
     ranked.sort(key=lambda item: item[0])
@@ -249,10 +262,15 @@ def summary_markdown(name: str, frame, keys: list[str], bases: list[dict], *, co
         "mean ± std (sample std) over the runs of that configuration. 'train s' is training time "
         "without evaluation. The baselines are interpolated Kneser-Ney n-gram models fitted on the "
         "same training split and scored on the same validation tokens (the same ids: min_count is the "
-        "compact vocabulary's, then how it spells the tokens it dropped; see results/min-count/).", "",
+        "compact vocabulary's, then how it spells the tokens it dropped; see research/vocabulary/min-count/).", "",
         markdown.table(header, [cells for _, cells in ranked]), "",
     ]
     lines += [f"- {b['name']} baseline unavailable: {b['error']}" for b in bases if "error" in b]
+    tools = dict.fromkeys(f"{b['name']} ({b['tool']})" for b in bases if b.get("kind") == "compressor" and "tool" in b)
+    if tools:
+        lines += [f"- Compressor baselines: {', '.join(tools)}; the cost of the validation bytes given the training "
+                  "text, 8 (size(train + val) - size(train)) / val bytes, on the bytes the model is scored on; val "
+                  "loss and ppl spread that cost over the model's validation tokens."]
     lines += _machine_lines(frame)
     return "\n".join(lines).rstrip() + "\n"
 

@@ -5,7 +5,7 @@ see `decoder.report.throughput_table` for how they merge) and writes:
 
 - `throughput.csv` / `throughput.md`: one row per (workload, model, engine, precision, batch):
   tokens/s on CPU and on CUDA, the CUDA/CPU ratio, MFU and, for generation, the share reached of
-  the memory-bandwidth bound; plus the comparisons the issues set targets for;
+  the memory-bandwidth bound; plus the comparisons checked against targets (`Targets`);
 - `throughput.png`: the tokens/s of every row, CPU and CUDA side by side, log scale.
 """
 
@@ -89,7 +89,7 @@ def _comparison_lines(comps: list[dict]) -> list[list[str]]:
         fmt = _pct if c["kind"] == "mfu" else _times
         target = "—" if c["target"] is None else f"≥ {fmt(c['target'])}"
         met = "—" if c["met"] is None else ("yes" if c["met"] else "**no**")
-        lines.append([c["comparison"], c["device"], fmt(c["value"]), target, met, c["issue"] or "—"])
+        lines.append([c["compares"], c["comparison"], c["device"], fmt(c["value"]), target, met])
     return lines
 
 
@@ -116,9 +116,9 @@ def table_markdown(rows: list[dict], comps: list[dict], sources: dict[str, list[
         markdown.table(["workload", "model", "engine", "precision", "batch", "CPU tok/s", "CUDA tok/s", "CUDA/CPU",
                     "MFU CPU", "MFU CUDA", "bw bound CPU", "bw bound CUDA"], _row_lines(rows)),
         "",
-        "## Comparisons the issues set targets for",
+        "## Targets",
         "",
-        markdown.table(["comparison", "device", "value", "target", "met", "issue"], _comparison_lines(comps)),
+        markdown.table(["compares", "comparison", "device", "value", "target", "met"], _comparison_lines(comps)),
         "",
     ]
     return "\n".join(parts)

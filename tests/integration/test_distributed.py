@@ -11,8 +11,8 @@ import yaml
 
 from tinyconf import tiny_config
 from decoder import train as train_module
-from decoder.data import BatchSampler
 from decoder.checkpoint import load_checkpoint, load_model
+from decoder.step import batch_sampler
 from decoder.train import TrainingError, train
 
 WORKER = Path(__file__).parent / "ddp_worker.py"
@@ -38,8 +38,8 @@ def ddp_config(small_corpus, tmp_path):
 class UnionSampler:
     """What the two ranks draw together: rank 0's micro-batch stacked on rank 1's."""
 
-    def __init__(self, tokens, context_length, batch_size, mode, seed):
-        self.parts = [BatchSampler(tokens, context_length, batch_size, mode, seed + 1000003 * r) for r in (0, 1)]
+    def __init__(self, config, tokens, rank=0):
+        self.parts = [batch_sampler(config, tokens, r) for r in (0, 1)]
 
     def next_batch(self):
         xs, ys = zip(*(p.next_batch() for p in self.parts))
@@ -56,7 +56,7 @@ def test_two_ranks_match_one_process_on_the_union_of_their_batches(ddp_config, t
     assert f"rank 0: completed at step {STEPS}, tokens {STEPS * 4 * 16 * 2}" in result.stdout
     assert f"rank 1: completed at step {STEPS}" in result.stdout
 
-    monkeypatch.setattr(train_module, "BatchSampler", UnionSampler)
+    monkeypatch.setattr(train_module, "batch_sampler", UnionSampler)
     train(config, tmp_path / "single", quiet=True)
     ddp = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "latest.pt")["model"]
     single = load_checkpoint(tmp_path / "single" / "checkpoints" / "latest.pt")["model"]

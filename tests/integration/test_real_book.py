@@ -17,7 +17,8 @@ from decoder.baseline import kn_baseline
 from decoder.cli import main
 from decoder.config import DataConfig
 from decoder.data import prepare
-from decoder.experiments import check_data, load_experiment
+from decoder.experiments import load_experiment
+from decoder.experiments.runner import check_data
 from decoder.model import GPT
 from decoder.report.table import memorisation, ngram_set
 

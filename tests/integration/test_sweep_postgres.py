@@ -14,7 +14,7 @@ import torch
 
 from sweepkit import new_database, postgres_server, start_worker, tiny_search, trainings, wait_for
 
-from decoder.experiments.search import load_search
+from decoder.sweep.search import load_search
 from decoder.train import train
 
 LR = {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True}

@@ -1,6 +1,9 @@
-"""RunDir: the run folder's files, read and written in one place (no torch, no corpus)."""
+"""decoder.runs: the run folder's files, read and written in one place, and read back as records
+(no torch, no corpus)."""
 
 import json
+import subprocess
+import sys
 
 from decoder.runs import RunDir
 
@@ -62,3 +65,31 @@ def test_a_pruned_run_is_finished_not_resumable(tmp_path):
     run.latest.write_bytes(b"x")
     run.write_summary({"status": "pruned", "pruned_at_eval": 2})  # what a sweep writes when it prunes a trial
     assert run.state() == "done"
+
+
+def test_a_folder_of_runs_reads_back_as_records_with_their_status(tmp_path):
+    from decoder.config import RunConfig
+    from decoder.runs import load_records, varied_keys
+
+    done, failed, partial = (RunDir(tmp_path / "grid" / name) for name in ("a", "b", "c"))
+    done.write_config(RunConfig())
+    done.write_summary({"status": "completed", "best_val_bpb": 2.0})
+    failed.write_config(RunConfig())
+    failed.write_failure({"status": "failed", "error": "boom"})
+    partial.write_config(RunConfig())
+    partial.append_metrics({"step": 2, "val_loss": 1.0})
+    with open(partial.metrics_file, "a") as f:
+        f.write('{"step": 4')  # killed mid-write
+    records, names = load_records([tmp_path / "grid"])
+    assert names == ["grid"] and [r.experiment for r in records] == ["grid"] * 3
+    assert [(r.status, r.error) for r in records] == [
+        ("completed", None), ("failed", "boom"), ("incomplete", "metrics.jsonl ends in a damaged line")]
+    assert records[2].metrics == [{"step": 2, "val_loss": 1.0}] and varied_keys(records) == []
+
+
+def test_reading_runs_back_needs_neither_the_runner_nor_torch():
+    """Reports read run folders through decoder.runs alone: no experiment runner, no torch, no Optuna."""
+    code = ("import sys, decoder.report; "
+            "print([m for m in ('decoder.experiments.runner', 'torch', 'optuna') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

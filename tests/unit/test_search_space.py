@@ -6,7 +6,7 @@ import pytest
 
 from decoder.config import ConfigError
 from decoder.experiments import experiment_from_dict
-from decoder.experiments.search import search_from_dict
+from decoder.sweep.search import search_from_dict
 
 BASE = {"model": {"d_model": 32, "n_heads": 2}, "training": {"max_steps": 10}}
 

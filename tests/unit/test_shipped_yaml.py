@@ -3,16 +3,32 @@
 
 from __future__ import annotations
 
-from tinyconf import shipped_experiments
+import pytest
+from tinyconf import ROOT, shipped_experiments
 
+from decoder.config import ADDED_KEYS, RunConfig, read_yaml
 from decoder.experiments import load_experiment
 
 EXPERIMENTS = shipped_experiments()
 
 
 def test_the_experiments_the_project_documents_are_shipped():
-    names = {path.stem for path in EXPERIMENTS}
-    assert {"quick", "default", "reference", "shape", "width-heads", "depth"} <= names
+    # experiments/ holds the examples a user copies; the studies behind the defaults are in research/.
+    names = {path.stem for path in (ROOT / "experiments").glob("*.yaml")}
+    assert names == {"quick", "default", "fast", "reference", "shape", "search"}
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "experiments").glob("*.yaml")), ids=lambda p: p.stem)
+def test_an_example_uses_todays_data_defaults_and_says_what_it_costs_and_found(path):
+    raw = read_yaml(path)
+    for (section, key), old in ADDED_KEYS.items():
+        if getattr(getattr(RunConfig(), section), key) == old:
+            continue  # the key's old behaviour is still the default
+        value = (raw["base"].get(section) or {}).get(key)
+        assert value != old, f"{path.name} pins {section}.{key}: {old!r}, a value superseded by today's default"
+    header = path.read_text().split("\nname:")[0]
+    for part in ("Cost", "GPU", "Finding"):
+        assert part in header, f"{path.name}'s header does not say its {part}"
 
 
 def _only(name: str):

@@ -1,10 +1,10 @@
-"""A sweep worker's SIGTERM (decoder.experiments.study.stop_now): Ctrl-C at once inside the
+"""A sweep worker's SIGTERM (decoder.sweep.study.stop_now): Ctrl-C at once inside the
 objective, held while Optuna records a trial, so it never lands inside Optuna's bookkeeping (where
 it surfaced as another error and the worker exited 1 instead of 130)."""
 
 import pytest
 
-from decoder.experiments.study import _hold_stop, _run_one, import_optuna, stop_now
+from decoder.sweep.study import _hold_stop, _run_one, import_optuna, stop_now
 
 
 def test_stop_is_immediate_unheld_and_deferred_to_the_end_of_a_hold():

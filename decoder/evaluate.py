@@ -1,0 +1,150 @@
+"""Scoring a text with a PyTorch model under the three protocols of `decoder.protocols`: static
+(`decoder.step.evaluate` itself, so `decoder eval` reproduces the training loop's val_bpb),
+sliding windows, and dynamic evaluation.
+
+Dynamic evaluation (Krause et al. 2018) walks the sliding windows of stride `segment` in order.
+Each window is scored first, with the weights as they are, and then the optimiser takes one step
+on the mean loss of the tokens that window just scored: plain SGD (no momentum, no weight decay,
+no decay back to the trained weights), learning rate `lr`, on every parameter, in eval mode (no
+dropout). So no token is ever scored by weights that have seen it: an update after window k saw
+tokens up to window k's last one, and every later window scores only tokens after that. The
+model passed in is not changed (a copy learns). With segment = context the windows are static's;
+a shorter segment gives each token more context and more updates (one per segment).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from decoder.config import DataConfig
+from decoder.hardware import autocast, resolve_device, resolve_precision, training_attention_backend
+from decoder.loss import IGNORE_INDEX, linear_cross_entropy
+from decoder.model import GPT
+from decoder.protocols import EvalError, Window, figures, windows
+from decoder.step import evaluate
+from decoder.tokenizer import Tokenizer
+
+Trace = Callable[[str, range], None]
+"""Called with ("score", positions scored) before and ("update", positions the step saw) after
+each dynamic-evaluation step: positions index the text's tokens."""
+
+
+def load_scorer(source: str | Path, device: str = "auto", precision: str | None = None):
+    """(model, tokenizer, config, device, precision) from a run folder or checkpoint, ready to
+    score as training evaluated it: its saved precision unless `precision` is given, the training
+    attention kernel of that device and precision."""
+    from decoder.checkpoint import load_checkpoint, load_model
+
+    model, tokenizer, config, meta = load_model(source)
+    where = resolve_device(device)
+    saved = load_checkpoint(Path(meta["path"]))["precision"]
+    chosen = resolve_precision(precision or saved or "fp32", where)
+    model.to(where).set_attention_backend(training_attention_backend(where.type, config.model.context_length, chosen))
+    return model, tokenizer, config, where, chosen
+
+
+def validation_tokens(data: DataConfig, tokenizer: Tokenizer) -> np.ndarray:
+    """The validation split of `data` in the model's ids; refuses a corpus whose rebuilt
+    tokenizer is not the model's (the split would not be the one it was scored on)."""
+    from decoder.data import prepare
+
+    dataset = prepare(data)
+    if dataset.tokenizer.to_dict() != tokenizer.to_dict():
+        raise EvalError(f"the tokenizer rebuilt from corpus {data.corpus!r} differs from the model's; "
+                        "score a file with --text instead")
+    return dataset.val
+
+
+def _batch(tokens: torch.Tensor, group: list[Window]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, y) of a group of windows, padded to the longest: y is IGNORE_INDEX where not scored."""
+    L = max(w.length for w in group)
+    x = torch.zeros(len(group), L, dtype=torch.long)
+    y = torch.full((len(group), L), IGNORE_INDEX, dtype=torch.long)
+    for j, w in enumerate(group):
+        x[j, : w.length] = tokens[w.start : w.start + w.length]
+        y[j, w.skip : w.length] = tokens[w.start + 1 + w.skip : w.start + 1 + w.length]
+    return x, y
+
+
+def _token_nats(model: GPT, x: torch.Tensor, y: torch.Tensor, device: torch.device, precision: str) -> torch.Tensor:
+    """Per-position nats (B, L) of targets y (0 where IGNORE_INDEX), with grad if enabled."""
+    with autocast(device, precision):
+        hidden, _ = model.hidden(x.to(device))
+        logits = model.lm_head(hidden).float()
+    y = y.to(device)
+    nats = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX,
+                                             reduction="none")
+    return nats.view(y.shape)
+
+
+@torch.no_grad()
+def sliding_nats(model: GPT, tokens: np.ndarray, stride: int, device: torch.device, precision: str) -> np.ndarray:
+    """Nats of every prediction (index i: token i + 1) over the sliding windows of `stride`,
+    batched as `decoder.step.evaluate` batches its windows."""
+    was_training = model.training
+    model.eval()
+    T = model.config.context_length
+    plan = windows(len(tokens), T, stride)
+    batch = max(1, min(64, 2**25 // (T * model.vocab_size)))
+    data = torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64))
+    out = np.zeros(len(tokens) - 1)
+    for i in range(0, len(plan), batch):
+        group = plan[i : i + batch]
+        x, y = _batch(data, group)
+        nats = _token_nats(model, x, y, device, precision).cpu().double().numpy()
+        for j, w in enumerate(group):
+            out[w.start + w.skip : w.start + w.length] = nats[j, w.skip : w.length]
+    model.train(was_training)
+    return out
+
+
+def dynamic_nats(model: GPT, tokens: np.ndarray, segment: int, lr: float, device: torch.device, precision: str,
+                 trace: Trace | None = None) -> np.ndarray:
+    """Nats of every prediction under dynamic evaluation (see the module docstring); `model` is
+    left as it was. `trace` sees what each step scored and what each update saw."""
+    learner = copy.deepcopy(model).eval()
+    optimizer = torch.optim.SGD(learner.parameters(), lr=lr, momentum=0.0, weight_decay=0.0)
+    data = torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64))
+    out = np.zeros(len(tokens) - 1)
+    for w in windows(len(tokens), learner.config.context_length, segment):
+        x, y = _batch(data, [w])
+        nats = _token_nats(learner, x, y, device, precision)[0, w.skip : w.length]
+        out[w.start + w.skip : w.start + w.length] = nats.detach().cpu().double().numpy()
+        if trace:
+            trace("score", w.scored)
+        optimizer.zero_grad(set_to_none=True)
+        nats.mean().backward()
+        optimizer.step()
+        if trace:
+            trace("update", range(w.start, w.start + 1 + w.length))
+    return out
+
+
+def score(model: GPT, tokenizer: Tokenizer, tokens: np.ndarray, settings: dict, device: torch.device,
+          precision: str) -> dict:
+    """The figures (`decoder.protocols.figures`) of `tokens` (model ids) under `settings`
+    (`decoder.protocols.protocol_settings`), with the seconds the scoring took."""
+    started = time.perf_counter()
+    protocol = settings["protocol"]
+    if protocol == "static":
+        val = evaluate(model, tokens, tokenizer.byte_lengths(), device, precision)
+        result = figures(val["val_loss"] * val["val_tokens"], tokens, tokenizer)
+        result.update(bits_per_byte=val["val_bpb"], nats_per_token=val["val_loss"], token_perplexity=val["val_ppl"])
+    elif protocol == "sliding":
+        result = figures(float(sliding_nats(model, tokens, settings["stride"], device, precision).sum()), tokens,
+                         tokenizer)
+    elif protocol == "dynamic":
+        nats = dynamic_nats(model, tokens, settings["segment"], settings["lr"], device, precision)
+        result = figures(float(nats.sum()), tokens, tokenizer)
+    else:
+        raise EvalError(f"protocol={protocol!r}: unknown")
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return {**result, **settings, "engine": "torch", "device": str(device), "precision": precision,
+            "seconds": round(time.perf_counter() - started, 3)}

@@ -1,0 +1,181 @@
+"""Evaluation protocols, their figures, and scoring with an ONNX bundle: the torch-free half of
+`decoder eval` (`decoder.evaluate` is the PyTorch half, and the one that can learn as it scores).
+
+Every protocol predicts tokens 1..N-1 of a text exactly once (token 0 is context only) and differs
+in what each prediction sees:
+
+- **static**: consecutive windows of the context length, the weights fixed: the first token of
+  each window is predicted from one token, the last from the whole context. Exactly the
+  evaluation the training loop reports as val_bpb (`decoder.step.evaluate`).
+- **sliding**: windows advanced by `stride` tokens; each window predicts only the tokens no
+  earlier window did, so every token after the first window is predicted from at least
+  context - stride + 1 tokens. stride = context is static.
+- **dynamic** (Krause et al. 2018, "Dynamic evaluation of neural sequence models"): the sliding
+  windows with stride = segment, scored in order, each followed by one gradient step on the
+  tokens it just scored, so the model keeps learning from text it has already been charged for
+  (as every adaptive compressor does). PyTorch only: `decoder.evaluate.score_dynamic`.
+
+The figures (`figures`) follow lm-evaluation-harness: bits per byte and byte perplexity over the
+UTF-8 bytes of the predicted tokens (<|endoftext|> counts none, as in `decoder.metrics`), word
+perplexity over the words of that text (`len(re.split(r"\\s+", text))`, lm-eval's count).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from decoder.errors import UserError
+from decoder.metrics import bits_per_byte, perplexity
+from decoder.tokenizer import Tokenizer
+
+PROTOCOLS = ("static", "sliding", "dynamic")
+BUNDLE_PROTOCOLS = ("static", "sliding")
+"""What an ONNX bundle can run (dynamic evaluation needs gradients: PyTorch)."""
+DEFAULT_LR = 0.03
+"""Dynamic evaluation's plain-SGD learning rate (a probe on the default model found 0.03 worked)."""
+
+
+class EvalError(UserError, ValueError):
+    """An evaluation that cannot run: a bad protocol option, an unreadable or too short text."""
+
+
+@dataclass(frozen=True)
+class Window:
+    """One forward pass: input tokens[start : start + length] predicting tokens[start + 1 : start +
+    1 + length], of which the first `skip` were predicted by an earlier window and are not scored."""
+
+    start: int
+    length: int
+    skip: int
+
+    @property
+    def scored(self) -> range:
+        """Positions (indices into the text's tokens) this window scores."""
+        return range(self.start + 1 + self.skip, self.start + 1 + self.length)
+
+
+def windows(n_tokens: int, context: int, stride: int) -> list[Window]:
+    """The windows that predict tokens 1..n_tokens-1 once each: starts 0, stride, 2 stride, ...,
+    each at most `context` long (stride = context: static's consecutive windows)."""
+    if not 1 <= stride <= context:
+        raise EvalError(f"stride={stride}: must be in [1, {context}] (the context length)")
+    n_pred, out, scored_to, start = n_tokens - 1, [], 0, 0
+    while scored_to < n_pred:
+        length = min(context, n_pred - start)
+        out.append(Window(start, length, max(scored_to - start, 0)))
+        scored_to, start = start + length, start + stride
+    return out
+
+
+def protocol_settings(protocol: str, context: int, *, stride: int | None = None, segment: int | None = None,
+                      lr: float | None = None) -> dict:
+    """The protocol's settings with defaults filled in (sliding: stride = half the context; dynamic:
+    segment = the context, lr = DEFAULT_LR), after refusing options that do not fit it."""
+    if protocol not in PROTOCOLS:
+        raise EvalError(f"protocol={protocol!r}: allowed {', '.join(PROTOCOLS)}")
+    given = {"--stride": (stride, "sliding"), "--segment": (segment, "dynamic"), "--lr": (lr, "dynamic")}
+    for option, (value, needs) in given.items():
+        if value is not None and protocol != needs:
+            raise EvalError(f"{option} applies to --protocol {needs}, not {protocol}")
+    for option, value in (("--stride", stride), ("--segment", segment)):
+        if value is not None and not 1 <= value <= context:
+            raise EvalError(f"{option}={value}: must be in [1, {context}] (the model's context length)")
+    if lr is not None and not (lr >= 0 and np.isfinite(lr)):
+        raise EvalError(f"--lr={lr}: must be a finite number >= 0")
+    settings: dict = {"protocol": protocol, "context_length": context}
+    if protocol == "static":
+        return {**settings, "stride": context}
+    if protocol == "sliding":
+        return {**settings, "stride": stride or max(1, context // 2)}
+    return {**settings, "segment": segment or context, "lr": DEFAULT_LR if lr is None else lr, "optimizer": "SGD"}
+
+
+def read_text(path: str | Path) -> str:
+    """A UTF-8 text file to score, as given (no header stripping)."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise EvalError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EvalError(f"{path}: not UTF-8 text (invalid byte at offset {exc.start})") from None
+
+
+def text_tokens(tokenizer: Tokenizer, text: str, source: str = "the text") -> np.ndarray:
+    """Model ids of `text`; refuses one too short to predict anything."""
+    tokens = tokenizer.to_model_ids(tokenizer.raw_encode(text))
+    if len(tokens) < 2:
+        raise EvalError(f"{source}: {len(tokens)} token(s); scoring needs at least 2")
+    return tokens
+
+
+def count_words(text: str) -> int:
+    """Words as lm-evaluation-harness counts them for word perplexity."""
+    return len(re.split(r"\s+", text))
+
+
+def figures(total_nats: float, tokens: np.ndarray, tokenizer: Tokenizer) -> dict:
+    """The quality figures of `total_nats` summed over the predictions of tokens[1:]."""
+    scored = tokenizer.decode_bytes(tokens[1:])
+    n_tokens, n_bytes = len(tokens) - 1, len(scored)
+    n_words = count_words(scored.decode("utf-8", errors="replace"))
+    return {
+        "bits_per_byte": bits_per_byte(total_nats, n_bytes),
+        "nats_per_token": total_nats / n_tokens,
+        "token_perplexity": perplexity(total_nats / n_tokens),
+        "byte_perplexity": perplexity(total_nats / max(n_bytes, 1)),
+        "word_perplexity": perplexity(total_nats / max(n_words, 1)),
+        "total_nats": total_nats,
+        "tokens": n_tokens,
+        "bytes": n_bytes,
+        "words": n_words,
+    }
+
+
+def _log_softmax_nats(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """-log softmax(logits)[target] per row, in float64: logits (N, V), targets (N,)."""
+    logits = logits.astype(np.float64)
+    peak = logits.max(axis=-1)
+    log_z = np.log(np.exp(logits - peak[:, None]).sum(axis=-1)) + peak
+    return log_z - logits[np.arange(len(targets)), targets]
+
+
+def bundle_nats(runtime, tokens: np.ndarray, stride: int, batch: int = 16) -> np.ndarray:
+    """Nats of every prediction (index i: token i + 1) by a `decoder.runtime.Runtime` over the
+    sliding windows of `stride` (stride = context length: static). Windows of one length run as
+    one batch of up to `batch` rows."""
+    tokens = np.asarray(tokens, dtype=np.int64)
+    out = np.zeros(len(tokens) - 1)
+    plan = windows(len(tokens), runtime.context_length, stride)
+    for i in range(0, len(plan), batch):
+        group = plan[i : i + batch]
+        for length in sorted({w.length for w in group}):
+            rows = [w for w in group if w.length == length]
+            ids = np.stack([tokens[w.start : w.start + length] for w in rows])
+            logits, _ = runtime.run(ids)  # (B, T, V)
+            for w, row in zip(rows, logits):
+                targets = tokens[w.start + 1 : w.start + 1 + length]
+                out[w.start + w.skip : w.start + length] = _log_softmax_nats(row[w.skip:], targets[w.skip:])
+    return out
+
+
+def score_bundle(bundle_dir: str | Path, tokens: np.ndarray, settings: dict, threads: int | None = None) -> dict:
+    """Score model ids `tokens` with a bundle's fp32 model under `settings` (`protocol_settings`:
+    static or sliding)."""
+    from decoder.runtime import Runtime
+
+    if settings["protocol"] not in BUNDLE_PROTOCOLS:
+        raise EvalError(f"--protocol {settings['protocol']} needs PyTorch (a run folder or checkpoint), not an "
+                        f"ONNX bundle; a bundle runs {' or '.join(BUNDLE_PROTOCOLS)}")
+    runtime = Runtime(bundle_dir, threads=threads)
+    started = time.perf_counter()
+    nats = bundle_nats(runtime, tokens, settings["stride"])
+    return {**figures(float(nats.sum()), tokens, runtime.tokenizer), **settings, "engine": "onnxruntime",
+            "seconds": round(time.perf_counter() - started, 3)}

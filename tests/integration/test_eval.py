@@ -1,0 +1,73 @@
+"""`decoder eval` on the tiny trained run and its ONNX bundle: static reproduces the run's val_bpb,
+the bundle agrees with the checkpoint, a text file can be scored, bad input is one line, exit 2."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from decoder.checkpoint import load_model
+from decoder.cli import main
+
+
+def eval_json(capsys, *args) -> dict:
+    assert main(["eval", *map(str, args), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_static_reproduces_the_training_loops_val_bpb(onnx_run, capsys):
+    _, _, _, meta = load_model(onnx_run)
+    result = eval_json(capsys, onnx_run)
+    assert result["protocol"] == "static" and result["text"] == "validation split"
+    assert result["bits_per_byte"] == meta["val"]["val_bpb"]  # the best checkpoint's evaluation, exactly
+    assert result["tokens"] == meta["val"]["val_tokens"]
+
+
+@pytest.mark.parametrize("protocol, options", [("static", []), ("sliding", ["--stride", "5"])])
+def test_bundle_agrees_with_the_checkpoint(onnx_run, onnx_bundle, capsys, protocol, options):
+    torch_result = eval_json(capsys, onnx_run, "--protocol", protocol, *options)
+    onnx_result = eval_json(capsys, onnx_bundle, "--protocol", protocol, *options, "--threads", "1")
+    assert onnx_result["engine"] == "onnxruntime" and onnx_result["tokens"] == torch_result["tokens"]
+    assert onnx_result["bits_per_byte"] == pytest.approx(torch_result["bits_per_byte"], abs=1e-4)
+
+
+def test_a_text_file_with_each_protocol_and_the_human_readable_output(onnx_run, tmp_path, excerpt_text, capsys):
+    text = tmp_path / "page.txt"
+    text.write_text(excerpt_text[:3000] * 2, encoding="utf-8")  # its second half repeats the first
+    checkpoint = onnx_run / "checkpoints" / "best.pt"
+    static = eval_json(capsys, checkpoint, "--text", text)
+    dynamic = eval_json(capsys, checkpoint, "--text", text, "--protocol", "dynamic", "--segment", "8", "--lr", "0.05")
+    tokenizer = load_model(onnx_run)[1]
+    first = tokenizer.encode(text.read_text(encoding="utf-8"))[0]  # context only: its bytes are not scored
+    assert dynamic["tokens"] == static["tokens"]
+    assert dynamic["bytes"] == static["bytes"] == len(text.read_bytes()) - len(tokenizer.token_bytes(first))
+    assert dynamic["bits_per_byte"] < static["bits_per_byte"]
+    assert main(["eval", str(onnx_run), "--text", str(text), "--protocol", "sliding"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("sliding protocol (stride 8; context 16) on ")
+    assert [line.split("  ")[0] for line in out[1:]] == [
+        "bits per byte", "nats per token", "token perplexity", "byte perplexity", "word perplexity", "tokens",
+        "bytes", "words", "seconds"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["{missing}"], "no such run folder, checkpoint or bundle"),
+    (["{run}", "--text", "{missing}"], "--text"),
+    (["{run}", "--protocol", "sliding", "--stride", "17"], "--stride=17: must be in [1, 16]"),
+    (["{run}", "--stride", "4"], "--stride applies to --protocol sliding"),
+    (["{bundle}", "--protocol", "dynamic"], "--protocol dynamic learns as it scores and needs PyTorch"),
+    (["{run}", "--text", "{empty}"], "0 token(s); scoring needs at least 2"),
+])
+def test_bad_input_is_one_line_and_exit_2(onnx_run, onnx_bundle, tmp_path, capsys, args, message):
+    (tmp_path / "empty.txt").write_text("")
+    names = {"run": onnx_run, "bundle": onnx_bundle, "missing": tmp_path / "nope", "empty": tmp_path / "empty.txt"}
+    assert main(["eval", *(a.format(**names) for a in args)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("decoder eval: error: ") and message in err
+
+
+def test_the_command_exits_2_on_a_missing_source(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "decoder", "eval", str(tmp_path / "nope")], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
