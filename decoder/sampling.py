@@ -1,8 +1,12 @@
-"""Next-token selection on numpy logits: greedy, temperature, top-k, top-p, and the repetition
-controls (CTRL's repetition penalty, a ban on repeated n-grams).
+"""Next-token selection on numpy logits: greedy, temperature, top-k, top-p, and the logit
+adjustments (CTRL's repetition penalty, a ban on repeated n-grams, OpenAI's presence and frequency
+penalties and logit bias).
 
-Shared by the PyTorch generator and the onnxruntime runtime, so that both pick the same token
-from the same logits with the same seed. Imports numpy only.
+Shared by the PyTorch generator, the onnxruntime runtime and the server, so that all pick the same
+token from the same logits with the same seed. Numerically safe for every accepted parameter:
+adjusted logits are clipped to finite float64 values (banned tokens are -inf), and temperature
+divides logits only after each row's maximum is subtracted, so no temperature or penalty, however
+small or large, turns a probability into NaN or inf. Imports numpy only.
 """
 
 from __future__ import annotations
@@ -15,16 +19,25 @@ import numpy as np
 from decoder.errors import UserError
 
 
+LOGIT_LIMIT = float(np.finfo(np.float64).max)
+"""Adjusted logits are clipped to [-LOGIT_LIMIT, LOGIT_LIMIT] (only banned tokens are -inf)."""
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How to pick the next token. temperature 0 (or greedy=True) means argmax.
 
-    The repetition controls look at the whole sequence, prompt included, and apply to greedy
-    decoding too. repetition_penalty (CTRL, Keskar et al. 2019): the logit of every token already
-    in the sequence is divided by it when positive and multiplied by it when negative (once per
-    token, however often it occurs); 1 is off, above 1 discourages repetition.
+    The logit adjustments apply to greedy decoding too. The repetition controls look at the whole
+    sequence, prompt included. repetition_penalty (CTRL, Keskar et al. 2019): the logit of every
+    token already in the sequence is divided by it when positive and multiplied by it when negative
+    (once per token, however often it occurs); 1 is off, above 1 discourages repetition.
     no_repeat_ngram_size n: a token that would complete an n-gram already in the sequence is never
-    picked (unless that bans every token); 0 is off."""
+    picked (unless that bans every token); 0 is off.
+    presence_penalty and frequency_penalty (OpenAI's definitions) look at the generated tokens
+    only: logit[j] -= presence_penalty * (count[j] > 0) + frequency_penalty * count[j], where
+    count[j] is how often token j was generated so far; 0 is off, positive discourages repetition.
+    logit_bias: (token id, bias) pairs added to those tokens' logits (OpenAI: -100 all but bans a
+    token, 100 all but forces it)."""
 
     temperature: float = 1.0
     top_k: int = 0
@@ -32,10 +45,13 @@ class SamplingParams:
     greedy: bool = False
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:
-        if not self.temperature >= 0:  # also rejects NaN
-            raise ValueError(f"temperature={self.temperature}: must be a number >= 0 (0 is greedy)")
+        if not 0 <= self.temperature < float("inf"):  # also rejects NaN
+            raise ValueError(f"temperature={self.temperature}: must be a finite number >= 0 (0 is greedy)")
         if self.top_k < 0:
             raise ValueError(f"top_k={self.top_k}: must be >= 0 (0 keeps all tokens)")
         if not 0.0 < self.top_p <= 1.0:  # also rejects NaN
@@ -44,6 +60,12 @@ class SamplingParams:
             raise ValueError(f"repetition_penalty={self.repetition_penalty}: must be a number > 0 (1 is off)")
         if self.no_repeat_ngram_size < 0:
             raise ValueError(f"no_repeat_ngram_size={self.no_repeat_ngram_size}: must be >= 0 (0 is off)")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not abs(getattr(self, name)) < float("inf"):
+                raise ValueError(f"{name}={getattr(self, name)}: must be a finite number (0 is off)")
+        for token, bias in self.logit_bias:
+            if not (isinstance(token, int) and token >= 0 and abs(bias) < float("inf")):
+                raise ValueError(f"logit_bias ({token}, {bias}): must pair a token id >= 0 with a finite number")
 
     @property
     def is_greedy(self) -> bool:
@@ -51,7 +73,14 @@ class SamplingParams:
 
     @property
     def controls_repetition(self) -> bool:
-        return self.repetition_penalty != 1.0 or self.no_repeat_ngram_size > 0
+        """Whether the logits depend on the sequence so far (so the sampler needs its history)."""
+        return (self.repetition_penalty != 1.0 or self.no_repeat_ngram_size > 0 or self.presence_penalty != 0.0
+                or self.frequency_penalty != 0.0)
+
+    @property
+    def adjusts_logits(self) -> bool:
+        """Whether any adjustment applies (otherwise greedy decoding is a plain argmax)."""
+        return self.controls_repetition or bool(self.logit_bias)
 
 
 def banned_by_ngrams(tokens: np.ndarray, n: int) -> np.ndarray:
@@ -65,20 +94,41 @@ def banned_by_ngrams(tokens: np.ndarray, n: int) -> np.ndarray:
     return np.unique(grams[(grams[:, :-1] == prefix).all(axis=1), -1])
 
 
-def repetition_controlled(
-    logits: np.ndarray, params: SamplingParams, history: Sequence[Sequence[int]] | np.ndarray
-) -> np.ndarray:
-    """(B, V) float64 logits after the repetition penalty and the n-gram ban, given each row's
-    token sequence so far (`history`, prompt included; rows may differ in length)."""
+History = Sequence[Sequence[int]] | np.ndarray
+"""Token ids per row (rows may differ in length)."""
+
+
+def adjusted_logits(logits: np.ndarray, params: SamplingParams, history: History,
+                    generated: History | None = None) -> np.ndarray:
+    """(B, V) float64 logits after every adjustment of `params`, in this order: repetition
+    penalty (over `history`, each row's tokens so far, prompt included), presence and frequency
+    penalties (over `generated`, each row's generated tokens only: None means none yet), logit
+    bias, a clip to finite values (after each step that can overflow), and the n-gram ban (-inf)
+    over `history`."""
     z = np.array(logits, dtype=np.float64)
-    if len(history) != z.shape[0]:
-        raise ValueError(f"history has {len(history)} rows for {z.shape[0]} rows of logits")
+    generated = [()] * z.shape[0] if generated is None else generated
+    if not len(history) == len(generated) == z.shape[0]:
+        raise ValueError(f"history and generated have {len(history)} and {len(generated)} rows for {z.shape[0]} "
+                         "rows of logits")
+    bias = np.zeros(z.shape[-1])
+    for token, value in params.logit_bias:
+        if token >= z.shape[-1]:
+            raise ValueError(f"logit_bias names token {token}; the vocabulary has {z.shape[-1]} tokens")
+        bias[token] += value
+    with np.errstate(over="ignore", invalid="ignore"):
+        for row, tokens, new in zip(z, history, generated):
+            tokens = np.asarray(tokens, dtype=np.int64)
+            if params.repetition_penalty != 1.0 and tokens.size:
+                seen = np.unique(tokens)
+                row[seen] = np.where(row[seen] > 0, row[seen] / params.repetition_penalty,
+                                     row[seen] * params.repetition_penalty)
+                np.clip(row, -LOGIT_LIMIT, LOGIT_LIMIT, out=row)  # finite, so the penalties below cannot make inf - inf
+            if (params.presence_penalty or params.frequency_penalty) and len(new):
+                counts = np.bincount(np.asarray(new, dtype=np.int64), minlength=z.shape[-1])
+                row -= params.presence_penalty * (counts > 0) + params.frequency_penalty * counts
+        z += bias
+        np.clip(z, -LOGIT_LIMIT, LOGIT_LIMIT, out=z)
     for row, tokens in zip(z, history):
-        tokens = np.asarray(tokens, dtype=np.int64)
-        if params.repetition_penalty != 1.0 and tokens.size:
-            seen = np.unique(tokens)
-            row[seen] = np.where(row[seen] > 0, row[seen] / params.repetition_penalty,
-                                 row[seen] * params.repetition_penalty)
         banned = banned_by_ngrams(tokens, params.no_repeat_ngram_size)
         if banned.size < row.shape[0]:  # a ban of every token would leave nothing to pick: skip it
             row[banned] = -np.inf
@@ -86,13 +136,17 @@ def repetition_controlled(
 
 
 def probabilities(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
-    """(B, V) logits -> (B, V) float64 probabilities after temperature, top-k and top-p."""
-    z = np.asarray(logits, dtype=np.float64) / params.temperature
+    """(B, V) logits -> (B, V) float64 probabilities after temperature, top-k and top-p.
+
+    Each row's maximum is subtracted before the temperature divides (every value <= 0, the top
+    one 0), so a tiny temperature sends the others to -inf (probability 0), never to inf - inf."""
+    z = np.asarray(logits, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        z = (z - z.max(axis=-1, keepdims=True)) / params.temperature
     V = z.shape[-1]
     if 0 < params.top_k < V:
         kth = np.partition(z, V - params.top_k, axis=-1)[:, V - params.top_k][:, None]
         z = np.where(z < kth, -np.inf, z)
-    z = z - z.max(axis=-1, keepdims=True)
     p = np.exp(z)
     p /= p.sum(axis=-1, keepdims=True)
     if params.top_p < 1.0:
@@ -123,22 +177,25 @@ def next_tokens(
     logits: np.ndarray,
     params: SamplingParams,
     rng: Generators,
-    history: Sequence[Sequence[int]] | np.ndarray | None = None,
+    history: History | None = None,
+    generated: History | None = None,
 ) -> np.ndarray:
     """Pick one token per row of (B, V) logits; returns int64 (B,).
 
     Sampling draws one uniform number per row and inverts the cumulative distribution, so a row's
     choice depends only on its logits and its generator's state: with one generator per row (a
     server's per-request seed) a row picks the same token whatever else shares the batch.
-    history: each row's tokens so far (prompt included), needed when params control repetition.
+    history: each row's tokens so far (prompt included), needed when params control repetition;
+    generated: each row's generated tokens (the presence and frequency penalties' counts; None: none yet).
     """
     logits = np.asarray(logits)
     if logits.ndim != 2:
         raise ValueError(f"logits must be (batch, vocab), got shape {logits.shape}")
-    if params.controls_repetition:
-        if history is None:
-            raise ValueError("repetition_penalty / no_repeat_ngram_size need each row's tokens so far (history)")
-        logits = repetition_controlled(logits, params, history)
+    if params.adjusts_logits:
+        if history is None and params.controls_repetition:
+            raise ValueError("repetition_penalty / no_repeat_ngram_size / presence_penalty / frequency_penalty need "
+                             "each row's tokens so far (history)")
+        logits = adjusted_logits(logits, params, [()] * logits.shape[0] if history is None else history, generated)
     if params.is_greedy:
         return logits.argmax(axis=-1).astype(np.int64)
     p = probabilities(logits, params)
@@ -198,16 +255,18 @@ def decode_loop(
     re-runs the last context_length tokens. Rows stop at <|endoftext|> (later tokens of a finished
     row are reported as eot_id); the loop ends when every row has stopped or after max_new_tokens.
     Every row samples from its own generator seeded with `seed`, so a row's text is the text its
-    prompt gets alone. The repetition controls see the whole prompt, even beyond the window.
+    prompt gets alone. The repetition controls see the whole prompt, even beyond the window; the
+    presence and frequency penalties count the generated tokens.
     """
     history = check_generation_args(prompt_ids, max_new_tokens)
+    prompt_length = history.shape[1]
     ids = history[:, -context_length:]
     rngs = [np.random.default_rng(seed) for _ in range(ids.shape[0])]
     done = np.zeros(ids.shape[0], dtype=bool)
     logits, past = forward(ids, None)
     cached = ids.shape[1]
     for step in range(max_new_tokens):
-        token = next_tokens(logits, params, rngs, history)
+        token = next_tokens(logits, params, rngs, history, history[:, prompt_length:])
         if eot_id is not None:
             token = np.where(done, eot_id, token)
             done |= token == eot_id

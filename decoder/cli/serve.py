@@ -17,6 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: one core fewer than usable, at least 1)")
     p.add_argument("--shutdown-grace", type=float, default=10.0, metavar="SECONDS",
                    help="on SIGTERM, how long in-flight requests may run on before they are cancelled")
+    p.add_argument("--served-model-name", nargs="+", default=[], dest="served_model_names", metavar="NAME",
+                   help="names the model answers to besides its run id (responses give the first)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,4 +36,5 @@ def run(args: argparse.Namespace) -> int:
     from decoder.serve.server import serve
 
     return serve(args.bundle, host=args.host, port=args.port, quantized=args.quantized,
-                 config=ServeConfig(**values), threads=args.threads)
+                 config=ServeConfig(**values), threads=args.threads,
+                 served_model_names=args.served_model_names)

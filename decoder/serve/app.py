@@ -1,48 +1,37 @@
 """The ASGI app: `create_app(runtime, config)` -> a FastAPI app serving one bundle.
 
-Routes: POST /v1/completions (`decoder.serve.completions`), GET /v1/models (the bundle: id,
-config, validation bits per byte, sha256 of the model file served), GET /health, GET /metrics
-(Prometheus text) and GET / (a page to try the model in a browser). Every error is an OpenAI-style
-error object; a client's mistake is answered, never logged as a crash. The engine starts and stops
-with the app's lifespan.
+Routes: POST /v1/completions (`decoder.serve.completions`), GET /v1/models and
+GET /v1/models/{name} (the bundle: names, config, tokenizer, validation bits per byte, sha256 of
+the model file served), POST /tokenize and POST /detokenize (`decoder.serve.tokens`), GET /health,
+GET /metrics (Prometheus text), GET /openapi.json and GET /docs (FastAPI's OpenAPI document and
+its Swagger page, `decoder.serve.schema`) and GET / (a page to try the model in a browser). Every
+error is an OpenAI-style error object (`decoder.serve.errors`); a client's mistake is answered,
+never logged as a crash. The engine starts and stops with the app's lifespan.
 """
 
 from __future__ import annotations
 
-import logging
 from contextlib import asynccontextmanager
 from importlib import resources
+from typing import Sequence
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from starlette.exceptions import HTTPException
 
-from decoder.bundle import INT8_MODEL_FILE, MODEL_FILE
-from decoder.serve.completions import Served, create_completion
+from decoder import __version__
+from decoder.bundle import MODEL_FILE
+from decoder.serve import schema, tokens
+from decoder.serve.completions import create_completion
 from decoder.serve.config import ServeConfig
 from decoder.serve.engine import Engine
+from decoder.serve.errors import add_error_handlers
 from decoder.serve.metrics import ServerMetrics
-from decoder.serve.protocol import APIError, error_body
+from decoder.serve.protocol import CompletionRequest, DetokenizeRequest, TokenizeRequest
 from decoder.serve.scheduler import Model, Scheduler
+from decoder.serve.served import Served, bundle_card, model_names, prompt_scorer
 
-log = logging.getLogger("decoder.serve")
-
-
-def model_card(meta: dict, model_file: str, model_id: str) -> dict:
-    """GET /v1/models' entry for the bundle: OpenAI's fields plus what the bundle records."""
-    run = meta.get("run") or {}
-    val = run.get("val") if isinstance(run.get("val"), dict) else {}
-    int8 = meta.get("int8") or {}
-    quantized = model_file == INT8_MODEL_FILE
-    bpb = int8.get("val_bpb_int8") if quantized else val.get("val_bpb")
-    return {
-        "id": model_id, "object": "model", "created": 0, "owned_by": "decoder",
-        "file": model_file, "quantized": quantized,
-        "sha256": meta["files"][model_file]["sha256"],
-        "config": meta.get("model"), "context_length": meta.get("context_length"),
-        "validation_bpb": bpb, "run": run,
-    }
+DESCRIPTION = ("An OpenAI-style completions API over one exported `decoder` model (onnxruntime, continuous "
+               "batching), with vLLM's /tokenize and /detokenize. Errors are OpenAI error objects.")
 
 
 def page_html() -> str:
@@ -50,14 +39,18 @@ def page_html() -> str:
 
 
 def create_app(runtime: Model, config: ServeConfig = ServeConfig(), *, model_file: str = MODEL_FILE,
-               model_id: str | None = None) -> FastAPI:
-    """An app serving `runtime` (a `decoder.runtime.Runtime`, or any `Model`) under `config`."""
+               model_id: str | None = None, served_model_names: Sequence[str] = ()) -> FastAPI:
+    """An app serving `runtime` (a `decoder.runtime.Runtime`, or any `Model`) under `config`.
+
+    The model answers to `served_model_names` (the first is the name responses give) and to its
+    run id (`model_id`, by default the bundle's run id)."""
     meta = getattr(runtime, "meta", {})
     model_id = model_id or (meta.get("run") or {}).get("id") or "decoder"
     metrics = ServerMetrics()
     engine = Engine(Scheduler(runtime, max_batch=config.max_batch), metrics, max_queue=config.max_queue)
-    served = Served(model_id, runtime.tokenizer, runtime.context_length, config)
-    card = model_card(meta, model_file, model_id) if meta else {"id": model_id, "object": "model"}
+    card = bundle_card(meta, model_file, runtime.tokenizer, runtime.context_length, model_id)
+    served = Served(model_names(model_id, tuple(served_model_names)), runtime.tokenizer, runtime.context_length,
+                    config, card, prompt_scorer(runtime))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -67,57 +60,63 @@ def create_app(runtime: Model, config: ServeConfig = ServeConfig(), *, model_fil
         finally:
             await engine.stop()
 
-    app = FastAPI(title="decoder", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="decoder", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+                  redoc_url=None)
     app.state.engine, app.state.metrics = engine, metrics
-    _add_error_handlers(app, metrics)
+    add_error_handlers(app, metrics)
+    schema.install_openapi(app)
+    _add_model_routes(app, served, engine)
+    _add_service_routes(app, engine, metrics)
+    return app
 
-    @app.post("/v1/completions")
+
+def _add_model_routes(app: FastAPI, served: Served, engine: Engine) -> None:
+    @app.post("/v1/completions", openapi_extra=schema.request_body(CompletionRequest),
+              responses={200: {"model": schema.Completion, "content": schema.STREAM},
+                         **schema.errors(400, 404, 413, 429, 500, 503)})
     async def completions(request: Request):
+        """Continue each prompt: one JSON object, or server-sent events with stream: true."""
         return await create_completion(request, engine, served)
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", response_model=schema.ModelList)
     async def models() -> dict:
-        return {"object": "list", "data": [card]}
+        """The served model, one card per name it answers to."""
+        return {"object": "list", "data": [served.model_card(name) for name in served.names]}
 
-    @app.get("/health")
+    @app.get("/v1/models/{model:path}", response_model=schema.ModelCard, responses=schema.errors(404))
+    async def model(model: str) -> dict:
+        """The card of one of the served model's names."""
+        return served.model_card(model)
+
+    @app.post("/tokenize", response_model=schema.TokenizeResponse, openapi_extra=schema.request_body(TokenizeRequest),
+              responses=schema.errors(400, 404, 413))
+    async def tokenize(request: Request) -> dict:
+        """The token ids of a text, as completions encode a prompt (vLLM's fields)."""
+        return await tokens.tokenize(request, served)
+
+    @app.post("/detokenize", response_model=schema.DetokenizeResponse,
+              openapi_extra=schema.request_body(DetokenizeRequest), responses=schema.errors(400, 404, 413))
+    async def detokenize(request: Request) -> dict:
+        """The text of token ids (vLLM's fields)."""
+        return await tokens.detokenize(request, served)
+
+
+def _add_service_routes(app: FastAPI, engine: Engine, metrics: ServerMetrics) -> None:
+    @app.get("/health", response_model=schema.Health, responses={503: {"model": schema.Health}})
     async def health() -> JSONResponse:
+        """ok (200) while the server takes requests; draining (503) once it shuts down."""
         if not engine.accepting:
             return JSONResponse({"status": "draining"}, status_code=503)
         return JSONResponse({"status": "ok", "running": engine.jobs_running, "waiting": engine.jobs_waiting})
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=Response,
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
     async def prometheus() -> Response:
+        """Prometheus metrics (text exposition format)."""
         return Response(metrics.exposition(), media_type=metrics.content_type)
 
     page = page_html()
 
-    @app.get("/", response_class=HTMLResponse)
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
         return HTMLResponse(page)
-
-    return app
-
-
-def _add_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
-    @app.exception_handler(APIError)
-    async def api_error(request: Request, exc: APIError) -> JSONResponse:
-        metrics.rejected.labels(str(exc.status)).inc()
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        metrics.rejected.labels(str(exc.status_code)).inc()
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        return JSONResponse(error_body(str(exc.detail), type="invalid_request_error", code=code),
-                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        metrics.rejected.labels("400").inc()
-        return JSONResponse(error_body(str(exc), type="invalid_request_error"), status_code=400)
-
-    @app.exception_handler(Exception)
-    async def server_error(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error in %s %s", request.method, request.url.path)
-        return JSONResponse(error_body("Internal server error", type="server_error", code="internal_error"),
-                            status_code=500)

@@ -1,11 +1,14 @@
 """POST /v1/completions: from the HTTP body to a job in the engine, and back as JSON or SSE.
 
-Non-streaming: the handler waits for every choice and answers one JSON object; if the client goes
-away first, its sequences are cancelled. Streaming (`"stream": true`): server-sent events, one
-`data: {chunk}` per piece of text of a choice, a chunk with the choice's finish_reason when it
-ends, a usage chunk (empty choices) if `stream_options.include_usage`, then `data: [DONE]`. A
-client that disconnects mid-stream has its sequences cancelled (they leave the batch at the next
-step). On shutdown the engine ends every response within `shutdown_grace` seconds; sse-starlette's
+Non-streaming: the handler waits for every choice and answers one JSON object (with `echo`, the
+prompt before each choice's text; with `logprobs`, OpenAI's logprobs object from
+`decoder.serve.logprobs`); if the client goes away first, its sequences are cancelled. Streaming
+(`"stream": true`): server-sent events, one `data: {chunk}` per piece of text of a choice, a chunk
+with the choice's finish_reason when it ends, a usage chunk (empty choices) if
+`stream_options.include_usage`, then `data: [DONE]`. A client that disconnects mid-stream has its
+sequences cancelled (they leave the batch at the next step). A request of more sequences (prompts
+x n) than the engine's slots and queue could ever hold is refused with 400, not 429. On shutdown
+the engine ends every response within `shutdown_grace` seconds; sse-starlette's
 own cut (a second later) is only a backstop.
 """
 
@@ -15,7 +18,6 @@ import asyncio
 import json
 import time
 import uuid
-from dataclasses import dataclass
 from typing import AsyncIterator
 
 import numpy as np
@@ -24,37 +26,22 @@ from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 
 from decoder.sampling import SamplingParams
-from decoder.serve.config import ServeConfig
 from decoder.serve.engine import Engine, Job
-from decoder.serve.protocol import APIError, CompletionRequest, error_body, parse_request
+from decoder.serve.logprobs import Entry, choice_logprobs, prompt_entries
+from decoder.serve.protocol import APIError, CompletionRequest, error_body, parse_request, read_body
 from decoder.serve.scheduler import Sequence
+from decoder.serve.served import Served
 from decoder.serve.text import TextStream
 from decoder.tokenizer import Tokenizer
 
 
-@dataclass(frozen=True)
-class Served:
-    """What the completions route needs to know about the model and the server's limits."""
-
-    model_id: str
-    tokenizer: Tokenizer
-    context_length: int
-    config: ServeConfig
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, or APIError 413 as soon as it is known to exceed `limit` bytes."""
-    too_large = APIError(413, f"The request body is larger than {limit} bytes", code="request_too_large")
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit:
-        raise too_large
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
+def check_capacity(req: CompletionRequest, capacity: int) -> None:
+    """Refuse (400) a request of more sequences (prompts x n) than the server could ever hold at once."""
+    sequences = len(req.prompts) * req.n
+    if sequences > capacity:
+        raise APIError(400, f"This request asks for {len(req.prompts)} prompt(s) x n={req.n} = {sequences} sequences; "
+                       f"this server takes at most {capacity} in one request (its batch slots plus queue places): "
+                       "send fewer prompts or a smaller n", param="n", code="too_many_sequences")
 
 
 def encode_prompts(req: CompletionRequest, served: Served) -> list[list[int]]:
@@ -69,13 +56,24 @@ def encode_prompts(req: CompletionRequest, served: Served) -> list[list[int]]:
     return encoded
 
 
+def sampling_params(req: CompletionRequest, vocab_size: int) -> SamplingParams:
+    """The request's sampler, after refusing (400) a logit_bias token beyond the vocabulary."""
+    for token, _ in req.bias_pairs:
+        if token >= vocab_size:
+            raise APIError(400, f"logit_bias names token {token}; this model's token ids are 0 to {vocab_size - 1} "
+                           "(POST /tokenize gives a text's ids)", param="logit_bias", code="invalid_value")
+    return SamplingParams(temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
+                          repetition_penalty=req.repetition_penalty, no_repeat_ngram_size=req.no_repeat_ngram_size,
+                          presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
+                          logit_bias=req.bias_pairs)
+
+
 def build_job(req: CompletionRequest, encoded: list[list[int]], tokenizer: Tokenizer) -> Job:
     """One sequence per prompt and choice (choice j of a prompt is seeded with seed + j)."""
-    params = SamplingParams(temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
-                            repetition_penalty=req.repetition_penalty, no_repeat_ngram_size=req.no_repeat_ngram_size)
+    params = sampling_params(req, tokenizer.vocab_size)
     sequences = [
         Sequence(prompt_ids=ids, params=params, max_tokens=req.max_tokens, text=TextStream(tokenizer, req.stops),
-                 rng=np.random.default_rng(None if req.seed is None else req.seed + j))
+                 rng=np.random.default_rng(None if req.seed is None else req.seed + j), top_logprobs=req.logprobs)
         for ids in encoded for j in range(req.n)
     ]
     return Job(sequences, prompt_tokens=sum(len(ids) for ids in encoded))
@@ -90,12 +88,14 @@ def _envelope(completion_id: str, created: int, model_id: str) -> dict:
     return {"id": completion_id, "object": "text_completion", "created": created, "model": model_id}
 
 
-async def create_completion(request: Request, engine: Engine, served: Served):
+async def create_completion(request: Request, engine: Engine, served: Served) -> JSONResponse | EventSourceResponse:
+    """Answer one POST /v1/completions (see the module docstring)."""
     req = parse_request(await read_body(request, served.config.max_body_bytes))
-    if req.model is not None and req.model != served.model_id:
-        raise APIError(404, f"The model {req.model!r} does not exist; this server serves {served.model_id!r}",
-                       param="model", code="model_not_found")
-    job = build_job(req, encode_prompts(req, served), served.tokenizer)
+    served.check_model(req.model)
+    check_capacity(req, engine.capacity)
+    encoded = encode_prompts(req, served)
+    job = build_job(req, encoded, served.tokenizer)
+    scored = await _score_prompts(req, encoded, served)
     engine.submit(job)
     head = _envelope(f"cmpl-{uuid.uuid4().hex}", int(time.time()), served.model_id)
     if req.stream:
@@ -103,9 +103,38 @@ async def create_completion(request: Request, engine: Engine, served: Served):
             _stream(job, head, req.include_usage), sep="\n", shutdown_grace_period=served.config.shutdown_grace + 1,
             client_close_handler_callable=lambda message: _cancelled(job, engine))
     try:
-        return await _collect(request, job, head)
+        collected = await _collect(request, job)
     finally:
         _cancel(job, engine)
+    if isinstance(collected, JSONResponse):
+        return collected
+    choices = _choices(req, served.tokenizer, job, *collected, scored)
+    return JSONResponse({**head, "choices": choices, "usage": usage(job)})
+
+
+async def _score_prompts(req: CompletionRequest, encoded: list[list[int]], served: Served) -> list[list[Entry]]:
+    """With echo and logprobs, each prompt's entries (one forward pass each, in a worker thread)."""
+    if not (req.echo and req.logprobs is not None):
+        return []
+    if served.score is None:
+        raise APIError(400, "echo with logprobs needs a model that scores whole prompts; this one does not",
+                       param="echo", code="unsupported_parameter")
+    return [prompt_entries(await asyncio.to_thread(served.score, ids), ids, req.logprobs) for ids in encoded]
+
+
+def _choices(req: CompletionRequest, tokenizer: Tokenizer, job: Job, texts: list[str], finishes: list[str | None],
+             scored: list[list[Entry]]) -> list[dict]:
+    """The response's choices: the prompt first with echo, and the logprobs object when asked for."""
+    choices = []
+    for i, (seq, text, finish) in enumerate(zip(job.sequences, texts, finishes)):
+        prompt = i // req.n
+        text = req.prompts[prompt] + text if req.echo else text
+        logprobs = None
+        if req.logprobs is not None:
+            entries = (scored[prompt] if req.echo else []) + seq.logprobs
+            logprobs = choice_logprobs(tokenizer, entries, len(text))
+        choices.append({"text": text, "index": i, "logprobs": logprobs, "finish_reason": finish})
+    return choices
 
 
 def _cancel(job: Job, engine: Engine) -> None:
@@ -118,7 +147,8 @@ async def _cancelled(job: Job, engine: Engine) -> None:
     _cancel(job, engine)
 
 
-async def _collect(request: Request, job: Job, head: dict) -> JSONResponse:
+async def _collect(request: Request, job: Job) -> tuple[list[str], list[str | None]] | JSONResponse:
+    """Each choice's text and finish reason, or the error response (the client left, the engine failed)."""
     texts = [[] for _ in job.sequences]
     finishes: list[str | None] = [None] * len(job.sequences)
 
@@ -139,9 +169,7 @@ async def _collect(request: Request, job: Job, head: dict) -> JSONResponse:
     if "error" in finishes:
         return JSONResponse(error_body("The engine failed while generating this request", type="server_error",
                                        code="engine_error"), status_code=500)
-    choices = [{"text": "".join(t), "index": i, "logprobs": None, "finish_reason": f}
-               for i, (t, f) in enumerate(zip(texts, finishes))]
-    return JSONResponse({**head, "choices": choices, "usage": usage(job)})
+    return ["".join(t) for t in texts], finishes
 
 
 async def _disconnected(request: Request) -> None:

@@ -12,7 +12,8 @@ A job is one HTTP request: one sequence per prompt and choice. It waits (counted
 `decoder_requests_waiting`) until its first sequence is admitted, then runs until its last one
 ends. Beyond the sequences the free slots will take at the next step, the queue holds at most
 `max_queue` waiting sequences (requests, when each has one prompt and n = 1); past that `submit`
-answers 429 with a Retry-After header.
+answers 429 with a Retry-After header. A job with more sequences than slots and places together
+(`capacity`) could never be admitted: the completions route refuses it with 400 first.
 `drain(grace)` (on SIGTERM) refuses new jobs with 503 and, `grace` seconds later, cancels
 whatever still runs, so every response ends cleanly (finish reason "cancelled"). A step that
 raises (a bug, or onnxruntime failing) is logged, every sequence in flight ends with finish reason
@@ -84,6 +85,12 @@ class Engine:
         self._stopping = False
         self._drain_deadline: float | None = None
         scheduler.observe = lambda seq, now: metrics.observe_token(seq.arrived, seq.last_token_at, now)
+
+    @property
+    def capacity(self) -> int:
+        """The most sequences one job may have: the batch's slots plus the queue's places (more
+        could never be admitted, however long the job waited)."""
+        return self.scheduler.max_batch + self.max_queue
 
     @property
     def accepting(self) -> bool:

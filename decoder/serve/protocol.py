@@ -1,4 +1,4 @@
-"""The wire format of the completions API: the request schema, its validation, and error bodies.
+"""The wire format of the API: the request schemas, their validation, and error bodies.
 
 Requests are parsed strictly: a body that is not a JSON object, a field the API does not know, a
 value of the wrong JSON type (a string for a number, a float for an integer, a number for a
@@ -7,14 +7,16 @@ boolean) or out of range is refused with an OpenAI-style error object
     {"error": {"message": "...", "type": "invalid_request_error", "param": "temperature", "code": "..."}}
 
 and status 400 (413 for an oversized body, 429/503 when the server cannot take more work). Nothing
-here knows the model: checks that need the tokenizer (prompt too long) live in the app.
+here knows the model: checks that need the tokenizer (prompt too long, a token id beyond the
+vocabulary) live with the routes. The models' field docstrings are the API reference at /docs.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
+from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 MAX_TOKENS_LIMIT = 4096
@@ -26,6 +28,11 @@ MAX_PROMPTS = 64
 MAX_STOP = 4
 """Most stop strings (as OpenAI's API)."""
 MAX_SEED = 2**63 - 1
+MAX_LOGPROBS = 5
+"""Largest `logprobs` (as OpenAI's API)."""
+MAX_BIAS = 100.0
+"""`logit_bias` values lie in [-MAX_BIAS, MAX_BIAS] (as OpenAI's API)."""
+STRICT = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True)
 
 
 class APIError(Exception):
@@ -46,7 +53,7 @@ def error_body(message: str, *, type: str, param: str | None = None, code: str |
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = STRICT
     include_usage: bool = False
     """Send a last chunk with the token counts (and empty choices) before `data: [DONE]`."""
 
@@ -71,19 +78,25 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
+Text = Annotated[str, Field(min_length=1)]
+
+
 class CompletionRequest(BaseModel):
     """POST /v1/completions. Sampling follows `decoder generate`: temperature 0 is greedy."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
-    prompt: str | list[str]
+    model_config = STRICT
+    prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=MAX_PROMPTS)]
     """The text to continue, or a list of texts (one choice each, in order)."""
     model: str | None = None
-    """If given, must be the served model's id (GET /v1/models)."""
+    """If given, one of the served model's names (GET /v1/models)."""
     max_tokens: int = Field(16, ge=1, le=MAX_TOKENS_LIMIT)
+    """Tokens to generate at most (the context window slides, so this may exceed it)."""
     temperature: float = Field(1.0, ge=0.0, le=2.0)
+    """Softmax temperature; 0 is greedy (argmax)."""
     top_p: float = Field(1.0, gt=0.0, le=1.0)
+    """Nucleus sampling: keep the most likely tokens whose mass reaches top_p."""
     top_k: int = Field(0, ge=0)
-    """0 keeps every token."""
+    """Keep the k most likely tokens; 0 keeps every token."""
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     """Each sequence draws from its own generator seeded with this (choice j of n: seed + j), so the
     text does not depend on other requests; None draws a fresh seed."""
@@ -92,11 +105,32 @@ class CompletionRequest(BaseModel):
     generate` defaults to 1.2)."""
     no_repeat_ngram_size: int = Field(0, ge=0, le=64)
     """Never complete an n-gram already in the sequence (0 is off; `decoder generate` defaults to 4)."""
-    stop: str | list[str] | None = None
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    """OpenAI's: subtracted from the logit of every token generated so far (the prompt does not count)."""
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    """OpenAI's: subtracted from a token's logit once per time it was generated so far."""
+    logit_bias: dict[str, float] | None = None
+    """Token id (as a string: ids of this model's vocabulary, see POST /tokenize) -> a bias in
+    [-100, 100] added to its logit before sampling; -100 all but bans the token, 100 all but forces it."""
+    stop: Text | Annotated[list[Text], Field(min_length=1, max_length=MAX_STOP)] | None = None
     """Up to 4 strings; generation ends before the first one and it is not returned."""
     stream: bool = False
+    """Answer with server-sent events (text/event-stream), one chunk per piece of text."""
     stream_options: StreamOptions | None = None
+    """Only with stream: true."""
     n: int = Field(1, ge=1, le=MAX_CHOICES)
+    """Choices per prompt."""
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    """Return each token's log probability and the k most likely at its position (the model's own
+    distribution, before temperature, penalties and top-k/top-p). Not with stream."""
+    echo: bool = False
+    """Return the prompt before the generated text (with logprobs: the prompt's tokens too, the
+    first with null log probability). Not with stream."""
+    user: str | None = None
+    """An id of the end user (OpenAI's field): accepted and ignored."""
+    suffix: None = None
+    """Not supported (this model only continues text): any value but null is refused with 400
+    `unsupported_parameter`."""
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -107,6 +141,21 @@ class CompletionRequest(BaseModel):
     @classmethod
     def _stop(cls, value: Any) -> Any:
         return value if value is None else _strings(value, "stop", max_items=MAX_STOP)
+
+    @field_validator("logit_bias", mode="after")
+    @classmethod
+    def _logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for key, bias in (value or {}).items():
+            if not key.isdigit():
+                raise ValueError(f"logit_bias keys must be token ids (decimal integers as strings), got {key!r}")
+            if not -MAX_BIAS <= bias <= MAX_BIAS:
+                raise ValueError(f"logit_bias[{key!r}]={bias}: must be in [-{MAX_BIAS:g}, {MAX_BIAS:g}]")
+        return value
+
+    @property
+    def bias_pairs(self) -> tuple[tuple[int, float], ...]:
+        """`logit_bias` as (token id, bias) pairs, as `decoder.sampling.SamplingParams` takes it."""
+        return tuple((int(key), bias) for key, bias in (self.logit_bias or {}).items())
 
     @property
     def prompts(self) -> list[str]:
@@ -121,25 +170,95 @@ class CompletionRequest(BaseModel):
         return self.stream_options is not None and self.stream_options.include_usage
 
 
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, or APIError 413 as soon as it is known to exceed `limit` bytes (with
+    `Connection: close`: the rest of the body is not read, so the connection cannot be reused)."""
+    too_large = APIError(413, f"The request body is larger than {limit} bytes", code="request_too_large",
+                         headers={"Connection": "close"})
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def parse_request(body: bytes) -> CompletionRequest:
-    """The request in `body`, or an APIError(400) naming the first problem and its field."""
+def parse_object(body: bytes) -> dict:
+    """The JSON object in `body`, or an APIError(400) saying why it is not one."""
     try:
         raw = json.loads(body, parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
         raise APIError(400, f"The request body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:  # arrays or objects nested ~1000 deep exhaust the parser's stack
+        raise APIError(400, "The request body nests arrays or objects too deeply to parse; no field of this API "
+                       "takes more than two levels", code="invalid_json") from None
     if not isinstance(raw, dict):
         raise APIError(400, f"The request body must be a JSON object, got {_json_type(raw)}", code="invalid_json")
+    return raw
+
+
+class TokenizeRequest(BaseModel):
+    """POST /tokenize (vLLM's names): the token ids of a text, as completions would encode it."""
+
+    model_config = STRICT
+    prompt: str
+    """The text to encode (it may be longer than the context: the answer says how long it is)."""
+    model: str | None = None
+    """If given, one of the served model's names."""
+    add_special_tokens: bool = True
+    """vLLM's switch for a tokenizer's BOS token; this model adds no special tokens either way."""
+    return_token_strs: bool = False
+    """Also return each token's text (its bytes as UTF-8, a partial character as U+FFFD)."""
+
+
+class DetokenizeRequest(BaseModel):
+    """POST /detokenize (vLLM's names): the text of token ids."""
+
+    model_config = STRICT
+    tokens: list[int]
+    """Token ids of this model's vocabulary (0 to vocab_size - 1, GET /v1/models); the end-of-text
+    token decodes to nothing, as in completions."""
+    model: str | None = None
+    """If given, one of the served model's names."""
+
+
+RequestModel = TypeVar("RequestModel", bound=BaseModel)
+
+
+def parse_as(model: type[RequestModel], body: bytes) -> RequestModel:
+    """`body` as a `model`, or an APIError(400) naming the first problem and its field."""
+    return _validated(model, parse_object(body))
+
+
+def _validated(model: type[RequestModel], raw: dict) -> RequestModel:
     try:
-        request = CompletionRequest.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
         raise validation_error(exc) from None
+
+
+def parse_request(body: bytes) -> CompletionRequest:
+    """The completion request in `body`, or an APIError(400) naming the first problem and its field."""
+    raw = parse_object(body)
+    if raw.get("suffix") is not None:
+        raise APIError(400, "suffix is not supported: this model only continues a prompt (inserting text needs a "
+                       "model trained for it); leave suffix out or null", param="suffix", code="unsupported_parameter")
+    request = _validated(CompletionRequest, raw)
     if request.stream_options is not None and not request.stream:
         raise APIError(400, "stream_options is only allowed when stream is true", param="stream_options",
                        code="invalid_value")
+    for name in ("logprobs", "echo"):
+        if request.stream and getattr(request, name) not in (None, False):
+            raise APIError(400, f"{name} is supported only without stream: send stream false (or leave {name} out)",
+                           param=name, code="unsupported_parameter")
     return request
 
 

@@ -9,7 +9,8 @@ worker thread, again and again while there is work:
 2. prefill: the sequences admitted this iteration run their prompts in one call (left-padded to
    the longest), rows whose window slid run theirs in another, and both join the batch's cache;
 3. sample: every row picks its next token from its own logits with its own parameters and its own
-   generator (greedy rows: argmax), its text is decoded and matched against its stop strings;
+   generator (greedy rows: argmax), records the token's log probabilities if it asks for them,
+   and its text is decoded and matched against its stop strings;
 4. prune: finished and cancelled rows leave (their slot is free for the next admission); a row
    whose cache is full (its next position would be context_length) leaves the batch and comes back
    at the next prefill with its last context_length // 2 tokens, as `decoder.sampling.decode_loop`
@@ -35,6 +36,7 @@ import numpy as np
 
 from decoder.kvcache import BatchCache
 from decoder.sampling import SamplingParams, next_tokens
+from decoder.serve.logprobs import Entry, sampled_entry
 from decoder.serve.text import TextStream
 from decoder.tokenizer import Tokenizer
 
@@ -74,6 +76,10 @@ class Sequence:
     """The tokens the next prefill runs (the prompt's last context_length, then each slid window)."""
     tokens: list[int] = field(default_factory=list)
     """The whole sequence so far, prompt and generated: slid windows and the repetition controls' history."""
+    top_logprobs: int | None = None
+    """Record each sampled token's log probability and the k most likely (None: record nothing)."""
+    logprobs: list[Entry] = field(default_factory=list)
+    """The recorded entries (`decoder.serve.logprobs`), one per sampled token but the end of text."""
     next_token: int = -1
     logits: np.ndarray | None = None
     arrived: float = field(default_factory=time.perf_counter)
@@ -177,13 +183,16 @@ class Scheduler:
     def _sample(self) -> list[Event]:
         if not self.rows:
             return []
-        tokens = choose_tokens(np.stack([s.logits for s in self.rows]), self.rows)
+        logits = np.stack([s.logits for s in self.rows])
+        tokens = choose_tokens(logits, self.rows)
         now = time.perf_counter()
         events: list[Event] = []
         keep: list[int] = []
         full = self.cache.lengths >= self.model.context_length
         for i, (seq, token) in enumerate(zip(self.rows, tokens)):
             seq.logits = None
+            if seq.top_logprobs is not None and token != self.model.eot_id:
+                seq.logprobs.append(sampled_entry(logits[i], int(token), seq.top_logprobs))
             self.observe(seq, now)
             seq.last_token_at = now
             text, finish = seq.accept(int(token), self.model.eot_id)
@@ -200,12 +209,14 @@ class Scheduler:
 
 def choose_tokens(logits: np.ndarray, rows: list[Sequence]) -> np.ndarray:
     """(B,) next tokens: one argmax over the plain greedy rows; every other row picks alone, with its
-    own parameters, generator and history (as `decoder.sampling.decode_loop` does for it)."""
+    own parameters, generator, history and generated tokens (as `decoder.sampling.decode_loop` does
+    for it)."""
     tokens = np.empty(len(rows), dtype=np.int64)
-    plain = np.array([s.params.is_greedy and not s.params.controls_repetition for s in rows])
+    plain = np.array([s.params.is_greedy and not s.params.adjusts_logits for s in rows])
     if plain.any():
         tokens[plain] = logits[plain].argmax(axis=-1)
     for i in np.flatnonzero(~plain):
         seq = rows[i]
-        tokens[i] = next_tokens(logits[i : i + 1], seq.params, seq.rng, [seq.tokens])[0]
+        generated = seq.tokens[len(seq.prompt_ids):]
+        tokens[i] = next_tokens(logits[i : i + 1], seq.params, seq.rng, [seq.tokens], [generated])[0]
     return tokens

@@ -14,6 +14,7 @@ from __future__ import annotations
 import signal
 import sys
 from pathlib import Path
+from typing import Sequence
 
 import onnxruntime as ort
 import uvicorn
@@ -55,11 +56,13 @@ class _Server(uvicorn.Server):
 
 
 def serve(bundle_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000, quantized: bool = False,
-          config: ServeConfig = ServeConfig(), threads: int | None = None, log_level: str = "info") -> int:
-    """Serve the bundle until stopped; returns the exit status (0 after SIGTERM)."""
+          config: ServeConfig = ServeConfig(), threads: int | None = None, log_level: str = "info",
+          served_model_names: Sequence[str] = ()) -> int:
+    """Serve the bundle until stopped; returns the exit status (0 after SIGTERM). The model answers
+    to its run id and to `served_model_names` (responses give the first of these)."""
     model_file = INT8_MODEL_FILE if quantized else MODEL_FILE
     runtime = Runtime(bundle_dir, model_file=model_file, session_options=session_options(threads))
-    app = create_app(runtime, config, model_file=model_file)
+    app = create_app(runtime, config, model_file=model_file, served_model_names=served_model_names)
     server = _Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
                                     timeout_graceful_shutdown=config.shutdown_grace + UVICORN_MARGIN_S),
                      app.state.engine, config.shutdown_grace)

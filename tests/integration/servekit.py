@@ -1,5 +1,6 @@
 """Helpers of the `decoder serve` tests (a uniquely named module, like tests/tinyconf.py): the app
-in-process behind httpx, a real server process on a free port, and server-sent event parsing."""
+in-process behind httpx, the app under uvicorn in a thread (real HTTP connections), a real server
+process on a free port, and server-sent event parsing."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Awaitable, Callable, Iterator
 
 import httpx
+import uvicorn
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -68,6 +71,26 @@ def metric(text: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[1])
     raise KeyError(name)
+
+
+@contextmanager
+def uvicorn_thread(app, startup_s: float = 30.0) -> Iterator[tuple[str, int]]:
+    """`app` served by uvicorn (its default HTTP implementation) in a thread on a free port; yields
+    (host, port) once it listens, and stops it at the end."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + startup_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise AssertionError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield "127.0.0.1", port
+    finally:
+        server.should_exit = True
+        thread.join(30)
 
 
 @contextmanager

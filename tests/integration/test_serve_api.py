@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import threading
 
 import pytest
 from servekit import in_process, metric, sse_data, stream_texts
@@ -131,7 +132,7 @@ BAD_REQUESTS = [
     (b"\xff\xfe", 400, None, "invalid_json"),
     ({}, 400, "prompt", "missing_field"),
     ({"prompt": "x", "foo": 1}, 400, "foo", "unknown_field"),
-    ({"prompt": "x", "logprobs": 2}, 400, "logprobs", "unknown_field"),
+    ({"prompt": "x", "best_of": 2}, 400, "best_of", "unknown_field"),
     ({"prompt": 5}, 400, "prompt", "invalid_value"),
     ({"prompt": ""}, 400, "prompt", "invalid_value"),
     ({"prompt": []}, 400, "prompt", "invalid_value"),
@@ -212,6 +213,10 @@ def test_unknown_route_and_method_get_error_objects(app):
 def test_full_queue_answers_429_with_retry_after(runtime):
     app = create_app(runtime, ServeConfig(max_batch=1, max_queue=1))
     engine = app.state.engine
+    # Hold the engine after its first step until the refusal has been seen, so the running request
+    # cannot finish (and free its slot) first, however slow or busy the machine is.
+    release, step = threading.Event(), engine.scheduler.step
+    engine.scheduler.step = lambda admitted: (step(admitted), release.wait(60))[0]
 
     async def call(client):
         long = {"prompt": PROMPT, "max_tokens": 4000, "temperature": 0}
@@ -223,6 +228,7 @@ def test_full_queue_answers_429_with_retry_after(runtime):
             await asyncio.sleep(0.01)
         refused = await client.post("/v1/completions", json={"prompt": "x", "max_tokens": 1})
         gauges = (await client.get("/metrics")).text
+        release.set()
         return refused, gauges, await running, await queued
 
     refused, gauges, running, queued = in_process(app, call)

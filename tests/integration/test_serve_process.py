@@ -23,8 +23,19 @@ CLIENT_DEADLINE_S = 180
 
 @pytest.fixture(scope="module")
 def server(onnx_bundle):
-    with server_process(onnx_bundle, "--max-batch", "16", "--max-queue", "64") as (url, proc):
+    with server_process(onnx_bundle, "--max-batch", "16", "--max-queue", "64",
+                        "--served-model-name", "verne", "decoder/tiny") as (url, proc):
         yield url, proc
+
+
+def test_served_model_names_from_the_command_line_are_answered_to(server):
+    url, _ = server
+    names = [card["id"] for card in httpx.get(url + "/v1/models").json()["data"]]
+    assert names[:2] == ["verne", "decoder/tiny"]
+    assert httpx.get(url + "/v1/models/decoder/tiny").json()["id"] == "decoder/tiny"
+    reply = httpx.post(url + "/v1/completions", json={"model": "decoder/tiny", "prompt": "x", "max_tokens": 2})
+    assert reply.status_code == 200 and reply.json()["model"] == "verne"
+    assert httpx.get(url + "/v1/models/nobody").status_code == 404
 
 
 def requests_32() -> list[dict]:

@@ -10,7 +10,7 @@ from decoder.sampling import (
     decode_loop,
     next_tokens,
     probabilities,
-    repetition_controlled,
+    adjusted_logits,
 )
 from decoder.stop import StopMatcher, until_stop
 
@@ -137,9 +137,9 @@ def test_controls_off_leave_the_tokens_unchanged(name, params):
 
 def test_repetition_penalty_divides_positive_and_multiplies_negative_logits_once():
     logits = np.array([[2.0, -1.0, 0.5, 3.0]])
-    z = repetition_controlled(logits, SamplingParams(repetition_penalty=2.0), [[0, 1, 0, 0]])
+    z = adjusted_logits(logits, SamplingParams(repetition_penalty=2.0), [[0, 1, 0, 0]])
     np.testing.assert_array_equal(z, [[1.0, -2.0, 0.5, 3.0]])
-    rows = repetition_controlled(np.repeat(logits, 2, 0), SamplingParams(repetition_penalty=2.0), [[3], [2, 1]])
+    rows = adjusted_logits(np.repeat(logits, 2, 0), SamplingParams(repetition_penalty=2.0), [[3], [2, 1]])
     np.testing.assert_array_equal(rows, [[2.0, -1.0, 0.5, 1.5], [2.0, -2.0, 0.25, 3.0]])
     # Greedy follows the penalised logits: token 3 (3.0 -> 1.5) loses to token 0 (2.0).
     assert next_tokens(logits, SamplingParams(greedy=True, repetition_penalty=2.0), None, [[3]])[0] == 0
@@ -151,7 +151,7 @@ def test_ngram_ban_names_the_tokens_that_would_repeat_an_ngram():
     assert banned_by_ngrams([1, 2, 3, 1], 2).tolist() == [2]
     assert banned_by_ngrams([5, 6, 5], 1).tolist() == [5, 6]
     assert banned_by_ngrams([1, 2], 3).tolist() == [] and banned_by_ngrams([1, 2, 1], 0).tolist() == []
-    z = repetition_controlled(np.zeros((1, 4)), SamplingParams(no_repeat_ngram_size=1), [[0, 1, 2, 3]])
+    z = adjusted_logits(np.zeros((1, 4)), SamplingParams(no_repeat_ngram_size=1), [[0, 1, 2, 3]])
     np.testing.assert_array_equal(z, np.zeros((1, 4)))  # banning every token would leave none: no ban
 
 
@@ -251,3 +251,72 @@ def test_until_stop_stops_consuming_at_the_stop():
 def test_empty_stop_strings_are_refused(stops):
     with pytest.raises(ValueError, match="each must be non-empty text"):
         StopMatcher(stops)
+
+
+EXTREMES = [
+    {"temperature": 5e-324}, {"temperature": 1e-300}, {"temperature": 1e300},
+    {"temperature": 5e-324, "top_k": 2}, {"temperature": 5e-324, "top_p": 0.5},
+    {"repetition_penalty": 5e-324}, {"repetition_penalty": 1e308},
+    {"temperature": 5e-324, "repetition_penalty": 5e-324},
+    {"repetition_penalty": 5e-324, "frequency_penalty": 1e308, "presence_penalty": -1e308},
+    {"presence_penalty": 1e308}, {"presence_penalty": -1e308}, {"frequency_penalty": 1e308},
+    {"frequency_penalty": -1e308, "temperature": 5e-324}, {"logit_bias": ((0, 1e308), (1, -1e308))},
+    {"logit_bias": ((2, 1e308), (3, 1e308)), "repetition_penalty": 5e-324, "no_repeat_ngram_size": 1},
+]
+
+
+@pytest.mark.parametrize("kwargs", EXTREMES, ids=[str(k) for k in EXTREMES])
+def test_no_parameter_turns_probabilities_into_nan_or_inf(kwargs):
+    logits = np.array([[3.0, -1.0, 0.5, 2.0, -7.0], [1e30, -1e30, 0.0, 5.0, 5.0]])
+    params = SamplingParams(**kwargs)
+    history, generated = [[0, 3, 3], [1, 2, 4, 4]], [[3, 3], [4, 4]]
+    z = adjusted_logits(logits, params, history, generated)
+    assert not np.isnan(z).any() and not np.isposinf(z).any()
+    p = probabilities(z, params)
+    assert np.isfinite(p).all() and (p >= 0).all()
+    np.testing.assert_allclose(p.sum(axis=-1), 1.0)
+    for seed in range(5):
+        tokens = next_tokens(logits, params, np.random.default_rng(seed), history, generated)
+        assert ((0 <= tokens) & (tokens < 5)).all() and (p[np.arange(2), tokens] > 0).all()
+
+
+def test_a_tiny_temperature_samples_the_argmax():
+    logits = np.random.default_rng(5).normal(size=(6, 40))
+    for seed in range(3):
+        tokens = next_tokens(logits, SamplingParams(temperature=5e-324), np.random.default_rng(seed))
+        assert (tokens == logits.argmax(-1)).all()
+
+
+def test_presence_and_frequency_penalties_follow_openai_over_generated_tokens_only():
+    logits = np.array([[1.0, 2.0, 3.0, 4.0]])
+    params = SamplingParams(presence_penalty=0.5, frequency_penalty=0.25)
+    # token 0 is only in the prompt (no penalty), 3 was generated twice, 1 once.
+    z = adjusted_logits(logits, params, [[0, 3, 1, 3]], [[3, 1, 3]])
+    np.testing.assert_allclose(z, [[1.0, 2.0 - 0.5 - 0.25, 3.0, 4.0 - 0.5 - 0.5]])
+    np.testing.assert_allclose(adjusted_logits(logits, params, [[0, 3]], None), logits)  # nothing generated yet
+    # decode_loop counts what it generates, not the prompt: a strong frequency penalty walks the vocabulary.
+    forward = lambda ids, past: (np.tile([5.0, 4.0, 3.0, 2.0, 1.0], (ids.shape[0], 1)), None)  # noqa: E731
+    out = decode_loop(forward, np.array([[0, 0, 0]]), context_length=8, max_new_tokens=5,
+                      params=SamplingParams(greedy=True, frequency_penalty=10.0))
+    assert [int(t[0]) for t in out] == [0, 1, 2, 3, 4]
+
+
+def test_logit_bias_adds_to_the_named_tokens_and_checks_them():
+    logits = np.zeros((2, 4))
+    params = SamplingParams(greedy=True, logit_bias=((2, 100.0), (0, -100.0)))
+    np.testing.assert_array_equal(adjusted_logits(logits, params, [[], []]), [[-100, 0, 100, 0]] * 2)
+    assert next_tokens(logits, params, None).tolist() == [2, 2]  # greedy follows the bias, no history needed
+    with pytest.raises(ValueError, match="names token 7; the vocabulary has 4 tokens"):
+        next_tokens(logits, SamplingParams(logit_bias=((7, 1.0),)), np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"temperature": float("inf")}, "temperature=inf: must be a finite number >= 0"),
+    ({"presence_penalty": float("nan")}, "presence_penalty=nan: must be a finite number"),
+    ({"frequency_penalty": float("-inf")}, "frequency_penalty=-inf: must be a finite number"),
+    ({"logit_bias": ((-1, 1.0),)}, r"logit_bias \(-1, 1.0\): must pair a token id >= 0"),
+    ({"logit_bias": ((1, float("inf")),)}, r"logit_bias \(1, inf\)"),
+])
+def test_bad_adjustments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SamplingParams(**kwargs)
