@@ -10,6 +10,15 @@ dropout). So no token is ever scored by weights that have seen it: an update aft
 tokens up to window k's last one, and every later window scores only tokens after that. The
 model passed in is not changed (a copy learns). With segment = context the windows are static's;
 a shorter segment gives each token more context and more updates (one per segment).
+
+The mix protocol (`mix_nats_of`) takes the model's nats of every token under those windows
+(dynamic evaluation's when its dynamic_lr > 0, else sliding windows of stride segment: the same
+windows without updates) and mixes each token's probability with an online Kneser-Ney n-gram's
+(`decoder.online_ngram`), whose counts start from the training split. Only the probability of the
+token that occurred is needed from each: a mixture of two proper distributions with a weight fixed
+before the token is seen is proper, and its probability of that token is the same mixture of
+theirs. The model's nats never depend on the n-gram nor the n-gram's on the model, so each is
+computed whole, then mixed token by token.
 """
 
 from __future__ import annotations
@@ -25,7 +34,9 @@ import torch
 from decoder.config import DataConfig
 from decoder.hardware import autocast, resolve_device, resolve_precision, training_attention_backend
 from decoder.loss import IGNORE_INDEX, linear_cross_entropy
+from decoder.metrics import bits_per_byte
 from decoder.model import GPT
+from decoder.online_ngram import OnlineKneserNey, mix_nats
 from decoder.protocols import EvalError, Window, figures, windows
 from decoder.step import evaluate
 from decoder.tokenizer import Tokenizer
@@ -49,16 +60,23 @@ def load_scorer(source: str | Path, device: str = "auto", precision: str | None 
     return model, tokenizer, config, where, chosen
 
 
-def validation_tokens(data: DataConfig, tokenizer: Tokenizer) -> np.ndarray:
-    """The validation split of `data` in the model's ids; refuses a corpus whose rebuilt
-    tokenizer is not the model's (the split would not be the one it was scored on)."""
+def splits(data: DataConfig, tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray]:
+    """(training split, validation split) of `data` in the model's ids; refuses a corpus whose
+    rebuilt tokenizer is not the model's (the splits would not be the ones it was trained and
+    scored on)."""
     from decoder.data import prepare
 
     dataset = prepare(data)
     if dataset.tokenizer.to_dict() != tokenizer.to_dict():
-        raise EvalError(f"the tokenizer rebuilt from corpus {data.corpus!r} differs from the model's; "
-                        "score a file with --text instead")
-    return dataset.val
+        raise EvalError(f"the tokenizer rebuilt from corpus {data.corpus!r} differs from the model's, so its "
+                        "splits cannot be rebuilt; score a file with --text instead (not --protocol mix: its "
+                        "n-gram needs the training split)")
+    return dataset.train, dataset.val
+
+
+def validation_tokens(data: DataConfig, tokenizer: Tokenizer) -> np.ndarray:
+    """The validation split of `data` in the model's ids (see `splits`)."""
+    return splits(data, tokenizer)[1]
 
 
 def _batch(tokens: torch.Tensor, group: list[Window]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,6 +133,9 @@ def dynamic_nats(model: GPT, tokens: np.ndarray, segment: int, lr: float, device
     for w in windows(len(tokens), learner.config.context_length, segment):
         x, y = _batch(data, [w])
         nats = _token_nats(learner, x, y, device, precision)[0, w.skip : w.length]
+        if not torch.isfinite(nats).all():
+            raise EvalError(f"--lr={lr}: dynamic evaluation diverged after {w.start + w.skip} of {len(tokens) - 1} "
+                            "tokens (the loss became infinite or NaN); use a smaller --lr (default 0.03)")
         out[w.start + w.skip : w.start + w.length] = nats.detach().cpu().double().numpy()
         if trace:
             trace("score", w.scored)
@@ -126,12 +147,36 @@ def dynamic_nats(model: GPT, tokens: np.ndarray, segment: int, lr: float, device
     return out
 
 
+def mix_nats_of(model: GPT, tokens: np.ndarray, train: np.ndarray, settings: dict, device: torch.device,
+                precision: str, fixed_weight: float | None = None) -> dict:
+    """The mix protocol's arrays over the predictions of tokens[1:] (see the module docstring):
+    "nats" (the mixture's), "model_nats", "ngram_nats", "weight" (the model's lam of each token),
+    "model_seconds", "ngram_seconds" (the n-gram's counts, its scoring and the mixing).
+    `fixed_weight` replaces the learnt lam by a constant (a test hook: 1.0 is the model alone)."""
+    started = time.perf_counter()
+    if settings["dynamic_lr"] > 0:
+        model_nats = dynamic_nats(model, tokens, settings["segment"], settings["dynamic_lr"], device, precision)
+    else:
+        model_nats = sliding_nats(model, tokens, settings["segment"], device, precision)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    model_seconds, started = time.perf_counter() - started, time.perf_counter()
+    ngram = OnlineKneserNey(train, model.vocab_size, settings["order"])
+    ngram_nats, matched = ngram.score(tokens)
+    nats, weight = mix_nats(model_nats, ngram_nats, matched, fixed_weight)
+    return {"nats": nats, "model_nats": model_nats, "ngram_nats": ngram_nats, "weight": weight,
+            "model_seconds": model_seconds, "ngram_seconds": time.perf_counter() - started}
+
+
 def score(model: GPT, tokenizer: Tokenizer, tokens: np.ndarray, settings: dict, device: torch.device,
-          precision: str) -> dict:
+          precision: str, train: np.ndarray | None = None) -> dict:
     """The figures (`decoder.protocols.figures`) of `tokens` (model ids) under `settings`
-    (`decoder.protocols.protocol_settings`), with the seconds the scoring took."""
+    (`decoder.protocols.protocol_settings`), with the seconds the scoring took. The mix protocol
+    needs `train`, the training split its n-gram counts start from, and adds the model's and the
+    n-gram's own bits per byte, the mean weight of the model and the seconds of each part."""
     started = time.perf_counter()
     protocol = settings["protocol"]
+    extra: dict = {}
     if protocol == "static":
         val = evaluate(model, tokens, tokenizer.byte_lengths(), device, precision)
         result = figures(val["val_loss"] * val["val_tokens"], tokens, tokenizer)
@@ -142,9 +187,18 @@ def score(model: GPT, tokenizer: Tokenizer, tokens: np.ndarray, settings: dict, 
     elif protocol == "dynamic":
         nats = dynamic_nats(model, tokens, settings["segment"], settings["lr"], device, precision)
         result = figures(float(nats.sum()), tokens, tokenizer)
+    elif protocol == "mix":
+        if train is None:
+            raise EvalError("--protocol mix needs the training split its n-gram counts start from")
+        mixed = mix_nats_of(model, tokens, train, settings, device, precision)
+        result = figures(float(mixed["nats"].sum()), tokens, tokenizer)
+        extra = {"model_bits_per_byte": bits_per_byte(float(mixed["model_nats"].sum()), result["bytes"]),
+                 "ngram_bits_per_byte": bits_per_byte(float(mixed["ngram_nats"].sum()), result["bytes"]),
+                 "mean_model_weight": float(mixed["weight"].mean()),
+                 "model_seconds": round(mixed["model_seconds"], 3), "ngram_seconds": round(mixed["ngram_seconds"], 3)}
     else:
         raise EvalError(f"protocol={protocol!r}: unknown")
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return {**result, **settings, "engine": "torch", "device": str(device), "precision": precision,
+    return {**result, **settings, **extra, "engine": "torch", "device": str(device), "precision": precision,
             "seconds": round(time.perf_counter() - started, 3)}

@@ -43,7 +43,7 @@ COMMANDS: dict[str, Command] = {
     "report": Command("decoder.cli.report", "tables, plots and samples from experiment files or run folders",
                       "train"),
     "eval": Command("decoder.cli.eval", "score a text with a run, checkpoint or ONNX bundle: bits per byte, "
-                                        "perplexities; static, sliding-window or dynamic evaluation", None),
+                                        "perplexities; static, sliding-window, dynamic or n-gram-mixed evaluation", None),
     "export": Command("decoder.cli.export", "export a run or checkpoint to an ONNX bundle for the torch-free "
                                             "runtime", "export"),
     "serve": Command("decoder.cli.serve", "serve an ONNX bundle over HTTP (OpenAI-style completions, streaming, "

@@ -5,8 +5,11 @@ definitions), the counts behind them, the protocol and the seconds taken.
 The text is the run's validation split unless --text names a UTF-8 file (scored as given). The
 protocols (`decoder.protocols`): static, the training loop's own evaluation (so it reproduces the
 run's val_bpb); sliding windows of --stride; dynamic evaluation (--segment, --lr: plain SGD after
-each scored segment; PyTorch only). A bundle runs static and sliding with onnxruntime, no torch
-needed when --text is given.
+each scored segment; PyTorch only); mix (PyTorch only): each token's probability under dynamic
+evaluation (--dynamic-lr, 0: sliding windows; --segment) mixed with an online Kneser-Ney n-gram of
+--order whose counts start from the run's training split and grow with each token once scored,
+under a weight learnt online (`decoder.online_ngram`). A bundle runs static and sliding with
+onnxruntime, no torch needed when --text is given.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from decoder.cli import UsageError
 from decoder.cli.extras import require
-from decoder.protocols import DEFAULT_LR, PROTOCOLS
+from decoder.protocols import BUNDLE_PROTOCOLS, DEFAULT_LR, DEFAULT_ORDER, MAX_ORDER, PROTOCOLS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -29,6 +32,9 @@ LINES = (("bits per byte", "bits_per_byte", ".6f"), ("nats per token", "nats_per
          ("token perplexity", "token_perplexity", ".4f"), ("byte perplexity", "byte_perplexity", ".6f"),
          ("word perplexity", "word_perplexity", ".4f"), ("tokens", "tokens", ","), ("bytes", "bytes", ","),
          ("words", "words", ","), ("seconds", "seconds", ".2f"))
+MIX_LINES = (("model alone bpb", "model_bits_per_byte", ".6f"), ("n-gram alone bpb", "ngram_bits_per_byte", ".6f"),
+             ("model weight", "mean_model_weight", ".4f"), ("model seconds", "model_seconds", ".2f"),
+             ("n-gram seconds", "ngram_seconds", ".2f"))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,10 +42,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text", metavar="FILE", help="UTF-8 text to score (default: the run's validation split)")
     p.add_argument("--protocol", choices=PROTOCOLS, default="static",
                    help="static: consecutive context-length windows, as training evaluates; sliding: windows "
-                        "advanced by --stride; dynamic: SGD on each segment after scoring it (default static)")
+                        "advanced by --stride; dynamic: SGD on each segment after scoring it; mix: dynamic "
+                        "evaluation mixed with an online n-gram (default static)")
     p.add_argument("--stride", type=int, help="sliding: tokens each window advances (default half the context)")
-    p.add_argument("--segment", type=int, help="dynamic: tokens scored between updates (default the context)")
+    p.add_argument("--segment", type=int, help="dynamic, mix: tokens scored between updates, each window's "
+                                               "advance (default the context)")
     p.add_argument("--lr", type=float, help=f"dynamic: plain-SGD learning rate (default {DEFAULT_LR})")
+    p.add_argument("--dynamic-lr", type=float, help="mix: the model's dynamic-evaluation learning rate, 0: no "
+                                                    f"updates (sliding windows of --segment) (default {DEFAULT_LR})")
+    p.add_argument("--order", type=int, help=f"mix: the online n-gram's order, 1..{MAX_ORDER} (default "
+                                             f"{DEFAULT_ORDER})")
     p.add_argument("--device", default="auto", help="torch device for a run or checkpoint (default auto)")
     p.add_argument("--precision", choices=["fp32", "bf16"],
                    help="torch precision (default: the one the run trained in)")
@@ -77,12 +89,12 @@ def _eval_bundle(args: argparse.Namespace) -> dict:
     from decoder.protocols import protocol_settings, read_text, score_bundle, text_tokens
     from decoder.tokenizer import Tokenizer
 
-    if args.protocol == "dynamic":
-        raise UsageError("--protocol dynamic learns as it scores and needs PyTorch: give the run folder or "
-                         "checkpoint, not an ONNX bundle")
+    if args.protocol not in BUNDLE_PROTOCOLS:
+        raise UsageError(f"--protocol {args.protocol} learns as it scores and needs PyTorch: give the run folder "
+                         "or checkpoint, not an ONNX bundle")
     meta = read_bundle_json(args.source)
     settings = protocol_settings(args.protocol, int(meta["context_length"]), stride=args.stride,
-                                 segment=args.segment, lr=args.lr)
+                                 segment=args.segment, lr=args.lr, dynamic_lr=args.dynamic_lr, order=args.order)
     tokenizer = Tokenizer.from_dict(meta["tokenizer"])
     tokens = text_tokens(tokenizer, read_text(args.text), args.text) if args.text else _bundle_split(meta, tokenizer)
     return score_bundle(args.source, tokens, settings, threads=args.threads)
@@ -90,25 +102,25 @@ def _eval_bundle(args: argparse.Namespace) -> dict:
 
 def _eval_model(args: argparse.Namespace) -> dict:
     require("eval", "train")
-    from decoder.evaluate import load_scorer, score, validation_tokens
+    from decoder.evaluate import load_scorer, score, splits
     from decoder.protocols import protocol_settings, read_text, text_tokens
 
     model, tokenizer, config, device, precision = load_scorer(args.source, args.device, args.precision)
     settings = protocol_settings(args.protocol, config.model.context_length, stride=args.stride,
-                                 segment=args.segment, lr=args.lr)
+                                 segment=args.segment, lr=args.lr, dynamic_lr=args.dynamic_lr, order=args.order)
+    train, tokens = splits(config.data, tokenizer) if args.protocol == "mix" or not args.text else (None, None)
     if args.text:
         tokens = text_tokens(tokenizer, read_text(args.text), args.text)
-    else:
-        tokens = validation_tokens(config.data, tokenizer)
-    return score(model, tokenizer, tokens, settings, device, precision)
+    return score(model, tokenizer, tokens, settings, device, precision, train=train)
 
 
 def _print(result: dict, text: str) -> None:
-    settings = {k: result[k] for k in ("stride", "segment", "lr", "optimizer") if k in result}
+    settings = {k.replace("_", " "): result[k] for k in ("stride", "segment", "lr", "optimizer", "dynamic_lr", "order")
+                if k in result}
     where = result.get("device", "CPU") + (f", {result['precision']}" if "precision" in result else "")
     print(f"{result['protocol']} protocol ({', '.join(f'{k} {v}' for k, v in settings.items())}; context "
           f"{result['context_length']}) on {text}, {result['engine']} ({where})")
-    for label, key, spec in LINES:
+    for label, key, spec in LINES + (MIX_LINES if result["protocol"] == "mix" else ()):
         print(f"{label:<17} {format(result[key], spec)}")
 
 

@@ -51,12 +51,34 @@ def test_a_text_file_with_each_protocol_and_the_human_readable_output(onnx_run, 
         "bytes", "words", "seconds"]
 
 
+def test_mix_on_the_validation_split_and_a_repeated_text(onnx_run, tmp_path, excerpt_text, capsys):
+    split = eval_json(capsys, onnx_run, "--protocol", "mix", "--order", "3")
+    assert split["protocol"] == "mix" and split["order"] == 3 and split["dynamic_lr"] == 0.03
+    # this tiny model is far worse than the n-gram: the mixture costs a little more than the n-gram alone
+    assert split["bits_per_byte"] < min(split["model_bits_per_byte"], split["ngram_bits_per_byte"] + 0.02)
+    text = tmp_path / "page.txt"
+    text.write_text(excerpt_text[:3000] * 2, encoding="utf-8")
+    static = eval_json(capsys, onnx_run, "--text", text)
+    mixed = eval_json(capsys, onnx_run, "--text", text, "--protocol", "mix", "--dynamic-lr", "0", "--segment", "8")
+    assert mixed["tokens"] == static["tokens"] and mixed["bits_per_byte"] < 0.7 * static["bits_per_byte"]
+    assert main(["eval", str(onnx_run), "--text", str(text), "--protocol", "mix"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("mix protocol (segment 16, dynamic lr 0.03, order 4; context 16) on ")
+    assert [line.split("  ")[0] for line in out[-5:]] == [
+        "model alone bpb", "n-gram alone bpb", "model weight", "model seconds", "n-gram seconds"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["{missing}"], "no such run folder, checkpoint or bundle"),
     (["{run}", "--text", "{missing}"], "--text"),
     (["{run}", "--protocol", "sliding", "--stride", "17"], "--stride=17: must be in [1, 16]"),
     (["{run}", "--stride", "4"], "--stride applies to --protocol sliding"),
     (["{bundle}", "--protocol", "dynamic"], "--protocol dynamic learns as it scores and needs PyTorch"),
+    (["{bundle}", "--protocol", "mix", "--dynamic-lr", "0"], "--protocol mix learns as it scores and needs PyTorch"),
+    (["{run}", "--protocol", "mix", "--order", "9"], "--order=9: must be in [1, 8]"),
+    (["{run}", "--protocol", "mix", "--dynamic-lr", "-1"], "--dynamic-lr=-1.0: must be a finite number >= 0"),
+    (["{run}", "--protocol", "dynamic", "--dynamic-lr", "0.1"], "--dynamic-lr applies to --protocol mix"),
+    (["{run}", "--protocol", "mix", "--lr", "0.1"], "--lr applies to --protocol dynamic, not mix"),
     (["{run}", "--text", "{empty}"], "0 token(s); scoring needs at least 2"),
 ])
 def test_bad_input_is_one_line_and_exit_2(onnx_run, onnx_bundle, tmp_path, capsys, args, message):

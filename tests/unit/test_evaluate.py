@@ -134,3 +134,11 @@ def test_dynamic_evaluation_learns_a_repeated_text(setup):
     assert dynamic[repeat].mean() < static[repeat].mean() - 0.1
     # more than it gained on the first half: it learnt this text, not just the book's style
     assert static[repeat].mean() - dynamic[repeat].mean() > 2 * (static[first].mean() - dynamic[first].mean())
+
+
+def test_dynamic_evaluation_that_diverges_stops_with_a_one_line_error_not_nan(setup):
+    from decoder.protocols import EvalError
+
+    model, _, tokens = setup
+    with pytest.raises(EvalError, match=r"--lr=1000000\.0: dynamic evaluation diverged after \d+ of \d+ tokens"):
+        dynamic_nats(model, tokens, 8, 1e6, CPU, "fp32")
