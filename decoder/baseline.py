@@ -62,17 +62,23 @@ def _lookup(sorted_keys: np.ndarray, values: np.ndarray, queries: np.ndarray) ->
     return np.where(sorted_keys[pos] == queries, values[pos], 0)
 
 
+def training_ids(tokens: np.ndarray, vocab_size: int, order: int, max_order: int = MAX_ORDER) -> np.ndarray:
+    """`tokens` as int64, checked to train an n-gram model of `order` over ids 0..vocab_size-1."""
+    if not 1 <= order <= max_order:
+        raise ValueError(f"order={order}: allowed 1..{max_order}")
+    tokens = np.asarray(tokens, dtype=np.int64)
+    if len(tokens) < order:
+        raise ValueError(f"{len(tokens)} training tokens are too few for an order-{order} model")
+    if tokens.min() < 0 or tokens.max() >= vocab_size:
+        raise ValueError(f"token ids must lie in 0..{vocab_size - 1}")
+    return tokens
+
+
 class KneserNey:
     """Interpolated Kneser-Ney language model over model ids 0..vocab_size-1."""
 
     def __init__(self, tokens: np.ndarray, vocab_size: int, order: int = 3) -> None:
-        if not 1 <= order <= MAX_ORDER:
-            raise ValueError(f"order={order}: allowed 1..{MAX_ORDER}")
-        tokens = np.asarray(tokens, dtype=np.int64)
-        if len(tokens) < order:
-            raise ValueError(f"{len(tokens)} training tokens are too few for an order-{order} model")
-        if tokens.min() < 0 or tokens.max() >= vocab_size:
-            raise ValueError(f"token ids must lie in 0..{vocab_size - 1}")
+        tokens = training_ids(tokens, vocab_size, order)
         self.order, self.vocab_size = order, vocab_size
         self.levels = [self._level(tokens, k) for k in range(1, order + 1)]
 

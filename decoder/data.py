@@ -21,6 +21,7 @@ import torch
 
 from decoder.config import DataConfig
 from decoder.errors import UserError
+from decoder.io import read_utf8
 from decoder.tokenizer import Tokenizer, get_encoding
 
 CORPORA = {
@@ -53,16 +54,7 @@ def strip_gutenberg(text: str) -> str:
 
 
 def read_text_file(path: Path) -> str:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(
-            f"{path}: not UTF-8 text (invalid byte at offset {exc.start}); convert it, e.g. iconv -t UTF-8"
-        ) from None
+    return read_utf8(path, DataError)
 
 
 def corpus_path(name: str) -> Path:

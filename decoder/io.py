@@ -52,3 +52,17 @@ def read_json(path: str | Path) -> Any:
         raise FileFormatError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise FileFormatError(f"{path}: not readable JSON ({exc})") from None
+
+
+def read_utf8(path: str | Path, error: type[Exception] = UserError) -> str:
+    """A UTF-8 text file's contents as given, or `error` with one line naming the file and the problem."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise error(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text (invalid byte at offset {exc.start}); "
+                    "convert it, e.g. iconv -t UTF-8") from None

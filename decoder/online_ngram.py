@@ -40,6 +40,8 @@ from collections import Counter
 
 import numpy as np
 
+from decoder.baseline import training_ids
+
 MAX_ORDER = 8
 MIN_DISCOUNT = 0.05
 WEIGHT_GRID = np.linspace(0.0, 1.0, 41)[1:-1]
@@ -66,13 +68,7 @@ class OnlineKneserNey:
     {w: c_k(h w)}]."""
 
     def __init__(self, train: np.ndarray, vocab_size: int, order: int = 4) -> None:
-        if not 1 <= order <= MAX_ORDER:
-            raise ValueError(f"order={order}: allowed 1..{MAX_ORDER}")
-        train = np.asarray(train, dtype=np.int64)
-        if len(train) < order:
-            raise ValueError(f"{len(train)} training tokens are too few for an order-{order} model")
-        if train.min() < 0 or train.max() >= vocab_size:
-            raise ValueError(f"token ids must lie in 0..{vocab_size - 1}")
+        train = training_ids(train, vocab_size, order, MAX_ORDER)
         self.order, self.vocab_size = order, vocab_size
         ids = train.tolist()
         grams = Counter(zip(*(ids[j : len(ids) - order + 1 + j] for j in range(order))))

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from decoder.errors import UserError
+from decoder.io import read_utf8
 from decoder.metrics import bits_per_byte, perplexity
 from decoder.online_ngram import MAX_ORDER
 from decoder.tokenizer import Tokenizer
@@ -116,15 +117,7 @@ def protocol_settings(protocol: str, context: int, *, stride: int | None = None,
 
 def read_text(path: str | Path) -> str:
     """A UTF-8 text file to score, as given (no header stripping)."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise EvalError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise EvalError(f"{path}: not UTF-8 text (invalid byte at offset {exc.start})") from None
+    return read_utf8(path, EvalError)
 
 
 def text_tokens(tokenizer: Tokenizer, text: str, source: str = "the text") -> np.ndarray:
