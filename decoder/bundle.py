@@ -1,9 +1,11 @@
 """The bundle contract between `decoder.export` (writer) and `decoder.runtime` (reader).
 
-A bundle is a folder with `model.onnx` (optionally `model.int8.onnx`) and `bundle.json`: format
+A bundle is a folder with `model.onnx` (optionally `model.int8.onnx`), `bundle.json` (format
 version, model config, tokenizer, <|endoftext|> id, context length, opset, the graph's input and
-output names, the sha256 and size of each model file, parity and int8 figures. This module names
-every part of it once, reads bundle.json and verifies model files. Torch-free.
+output names, the sha256 and size of each file below, parity and int8 figures) and
+`genai_config.json`, the same graph described for onnxruntime-genai (`decoder.genai`; bundles
+exported before it lack it and stay readable by the runtime). This module names every part of it
+once, reads bundle.json and verifies the listed files. Torch-free.
 
 The graph (format 2):
 
@@ -34,6 +36,7 @@ REEXPORT = "decoder export RUN --out BUNDLE"
 BUNDLE_JSON = "bundle.json"
 MODEL_FILE = "model.onnx"
 INT8_MODEL_FILE = "model.int8.onnx"
+GENAI_CONFIG_FILE = "genai_config.json"
 INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
 POSITION_IDS = "position_ids"
@@ -44,14 +47,20 @@ class BundleError(UserError, ValueError):
     """A bundle that cannot be used: missing or corrupt files, or an unknown format."""
 
 
+def cache_template(io: str, kind: str) -> str:
+    """The cache's graph names for io 'past' (inputs) or 'present' (outputs) and kind 'key' or
+    'value', with %d for the block (the template form onnxruntime-genai's config takes)."""
+    return f"{io}_{kind}_%d"
+
+
 def past_names(n_blocks: int) -> list[str]:
     """Graph input names of the cache, in order: past_key_0, past_value_0, past_key_1, ..."""
-    return [f"past_{kind}_{i}" for i in range(n_blocks) for kind in ("key", "value")]
+    return [cache_template("past", kind) % i for i in range(n_blocks) for kind in ("key", "value")]
 
 
 def present_names(n_blocks: int) -> list[str]:
     """Graph output names of the updated cache, in the order of `past_names`."""
-    return [f"present_{kind}_{i}" for i in range(n_blocks) for kind in ("key", "value")]
+    return [cache_template("present", kind) % i for i in range(n_blocks) for kind in ("key", "value")]
 
 
 def input_names(n_blocks: int) -> list[str]:
@@ -101,7 +110,8 @@ def read_bundle_json(bundle_dir: str | Path) -> dict:
 
 
 def verify_model_file(bundle_dir: str | Path, meta: dict, model_file: str) -> Path:
-    """The path of `model_file` after checking it exists, is complete and matches its sha256."""
+    """The path of `model_file` (a model file or genai_config.json) after checking it is listed,
+    exists, is complete and matches its sha256."""
     path = Path(bundle_dir) / model_file
     files = meta.get("files")
     if not isinstance(files, dict) or model_file not in files:

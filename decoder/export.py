@@ -9,10 +9,12 @@
   or different lengths. Exported with torch's dynamo exporter (`torch.onnx.export(...,
   dynamo=True, dynamic_shapes=...)`) at opset 23 (see OPSET) and checked with `onnx.checker`.
 - `model.int8.onnx` (with --quantize int8): onnxruntime dynamic int8 quantization of the matmuls.
+- `genai_config.json`: the graph described for onnxruntime-genai (`decoder.genai`; the int8 model
+  through the same file, its filename overlaid).
 - `bundle.json`: format version, model config, tokenizer (encoding + compact id map), <|endoftext|>
   id, context length, opset, the training run's id and validation figures, the sha256 and size of
-  each model file, the PyTorch-vs-onnxruntime parity figures (by past length, and for a padded
-  batch of rows of different lengths) and, for int8, its agreement figures.
+  each model file and of genai_config.json, the PyTorch-vs-onnxruntime parity figures (by past
+  length, and for a padded batch of rows of different lengths) and, for int8, its agreement figures.
 
 The bundle is built in a temporary folder next to BUNDLE_DIR and renamed into place at the end, so
 a failed export never leaves a half-written bundle.
@@ -42,6 +44,7 @@ from decoder.bundle import (
     ATTENTION_MASK,
     BUNDLE_FORMAT,
     BUNDLE_JSON,
+    GENAI_CONFIG_FILE,
     INT8_MODEL_FILE,
     MODEL_FILE,
     file_record,
@@ -50,7 +53,8 @@ from decoder.bundle import (
 )
 from decoder.config import RunConfig
 from decoder.errors import UserError
-from decoder.io import write_json
+from decoder.genai import genai_config_text
+from decoder.io import atomic_write, write_json
 from decoder.model import GPT
 from decoder.parity import int8_agreement, padded_parity_check, parity_check
 from decoder.runtime import Runtime
@@ -243,16 +247,18 @@ def _validation_tokens(config: RunConfig, tokenizer: Tokenizer) -> tuple[np.ndar
     return dataset.val, tokenizer.byte_lengths()
 
 
-def _check_out_dir(out_dir: Path) -> None:
-    """Refuse to replace anything but an older bundle or an empty folder."""
+def check_out_dir(out_dir: Path, marker: str = BUNDLE_JSON) -> None:
+    """Refuse to replace anything but an empty folder or an earlier export (a folder with `marker`:
+    bundle.json for a bundle)."""
     if not out_dir.exists():
         return
-    replaceable = out_dir.is_dir() and (not any(out_dir.iterdir()) or (out_dir / BUNDLE_JSON).is_file())
+    replaceable = out_dir.is_dir() and (not any(out_dir.iterdir()) or (out_dir / marker).is_file())
     if not replaceable:
-        raise ExportError(f"{out_dir}: exists and is not a bundle folder (or an empty one); choose another --out")
+        kind = "a bundle folder" if marker == BUNDLE_JSON else f"an earlier export (no {marker})"
+        raise ExportError(f"{out_dir}: exists and is not {kind} (or an empty folder); choose another --out")
 
 
-def _move_into_place(tmp: Path, out_dir: Path) -> None:
+def move_into_place(tmp: Path, out_dir: Path) -> None:
     """Rename the finished temp folder to out_dir, replacing an older bundle there."""
     old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
     if out_dir.exists():
@@ -281,7 +287,7 @@ def export_model(
     if model.vocab_size != tokenizer.vocab_size:
         raise ExportError(f"model vocab_size {model.vocab_size} != tokenizer vocab_size {tokenizer.vocab_size}")
     out_dir = Path(out_dir)
-    _check_out_dir(out_dir)
+    check_out_dir(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -290,7 +296,7 @@ def export_model(
     try:
         cpu_model = model if next(model.parameters()).device.type == "cpu" else copy.deepcopy(model).cpu()
         _build_bundle(cpu_model.eval(), tokenizer, config, tmp, quantize, run_meta, val_tokens)
-        _move_into_place(tmp, out_dir)
+        move_into_place(tmp, out_dir)
     finally:
         model.train(was_training)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -313,6 +319,8 @@ def _build_bundle(
     if quantize == "int8":
         quantize_int8(tmp / MODEL_FILE, tmp / INT8_MODEL_FILE)
         meta["files"][INT8_MODEL_FILE] = file_record(tmp / INT8_MODEL_FILE)
+    atomic_write(tmp / GENAI_CONFIG_FILE, genai_config_text(meta, dataclasses.asdict(config.sampling)))
+    meta["files"][GENAI_CONFIG_FILE] = file_record(tmp / GENAI_CONFIG_FILE)
     write_json(tmp / BUNDLE_JSON, meta)
     runtime = Runtime(tmp)
     diffs = parity_check(model, runtime)

@@ -12,6 +12,8 @@ and reading folders back as `RunRecord`s (`read_run`, `load_records`): what repo
       checkpoints/latest.pt       everything needed to resume (format: `decoder.checkpoint`)
       checkpoints/latest.prev.pt  the latest before it: what `--resume` falls back to
       checkpoints/best.pt         the same state as it was at the best evaluation
+      checkpoints/model.safetensors  the best evaluation's model weights alone, with the config as
+                                  metadata (`decoder.checkpoint.BEST_WEIGHTS_FILE`)
 
 metrics.jsonl, one row per evaluation (a resumed run first drops the rows written after the
 checkpoint it resumes from, so every step appears once):

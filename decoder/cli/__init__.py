@@ -44,8 +44,8 @@ COMMANDS: dict[str, Command] = {
                       "train"),
     "eval": Command("decoder.cli.eval", "score a text with a run, checkpoint or ONNX bundle: bits per byte, "
                                         "perplexities; static, sliding-window, dynamic or n-gram-mixed evaluation", None),
-    "export": Command("decoder.cli.export", "export a run or checkpoint to an ONNX bundle for the torch-free "
-                                            "runtime", "export"),
+    "export": Command("decoder.cli.export", "export a run or checkpoint to an ONNX bundle (the torch-free "
+                                            "runtime, onnxruntime-genai) or a Hugging Face folder", "export"),
     "serve": Command("decoder.cli.serve", "serve an ONNX bundle over HTTP (OpenAI-style completions, streaming, "
                                           "continuous batching; no torch)", "serve"),
     "bench": Command("decoder.cli.bench", "throughput table (CPU vs CUDA) from pytest-benchmark JSON files, "

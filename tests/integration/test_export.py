@@ -15,7 +15,15 @@ from decoder.cli import main as cli_main
 from decoder.model import GPT
 from decoder.export import ExportError, export_model
 from decoder.parity import int8_agreement, padded_parity_check, parity_check
-from decoder.bundle import BUNDLE_FORMAT, INT8_MODEL_FILE, MODEL_FILE, input_names, output_names, sha256_of
+from decoder.bundle import (
+    BUNDLE_FORMAT,
+    GENAI_CONFIG_FILE,
+    INT8_MODEL_FILE,
+    MODEL_FILE,
+    input_names,
+    output_names,
+    sha256_of,
+)
 from decoder.runtime import Runtime
 from decoder.checkpoint import load_model
 
@@ -75,7 +83,8 @@ def test_bundle_json_describes_model_tokenizer_run_and_files(onnx_bundle, onnx_r
     assert bundle["run"]["id"] == summary["run_id"] == meta["run_id"]
     assert bundle["run"]["val"]["val_bpb"] == summary["best_val_bpb"]
     assert bundle["run"]["source"] == str(onnx_run / "checkpoints" / "best.pt")
-    for name in (MODEL_FILE, INT8_MODEL_FILE):
+    assert sorted(bundle["files"]) == sorted([MODEL_FILE, INT8_MODEL_FILE, GENAI_CONFIG_FILE])
+    for name in (MODEL_FILE, INT8_MODEL_FILE, GENAI_CONFIG_FILE):
         record = bundle["files"][name]
         assert record == {"sha256": sha256_of(onnx_bundle / name), "bytes": (onnx_bundle / name).stat().st_size}
     assert not [p for p in onnx_bundle.parent.iterdir() if p.name.startswith(".")]  # no temp folder left
@@ -213,6 +222,7 @@ def test_export_command_writes_a_bundle_and_reports_parity(tmp_path, onnx_run, c
     printed = capsys.readouterr().out
     assert "max abs logits diff" in printed and str(out) in printed
     assert (out / MODEL_FILE).is_file() and not (out / INT8_MODEL_FILE).exists()
+    assert f"{GENAI_CONFIG_FILE}: " in printed and (out / GENAI_CONFIG_FILE).is_file()
     assert json.loads((out / "bundle.json").read_text())["run"]["source"].endswith("best.pt")
 
 
