@@ -2,9 +2,10 @@
 
     decoder serve BUNDLE_DIR [--host 127.0.0.1] [--port 8000] [--quantized] [--max-batch N] [--max-queue N]
 
-Modules, top-down: `server` (uvicorn, signals) -> `app` (routes) -> `completions` (one request:
-parse, queue, answer as JSON or server-sent events; `logprobs` for its log probabilities) and
-`tokens` (/tokenize, /detokenize) -> `engine` (the queue and the asyncio task that drives the
+Modules, top-down: `server` (uvicorn, signals) -> `app` (routes) -> `chat` (a conversation rendered
+to a prompt by a plain-text template, then answered by `completions` in chat's wording) ->
+`completions` (one request: parse, queue, answer as JSON or server-sent events; `logprobs` for its
+log probabilities) and `tokens` (/tokenize, /detokenize) -> `engine` (the queue and the asyncio task that drives the
 scheduler in a worker thread) -> `scheduler` (continuous batching: one model call per step for
 every sequence, see its docstring for the step and `decoder.kvcache` for the left-padded cache) ->
 `text` (UTF-8 and stop strings). `served` is what one server serves (names, model card, limits),

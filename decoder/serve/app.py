@@ -1,6 +1,7 @@
 """The ASGI app: `create_app(runtime, config)` -> a FastAPI app serving one bundle.
 
-Routes: POST /v1/completions (`decoder.serve.completions`), GET /v1/models and
+Routes: POST /v1/completions (`decoder.serve.completions`), POST /v1/chat/completions (the same
+over a plain-text chat template, `decoder.serve.chat`), GET /v1/models and
 GET /v1/models/{name} (the bundle: names, config, tokenizer, validation bits per byte, sha256 of
 the model file served), POST /tokenize and POST /detokenize (`decoder.serve.tokens`), GET /health,
 GET /metrics (Prometheus text), GET /openapi.json and GET /docs (FastAPI's OpenAPI document and
@@ -21,12 +22,13 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from decoder import __version__
 from decoder.bundle import MODEL_FILE
 from decoder.serve import schema, tokens
+from decoder.serve.chat import CHAT_TEMPLATE, create_chat_completion
 from decoder.serve.completions import create_completion
 from decoder.serve.config import ServeConfig
 from decoder.serve.engine import Engine
 from decoder.serve.errors import add_error_handlers
 from decoder.serve.metrics import ServerMetrics
-from decoder.serve.protocol import CompletionRequest, DetokenizeRequest, TokenizeRequest
+from decoder.serve.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
 from decoder.serve.scheduler import Model, Scheduler
 from decoder.serve.served import Served, bundle_card, model_names, prompt_scorer
 
@@ -48,7 +50,8 @@ def create_app(runtime: Model, config: ServeConfig = ServeConfig(), *, model_fil
     model_id = model_id or (meta.get("run") or {}).get("id") or "decoder"
     metrics = ServerMetrics()
     engine = Engine(Scheduler(runtime, max_batch=config.max_batch), metrics, max_queue=config.max_queue)
-    card = bundle_card(meta, model_file, runtime.tokenizer, runtime.context_length, model_id)
+    card = {**bundle_card(meta, model_file, runtime.tokenizer, runtime.context_length, model_id),
+            "chat_template": CHAT_TEMPLATE}
     served = Served(model_names(model_id, tuple(served_model_names)), runtime.tokenizer, runtime.context_length,
                     config, card, prompt_scorer(runtime))
 
@@ -77,6 +80,14 @@ def _add_model_routes(app: FastAPI, served: Served, engine: Engine) -> None:
     async def completions(request: Request):
         """Continue each prompt: one JSON object, or server-sent events with stream: true."""
         return await create_completion(request, engine, served)
+
+    @app.post("/v1/chat/completions", openapi_extra=schema.request_body(ChatCompletionRequest),
+              responses={200: {"model": schema.ChatCompletion, "content": schema.CHAT_STREAM},
+                         **schema.errors(400, 404, 413, 429, 500, 503)})
+    async def chat_completions(request: Request):
+        """Continue a conversation rendered by the model card's chat_template (a base model: it continues
+        the transcript): one JSON object, or server-sent events with stream: true."""
+        return await create_chat_completion(request, engine, served)
 
     @app.get("/v1/models", response_model=schema.ModelList)
     async def models() -> dict:

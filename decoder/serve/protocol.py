@@ -14,7 +14,7 @@ vocabulary) live with the routes. The models' field docstrings are the API refer
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -27,6 +27,8 @@ MAX_PROMPTS = 64
 """Most prompts in one request (a list prompt)."""
 MAX_STOP = 4
 """Most stop strings (as OpenAI's API)."""
+MAX_MESSAGES = 256
+"""Most messages in one chat request."""
 MAX_SEED = 2**63 - 1
 MAX_LOGPROBS = 5
 """Largest `logprobs` (as OpenAI's API)."""
@@ -81,12 +83,11 @@ def _json_type(value: Any) -> str:
 Text = Annotated[str, Field(min_length=1)]
 
 
-class CompletionRequest(BaseModel):
-    """POST /v1/completions. Sampling follows `decoder generate`: temperature 0 is greedy."""
+class SamplingRequest(BaseModel):
+    """The fields POST /v1/completions and POST /v1/chat/completions share. Sampling follows
+    `decoder generate`: temperature 0 is greedy."""
 
     model_config = STRICT
-    prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=MAX_PROMPTS)]
-    """The text to continue, or a list of texts (one choice each, in order)."""
     model: str | None = None
     """If given, one of the served model's names (GET /v1/models)."""
     max_tokens: int = Field(16, ge=1, le=MAX_TOKENS_LIMIT)
@@ -120,22 +121,8 @@ class CompletionRequest(BaseModel):
     """Only with stream: true."""
     n: int = Field(1, ge=1, le=MAX_CHOICES)
     """Choices per prompt."""
-    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
-    """Return each token's log probability and the k most likely at its position (the model's own
-    distribution, before temperature, penalties and top-k/top-p). Not with stream."""
-    echo: bool = False
-    """Return the prompt before the generated text (with logprobs: the prompt's tokens too, the
-    first with null log probability). Not with stream."""
     user: str | None = None
     """An id of the end user (OpenAI's field): accepted and ignored."""
-    suffix: None = None
-    """Not supported (this model only continues text): any value but null is refused with 400
-    `unsupported_parameter`."""
-
-    @field_validator("prompt", mode="before")
-    @classmethod
-    def _prompt(cls, value: Any) -> Any:
-        return _strings(value, "prompt", max_items=MAX_PROMPTS)
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -158,16 +145,60 @@ class CompletionRequest(BaseModel):
         return tuple((int(key), bias) for key, bias in (self.logit_bias or {}).items())
 
     @property
-    def prompts(self) -> list[str]:
-        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
-
-    @property
     def stops(self) -> list[str]:
         return [] if self.stop is None else [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
     @property
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
+
+
+class CompletionRequest(SamplingRequest):
+    """POST /v1/completions. Sampling follows `decoder generate`: temperature 0 is greedy."""
+
+    prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=MAX_PROMPTS)]
+    """The text to continue, or a list of texts (one choice each, in order)."""
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    """Return each token's log probability and the k most likely at its position (the model's own
+    distribution, before temperature, penalties and top-k/top-p). Not with stream."""
+    echo: bool = False
+    """Return the prompt before the generated text (with logprobs: the prompt's tokens too, the
+    first with null log probability). Not with stream."""
+    suffix: None = None
+    """Not supported (this model only continues text): any value but null is refused with 400
+    `unsupported_parameter`."""
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _prompt(cls, value: Any) -> Any:
+        return _strings(value, "prompt", max_items=MAX_PROMPTS)
+
+    @property
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+
+class ChatMessage(BaseModel):
+    model_config = STRICT
+    role: Literal["system", "user", "assistant"]
+    """Who speaks: each message is rendered as a line of the prompt (`decoder.serve.chat`)."""
+    content: str
+    """The message's text (a plain string: this model reads text only)."""
+
+
+class ChatCompletionRequest(SamplingRequest):
+    """POST /v1/chat/completions: the messages rendered to one prompt by a plain-text template (the
+    model card's `chat_template`), then continued as by POST /v1/completions. The model is a base
+    model, not one tuned to follow instructions: it continues the transcript."""
+
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
+    """The conversation so far, oldest first."""
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
+    """OpenAI's newer name for max_tokens (give one of them)."""
+
+    @property
+    def completion_tokens(self) -> int:
+        return self.max_tokens if self.max_completion_tokens is None else self.max_completion_tokens
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -231,6 +262,7 @@ class DetokenizeRequest(BaseModel):
 
 
 RequestModel = TypeVar("RequestModel", bound=BaseModel)
+SamplingRequestModel = TypeVar("SamplingRequestModel", bound=SamplingRequest)
 
 
 def parse_as(model: type[RequestModel], body: bytes) -> RequestModel:
@@ -251,14 +283,27 @@ def parse_request(body: bytes) -> CompletionRequest:
     if raw.get("suffix") is not None:
         raise APIError(400, "suffix is not supported: this model only continues a prompt (inserting text needs a "
                        "model trained for it); leave suffix out or null", param="suffix", code="unsupported_parameter")
-    request = _validated(CompletionRequest, raw)
-    if request.stream_options is not None and not request.stream:
-        raise APIError(400, "stream_options is only allowed when stream is true", param="stream_options",
-                       code="invalid_value")
+    request = _check_stream_options(_validated(CompletionRequest, raw))
     for name in ("logprobs", "echo"):
         if request.stream and getattr(request, name) not in (None, False):
             raise APIError(400, f"{name} is supported only without stream: send stream false (or leave {name} out)",
                            param=name, code="unsupported_parameter")
+    return request
+
+
+def parse_chat_request(body: bytes) -> ChatCompletionRequest:
+    """The chat completion request in `body`, or an APIError(400) naming the first problem and its field."""
+    request = _check_stream_options(_validated(ChatCompletionRequest, parse_object(body)))
+    if request.max_completion_tokens is not None and "max_tokens" in request.model_fields_set:
+        raise APIError(400, "Give max_completion_tokens or max_tokens (its older name), not both",
+                       param="max_completion_tokens", code="invalid_value")
+    return request
+
+
+def _check_stream_options(request: SamplingRequestModel) -> SamplingRequestModel:
+    if request.stream_options is not None and not request.stream:
+        raise APIError(400, "stream_options is only allowed when stream is true", param="stream_options",
+                       code="invalid_value")
     return request
 
 

@@ -15,10 +15,10 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ConfigDict
 
-from decoder.serve.protocol import CompletionRequest, DetokenizeRequest, TokenizeRequest
+from decoder.serve.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
 
 DOCUMENTED = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-REQUEST_MODELS = (CompletionRequest, TokenizeRequest, DetokenizeRequest)
+REQUEST_MODELS = (CompletionRequest, ChatCompletionRequest, TokenizeRequest, DetokenizeRequest)
 
 
 class ErrorObject(BaseModel):
@@ -88,6 +88,59 @@ class Completion(BaseModel):
     usage: Usage | None = None
 
 
+class AssistantMessage(BaseModel):
+    model_config = DOCUMENTED
+    role: Literal["assistant"]
+    content: str
+    """The continuation of the transcript (see the model card's chat_template)."""
+
+
+class Delta(BaseModel):
+    """The next piece of a choice's message: the role alone in its first chunk, then content."""
+
+    model_config = DOCUMENTED
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChoice(BaseModel):
+    model_config = DOCUMENTED
+    index: int
+    """Choice j of n has index j."""
+    message: AssistantMessage | None = None
+    """The reply (absent in a stream's chunks)."""
+    delta: Delta | None = None
+    """In a stream, the next piece of the reply (absent in the JSON answer)."""
+    logprobs: None
+    finish_reason: Literal["stop", "length", "cancelled"] | None
+    """As completions' (stop includes a new turn of the chat template); null until a stream's last chunk."""
+
+
+class ChatCompletion(BaseModel):
+    """A chat completion (object chat.completion), or one chunk of a stream (chat.completion.chunk;
+    `usage` absent, or null until the last chunk when stream_options.include_usage asks for it)."""
+
+    model_config = DOCUMENTED
+    id: str
+    object: Literal["chat.completion", "chat.completion.chunk"]
+    created: int
+    model: str
+    """The first of the served model's names."""
+    choices: list[ChatChoice]
+    usage: Usage | None = None
+
+
+class ChatTemplate(BaseModel):
+    """How POST /v1/chat/completions renders messages to a prompt: `message` per message (with
+    `roles`' name of its role), then `generation_prompt`; the reply ends before any of `stop`."""
+
+    model_config = DOCUMENTED
+    roles: dict[str, str]
+    message: str
+    generation_prompt: str
+    stop: list[str]
+
+
 class TokenizerInfo(BaseModel):
     model_config = DOCUMENTED
     encoding: str
@@ -114,6 +167,8 @@ class ModelCard(BaseModel):
     max_model_len: int
     """vLLM's name for the context length."""
     tokenizer: TokenizerInfo
+    chat_template: ChatTemplate | None = None
+    """How chat messages become this model's prompt (it is a base model, not tuned for chat)."""
     file: str | None = None
     """The ONNX file served (model.onnx, or model.int8.onnx)."""
     quantized: bool | None = None
@@ -164,6 +219,13 @@ STREAM = {"text/event-stream": {"schema": {"type": "string", "description": (
     "With stream: true, server-sent events: `data: {Completion chunk}` per piece of text of a choice (its "
     "finish_reason in its last chunk), `data: {usage chunk}` (empty choices) if stream_options.include_usage, "
     "then `data: [DONE]`. An engine failure mid-stream sends `data: {ErrorResponse}` and ends the stream.")}}}
+
+
+CHAT_STREAM = {"text/event-stream": {"schema": {"type": "string", "description": (
+    "With stream: true, server-sent events: `data: {ChatCompletion chunk}` per choice with its delta's role, then "
+    "one per piece of text (delta.content; finish_reason in the choice's last chunk), `data: {usage chunk}` (empty "
+    "choices) if stream_options.include_usage, then `data: [DONE]`. An engine failure mid-stream sends "
+    "`data: {ErrorResponse}` and ends the stream.")}}}
 
 
 def errors(*statuses: int) -> dict:

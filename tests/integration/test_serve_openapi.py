@@ -15,7 +15,7 @@ from decoder.serve.config import ServeConfig
 from decoder.serve.protocol import CompletionRequest, DetokenizeRequest, TokenizeRequest
 
 PROMPT = "Harding wondered"
-ROUTES = {"/v1/completions": "post", "/v1/models": "get", "/v1/models/{model}": "get", "/tokenize": "post",
+ROUTES = {"/v1/completions": "post", "/v1/chat/completions": "post", "/v1/models": "get", "/v1/models/{model}": "get", "/tokenize": "post",
           "/detokenize": "post", "/health": "get", "/metrics": "get"}
 
 
