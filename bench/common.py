@@ -94,9 +94,12 @@ def weight_bytes(module: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
-def measure(benchmark: Any, fn: Callable[[], Any], *, device: str, timing: Timing, **extra_info: Any) -> Any:
+def measure(benchmark: Any, fn: Callable[[], Any], *, device: str, timing: Timing,
+            between: Callable[[], Any] | None = None, **extra_info: Any) -> Any:
     """Time `fn()` (device synchronised inside the timing) and return its last result.
 
+    between: called untimed before every round (warm-up included): the other engine of a pair
+    compared side by side, so both are timed alternating under the same conditions of the machine.
     With --benchmark-disable the body runs exactly once, untimed, as a plain test.
     """
 
@@ -108,8 +111,14 @@ def measure(benchmark: Any, fn: Callable[[], Any], *, device: str, timing: Timin
     benchmark.extra_info.update(device=torch.device(device).type, threads=torch.get_num_threads(), **extra_info)
     if benchmark.disabled:
         return benchmark.pedantic(timed)
+    def setup() -> None:  # pytest-benchmark would take a returned value for the call's arguments
+        between()
+
+    if between is not None:
+        between()
     start = time.perf_counter()
     timed()  # warm-up: allocations, kernel selection, lazy initialisation; not recorded
     first = time.perf_counter() - start
     # A second warm-up round only where it is cheap (short calls: GPU, small models).
-    return benchmark.pedantic(timed, rounds=timing.rounds_for(first), warmup_rounds=1 if first < 1.0 else 0)
+    return benchmark.pedantic(timed, setup=setup if between else None, rounds=timing.rounds_for(first),
+                              warmup_rounds=1 if first < 1.0 else 0)

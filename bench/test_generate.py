@@ -6,7 +6,9 @@ the book's compact vocabulary, with random weights (speed does not depend on the
 - torch without cache: the reference notebook's way, every step re-runs the last context tokens;
 - torch with the KV cache (decoder.generate);
 - Hugging Face transformers GPT2LMHeadModel.generate of the same shape (its own KV cache);
-- onnxruntime fp32 and dynamic int8 with the KV cache (decoder.export + decoder.runtime).
+- onnxruntime fp32 and dynamic int8 with the KV cache (decoder.export + decoder.runtime), and
+  onnxruntime-genai on the same model files and threads (bench/genai_baseline.py), timed
+  alternating with decoder.runtime, greedy ids checked equal.
 
 Tokens/s counts the new tokens (batch x 128) over the whole call, prompt prefill included.
 `weight_bytes` (what one decoding step streams from memory) lets the report compute the
@@ -22,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 
+from bench import genai_baseline
 from bench.common import DEVICES, GENERATION_SIZE, NEW_TOKENS, PROMPT_TOKENS, measure, weight_bytes
 from decoder.config import RunConfig
 from decoder.generate import generate_ids
@@ -99,22 +102,46 @@ def onnx_bundle(model, tokenizer, tmp_path_factory) -> Path:
                              tmp_path_factory.mktemp("onnx") / "bundle", quantize="int8", val_tokens=few_tokens))
 
 
+@pytest.fixture(scope="module")
+def onnx_engines(onnx_bundle):
+    """(precision, engine) -> a callable generating NEW_TOKENS greedy ids (B, NEW_TOKENS) for (B, T)
+    prompts: decoder.runtime and onnxruntime-genai on the same model file, with the same threads."""
+    from decoder.runtime import Runtime
+
+    threads = torch.get_num_threads()
+    engines = {}
+    for precision, model_file in (("fp32", "model.onnx"), ("int8", "model.int8.onnx")):
+        runtime = Runtime(onnx_bundle, model_file=model_file, threads=threads)
+        engines[precision, "onnxruntime"] = lambda ids, rt=runtime: np.stack(list(rt.generate_ids(
+            ids, max_new_tokens=NEW_TOKENS, params=GREEDY, seed=0, use_cache=True, stop_at_eot=False)), axis=1)
+        try:
+            genai = genai_baseline.open_model(onnx_bundle, int8=precision == "int8", threads=threads)
+        except ImportError:
+            continue
+        engines[precision, "onnxruntime-genai"] = lambda ids, m=genai: genai_baseline.generate(m, ids, NEW_TOKENS)
+    return engines
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "onnxruntime-genai"])
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("device", ORT_DEVICES)
-def test_generate_onnxruntime(benchmark, timing, tokenizer, onnx_bundle, device: str, batch: int,
-                              precision: str) -> None:
-    from decoder.runtime import Runtime
-
-    model_file = "model.onnx" if precision == "fp32" else "model.int8.onnx"
-    runtime = Runtime(onnx_bundle, model_file=model_file, threads=torch.get_num_threads())
+def test_generate_onnxruntime(benchmark, timing, tokenizer, onnx_bundle, onnx_engines, device: str, batch: int,
+                              precision: str, engine: str) -> None:
+    """decoder.runtime and onnxruntime-genai side by side: each engine's timed rounds alternate with
+    untimed calls of the other, and their greedy ids must be equal (without onnxruntime-genai,
+    decoder.runtime is timed alone)."""
+    other = "onnxruntime-genai" if engine == "onnxruntime" else "onnxruntime"
+    if (precision, engine) not in onnx_engines:
+        pytest.skip("onnxruntime-genai is not installed: its rows need the [genai] extra")
     ids = prompt(batch, tokenizer.vocab_size)
-
-    def run() -> list:
-        return list(runtime.generate_ids(ids, max_new_tokens=NEW_TOKENS, params=GREEDY, seed=0, use_cache=True,
-                                         stop_at_eot=False))
-
-    steps = measure(benchmark, run, device=device, timing=timing, workload="generate", model=GENERATION_SIZE.name,
-                    engine="onnxruntime", precision=precision, batch=batch, tokens=batch * NEW_TOKENS,
-                    weight_bytes=(onnx_bundle / model_file).stat().st_size)
-    check_steps(steps, batch)
+    run, rival = onnx_engines[precision, engine], onnx_engines.get((precision, other))
+    expected = rival(ids) if rival else None
+    model_file = "model.onnx" if precision == "fp32" else "model.int8.onnx"
+    out = measure(benchmark, lambda: run(ids), device=device, timing=timing,
+                  between=(lambda: rival(ids)) if rival else None, workload="generate", model=GENERATION_SIZE.name,
+                  engine=engine, precision=precision, batch=batch, tokens=batch * NEW_TOKENS,
+                  weight_bytes=(onnx_bundle / model_file).stat().st_size)
+    assert out.shape == (batch, NEW_TOKENS)
+    if expected is not None:
+        np.testing.assert_array_equal(out, expected, err_msg=f"{engine} and {other} disagree on greedy ids")

@@ -9,9 +9,11 @@ low-level `Runtime.step(input_ids, attention_mask, position_ids, past)` and, ove
 `prefill(prompts)` / `decode(cache, tokens)` on a `decoder.kvcache.BatchCache` (the left-padded
 cache layout and its row operations are documented there).
 
-The cache between steps is the previous step's `present_*` outputs (numpy arrays) fed back as the
-next step's `past_*` inputs. Binding them as OrtValues through I/O binding instead measured no
-faster here (batch 1, past lengths 16-250, fp32 and int8), so the plain `session.run` is used.
+The cache between steps is the previous step's `present_*` outputs (numpy arrays, which
+onnxruntime hands over and takes back without copying) fed back as the next step's `past_*`
+inputs. Binding preallocated buffers or OrtValues through I/O binding instead measured slower here
+(its per-name binding calls cost more than they save), so the plain `session.run` is used, and the
+cached generation loop (`decoder.runtime_loop`) keeps the Python work between calls small.
 
 This module imports only numpy, onnxruntime, tiktoken and torch-free `decoder` modules: a
 deployment machine needs no PyTorch.
@@ -42,6 +44,7 @@ from decoder.bundle import (
     verify_model_file,
 )
 from decoder.kvcache import BatchCache, Cache, left_padded
+from decoder.runtime_loop import Inputs, cached_loop
 from decoder.sampling import SamplingParams, check_generation_args, check_prompt, decode_loop
 from decoder.tokenizer import Tokenizer, TokenizerError, text_pieces
 
@@ -120,6 +123,7 @@ class Runtime:
             raise BundleError(f"{path}: graph inputs {sorted(shapes)} are not those of a {n_blocks}-block "
                               f"bundle; re-export it with `{REEXPORT}`")
         self._heads, self._head_dim = int(shapes[self._past_names[0]][1]), int(shapes[self._past_names[0]][3])
+        self._inputs = Inputs(self._context_length)
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -164,23 +168,43 @@ class Runtime:
         if mask.shape != (B, P + T) or positions.shape != (B, T):
             raise ValueError(f"attention_mask {mask.shape} and position_ids {positions.shape} must be "
                              f"(batch, past + seq) = {(B, P + T)} and (batch, seq) = {(B, T)}")
+        self._check_positions(positions)
+        logits, presents = self._run(ids, mask, positions, past)
+        return (logits[:, -1] if last_only else logits), presents
+
+    def _check_positions(self, positions: np.ndarray) -> None:
         if positions.size and not 0 <= positions.min() <= positions.max() < self._context_length:
             raise ValueError(f"position_ids reach {positions.max()}: positions must be in [0, "
                              f"{self._context_length - 1}] (the context length); finish or slide the row")
-        feed = dict(zip(self._past_names, past))
-        feed.update({INPUT_IDS: ids, ATTENTION_MASK: mask, POSITION_IDS: positions})
+
+    def _run(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: Cache | None
+             ) -> tuple[np.ndarray, Cache]:
+        """The graph on checked int64 inputs: (B, T, V) logits and the presents."""
+        feed = dict(zip(self._past_names, past if past is not None else self.empty_cache(ids.shape[0])))
+        feed[INPUT_IDS] = np.ascontiguousarray(ids)
+        feed[ATTENTION_MASK] = mask
+        feed[POSITION_IDS] = positions
         logits, *presents = self.session.run(self._output_names, feed)
-        return (logits[:, -1] if last_only else logits), presents
+        return logits, presents
+
+    def _last_logits(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: Cache | None
+                     ) -> tuple[np.ndarray, Cache]:
+        """`decoder.runtime_loop.Run`: the logits of the last column only, (B, V)."""
+        logits, presents = self._run(ids, mask, positions, past)
+        return logits[:, -1], presents
 
     def run(self, ids: np.ndarray, past: Cache | None = None) -> tuple[np.ndarray, Cache]:
         """(B, T) int64 ids after an unpadded cache (None: empty) -> (B, T, V) float32 logits and
         the new cache: every row real, positions P..P+T-1."""
         ids = np.asarray(ids, dtype=np.int64)
+        if ids.ndim != 2 or ids.shape[1] == 0:
+            raise ValueError(f"input_ids has shape {ids.shape}: must be (batch, seq) with seq >= 1")
         B, T = ids.shape
         P = 0 if past is None else past[0].shape[2]
-        mask = np.ones((B, P + T), dtype=np.int64)
-        positions = np.broadcast_to(np.arange(P, P + T, dtype=np.int64), (B, T))
-        return self.step(ids, mask, positions, past, last_only=False)
+        if P + T > self._context_length:
+            raise ValueError(f"position_ids reach {P + T - 1}: positions must be in [0, "
+                             f"{self._context_length - 1}] (the context length); finish or slide the row")
+        return self._run(ids, self._inputs.mask(B, P + T), self._inputs.positions(B, P, T), past)
 
     def forward(self, ids: np.ndarray, past: Cache | None) -> tuple[np.ndarray, Cache]:
         """The `decoder.sampling.Forward` step: logits of the last position only, (B, V) float32."""
@@ -198,8 +222,9 @@ class Runtime:
         """Append one token (B,) to every row of `cache`: the (B, V) next-token logits and the new cache."""
         tokens = np.asarray(tokens, dtype=np.int64).reshape(cache.batch, 1)
         mask, positions = cache.next_inputs(1)
-        logits, presents = self.step(tokens, mask, positions, cache.past)
-        return logits, cache.extended(presents, 1)
+        self._check_positions(positions)
+        logits, presents = self._last_logits(tokens, mask, positions, cache.past)
+        return logits, BatchCache(presents, mask)
 
     def generate_ids(
         self,
@@ -215,16 +240,22 @@ class Runtime:
 
         Rows stop at <|endoftext|> (stop_at_eot=False decodes max_new_tokens regardless, as a
         benchmark wants); use_cache=False re-runs the whole window every step (the reference
-        notebook's way). Bad arguments raise here, before the first step."""
+        notebook's way). Bad arguments raise here, before the first step. The cached loop is
+        `decoder.runtime_loop.cached_loop`, step for step `decoder.sampling.decode_loop`'s."""
+        history = check_generation_args(prompt_ids, max_new_tokens)
+        eot_id = self._eot_id if stop_at_eot else None
+        if use_cache:
+            return cached_loop(self._last_logits, self._inputs, history, max_new_tokens=max_new_tokens,
+                               params=params, seed=seed, eot_id=eot_id)
         return decode_loop(
             self.forward,
-            check_generation_args(prompt_ids, max_new_tokens),
+            history,
             context_length=self._context_length,
             max_new_tokens=max_new_tokens,
             params=params,
             seed=seed,
-            eot_id=self._eot_id if stop_at_eot else None,
-            use_cache=use_cache,
+            eot_id=eot_id,
+            use_cache=False,
         )
 
     def stream(

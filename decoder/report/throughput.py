@@ -86,7 +86,7 @@ def _bound(share: float | None, bound: float | None) -> str:
 def _comparison_lines(comps: list[dict]) -> list[list[str]]:
     lines = []
     for c in comps:
-        fmt = _pct if c["kind"] == "mfu" else _times
+        fmt = _pct if c["kind"] in ("mfu", "bw_bound") else _times
         target = "—" if c["target"] is None else f"≥ {fmt(c['target'])}"
         met = "—" if c["met"] is None else ("yes" if c["met"] else "**no**")
         lines.append([c["compares"], c["comparison"], c["device"], fmt(c["value"]), target, met])

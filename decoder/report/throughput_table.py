@@ -171,7 +171,8 @@ def cell_of(entry: dict, matmul_peak: dict[str, float], read_bandwidth: float | 
 # Display order of the values the suites write; anything else sorts after them, alphabetically.
 ORDER = {
     "model": ("reference", "small", "medium"),
-    "engine": ("reference notebook", "nanoGPT", "decoder, logits loss", "decoder", "torch uncached", "torch kv-cache", "transformers", "onnxruntime"),
+    "engine": ("reference notebook", "nanoGPT", "decoder, logits loss", "decoder", "torch uncached", "torch kv-cache",
+               "transformers", "onnxruntime", "onnxruntime-genai"),
     "precision": ("fp32", "bf16", "int8"),
 }
 
@@ -225,8 +226,8 @@ def build_table(sources: dict[str, list[Source]]) -> list[dict[str, Any]]:
 @dataclass(frozen=True)
 class Check:
     """A figure compared with a target (or shown without one). `compares` names what it measures;
-    kind 'ratio': row / other on the same device; 'mfu': the row's MFU; 'cuda_over_cpu': the row's
-    CUDA/CPU ratio."""
+    kind 'ratio': row / other on the same device; 'mfu': the row's MFU; 'bw_bound': the row's share
+    of its memory-bandwidth bound; 'cuda_over_cpu': the row's CUDA/CPU ratio."""
 
     compares: str
     label: str
@@ -242,7 +243,14 @@ def _generation_checks(batch: int) -> list[Check]:
 
     targeted = batch == 1  # the targets are for one user's stream (batch 1)
     runtime, cache = "ONNX runtime over the torch baselines", "KV cache over recomputing the context"
+    genai = [Check("decoder.runtime over onnxruntime-genai (same model file and threads)",
+                   f"generate b{batch}: onnxruntime {p} / onnxruntime-genai {p}", "ratio", gen("onnxruntime", p),
+                   gen("onnxruntime-genai", p), 1.0) for p in ("fp32", "int8")]
+    bound = [Check("share of the memory-bandwidth bound", f"generate b{batch}: onnxruntime fp32, share of the bound",
+                   "bw_bound", gen("onnxruntime"), None, 0.9)] if targeted else []
     return [
+        *genai,
+        *bound,
         Check(runtime, f"generate b{batch}: onnxruntime fp32 / transformers", "ratio", gen("onnxruntime"),
               gen("transformers"), 2.0 if targeted else None),
         Check(runtime, f"generate b{batch}: onnxruntime int8 / transformers", "ratio", gen("onnxruntime", "int8"),
@@ -291,8 +299,8 @@ def _check_values(check: Check, rows: list[dict]) -> list[tuple[str, float | Non
     other = find_row(rows, check.other) if check.other else None
     values = []
     for device in DEVICES:
-        if check.kind == "mfu":
-            value = row[f"{device}_mfu"] if row else None
+        if check.kind in ("mfu", "bw_bound"):
+            value = row[f"{device}_{'mfu' if check.kind == 'mfu' else 'of_bw_bound'}"] if row else None
         else:
             num = row[f"{device}_tokens_per_s"] if row else None
             den = other[f"{device}_tokens_per_s"] if other else None
