@@ -19,9 +19,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="on SIGTERM, how long in-flight requests may run on before they are cancelled")
     p.add_argument("--served-model-name", nargs="+", default=[], dest="served_model_names", metavar="NAME",
                    help="names the model answers to besides its run id (responses give the first)")
+    p.add_argument("--sampling-defaults", choices=["bundle", "openai"], default="bundle",
+                   help="what a request's missing sampling fields take: the bundle's sampling config, as decoder "
+                        "generate (default), or OpenAI's neutral values (no repetition controls)")
+    p.add_argument("--long-prompts", choices=["truncate", "refuse"], default="truncate",
+                   help="a prompt longer than the context: the model sees its last context-length tokens (default), "
+                        "or the request is refused with 400")
+    p.add_argument("--cors-origin", action="append", default=[], dest="cors_origins", metavar="ORIGIN",
+                   help="let browsers on ORIGIN (e.g. http://localhost:3000; * for any) call the API (repeatable)")
+    p.add_argument("--api-key", default=None, metavar="KEY",
+                   help="require 'Authorization: Bearer KEY' on /v1/* and the tokenizer routes (default: the "
+                        "DECODER_API_KEY environment variable, else no key)")
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
     from decoder.cli import UsageError
     from decoder.serve.config import ServeConfig, config_problems
 
@@ -31,10 +44,14 @@ def run(args: argparse.Namespace) -> int:
         problems.append(f"--port={args.port}: must be in [0, 65535]")
     if args.threads is not None and args.threads < 1:
         problems.append(f"--threads={args.threads}: must be >= 1")
+    api_key = args.api_key if args.api_key is not None else os.environ.get("DECODER_API_KEY") or None
+    if args.api_key == "":
+        problems.append("--api-key is empty: give a key, or leave the option out")
     if problems:
         raise UsageError("; ".join(problems))
     from decoder.serve.server import serve
 
-    return serve(args.bundle, host=args.host, port=args.port, quantized=args.quantized,
-                 config=ServeConfig(**values), threads=args.threads,
-                 served_model_names=args.served_model_names)
+    config = ServeConfig(**values, sampling_defaults=args.sampling_defaults, long_prompts=args.long_prompts,
+                         cors_origins=tuple(args.cors_origins), api_key=api_key)
+    return serve(args.bundle, host=args.host, port=args.port, quantized=args.quantized, config=config,
+                 threads=args.threads, served_model_names=args.served_model_names)

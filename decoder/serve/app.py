@@ -1,13 +1,16 @@
 """The ASGI app: `create_app(runtime, config)` -> a FastAPI app serving one bundle.
 
 Routes: POST /v1/completions (`decoder.serve.completions`), POST /v1/chat/completions (the same
-over a plain-text chat template, `decoder.serve.chat`), GET /v1/models and
-GET /v1/models/{name} (the bundle: names, config, tokenizer, validation bits per byte, sha256 of
-the model file served), POST /tokenize and POST /detokenize (`decoder.serve.tokens`), GET /health,
-GET /metrics (Prometheus text), GET /openapi.json and GET /docs (FastAPI's OpenAPI document and
-its Swagger page, `decoder.serve.schema`) and GET / (a page to try the model in a browser). Every
-error is an OpenAI-style error object (`decoder.serve.errors`); a client's mistake is answered,
-never logged as a crash. The engine starts and stops with the app's lifespan.
+over a plain-text chat template, `decoder.serve.chat`), GET /v1/models and GET /v1/models/{name}
+(the bundle: names, config, tokenizer, validation bits per byte, sha256 of the model file served),
+POST /tokenize and POST /detokenize (`decoder.serve.tokens`), GET /health, GET /tokenizer_info
+(vLLM's, for lm-evaluation-harness), GET /metrics (Prometheus text), GET /openapi.json and GET
+/docs (FastAPI's OpenAPI document and its Swagger page, `decoder.serve.schema`) and GET / (a page
+to try the model in a browser). Every error is an OpenAI-style error object
+(`decoder.serve.errors`); a client's mistake is answered, never logged as a crash. With
+`config.api_key` the model's routes need it (`decoder.serve.auth`); with `config.cors_origins`
+browsers on those origins may call the API (Starlette's CORSMiddleware). The engine starts and
+stops with the app's lifespan.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from importlib import resources
 from typing import Sequence
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from decoder import __version__
@@ -24,11 +28,13 @@ from decoder.bundle import MODEL_FILE
 from decoder.serve import schema, tokens
 from decoder.serve.chat import CHAT_TEMPLATE, create_chat_completion
 from decoder.serve.completions import create_completion
-from decoder.serve.config import ServeConfig
+from decoder.serve.auth import RequireKey
+from decoder.serve.config import ServeConfig, sampling_defaults
 from decoder.serve.engine import Engine
 from decoder.serve.errors import add_error_handlers
 from decoder.serve.metrics import ServerMetrics
-from decoder.serve.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
+from decoder.serve.protocol import ChatCompletionRequest, CompletionRequest
+from decoder.serve.tokens import DetokenizeRequest, TokenizeRequest
 from decoder.serve.scheduler import Model, Scheduler
 from decoder.serve.served import Served, bundle_card, model_names, prompt_scorer
 
@@ -52,8 +58,9 @@ def create_app(runtime: Model, config: ServeConfig = ServeConfig(), *, model_fil
     engine = Engine(Scheduler(runtime, max_batch=config.max_batch), metrics, max_queue=config.max_queue)
     card = {**bundle_card(meta, model_file, runtime.tokenizer, runtime.context_length, model_id),
             "chat_template": CHAT_TEMPLATE}
+    defaults = sampling_defaults(config.sampling_defaults, getattr(runtime, "bundle_dir", None))
     served = Served(model_names(model_id, tuple(served_model_names)), runtime.tokenizer, runtime.context_length,
-                    config, card, prompt_scorer(runtime))
+                    config, card, prompt_scorer(runtime), defaults)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -67,6 +74,11 @@ def create_app(runtime: Model, config: ServeConfig = ServeConfig(), *, model_fil
                   redoc_url=None)
     app.state.engine, app.state.metrics = engine, metrics
     add_error_handlers(app, metrics)
+    if config.api_key is not None:
+        app.add_middleware(RequireKey, key=config.api_key)
+    if config.cors_origins:  # added last, so outermost: preflights and 401s carry the CORS headers
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
     schema.install_openapi(app)
     _add_model_routes(app, served, engine)
     _add_service_routes(app, engine, metrics)
@@ -110,6 +122,11 @@ def _add_model_routes(app: FastAPI, served: Served, engine: Engine) -> None:
     async def detokenize(request: Request) -> dict:
         """The text of token ids (vLLM's fields)."""
         return await tokens.detokenize(request, served)
+
+    @app.get("/tokenizer_info", response_model=schema.TokenizerInfoResponse)
+    async def tokenizer_info() -> dict:
+        """vLLM's tokenizer description (what lm-evaluation-harness's remote tokenizer reads)."""
+        return tokens.tokenizer_info(served)
 
 
 def _add_service_routes(app: FastAPI, engine: Engine, metrics: ServerMetrics) -> None:

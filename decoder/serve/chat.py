@@ -13,8 +13,10 @@ as generated (it usually starts with a space), cut before a line that opens anot
 (`TURN_STOPS`) as well as before any of the request's `stop` strings. The template is in every
 model card (`chat_template`). From there the request is a completion (`decoder.serve.completions`:
 same sampling, queue, engine, cancellation and shutdown); only the answer's wording differs:
-`chat.completion` with `choices[i].message`, or `chat.completion.chunk` events whose first delta
-per choice carries the role and the rest the content.
+`chat.completion` with `choices[i].message` (and, with `logprobs`, OpenAI's
+`choices[i].logprobs.content`: each token of the reply with its log probability, bytes and the
+`top_logprobs` most likely), or `chat.completion.chunk` events whose first delta per choice carries
+the role and the rest the content (and their tokens' logprobs).
 """
 
 from __future__ import annotations
@@ -23,8 +25,11 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 
-from decoder.serve.completions import Shape, build_job, check_capacity, encode_prompts, respond
-from decoder.serve.engine import Engine
+from decoder.serve.answer import Shape, respond
+from decoder.serve.completions import build_job, check_capacity
+from decoder.serve.engine import Engine, Job
+from decoder.serve.logprobs import Cursor, chat_logprobs
+from decoder.serve.prompts import encode_prompts
 from decoder.serve.protocol import ChatMessage, parse_chat_request, read_body
 from decoder.serve.served import Served
 
@@ -45,20 +50,22 @@ def render(messages: list[ChatMessage]) -> str:
     return "".join(lines) + GENERATION_PROMPT
 
 
-def _message_piece(index: int, text: str, finish: str | None) -> dict:
-    return {"index": index, "delta": {"content": text} if text else {}, "logprobs": None, "finish_reason": finish}
+def _message_piece(index: int, text: str, finish: str | None, logprobs: dict | None) -> dict:
+    return {"index": index, "delta": {"content": text} if text else {}, "logprobs": logprobs, "finish_reason": finish}
 
 
 def _opening(index: int) -> dict:
     return {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
 
 
-CHAT = Shape("chatcmpl", "chat.completion", "chat.completion.chunk", _message_piece, _opening)
+CHAT = Shape("chatcmpl", "chat.completion", "chat.completion.chunk", _message_piece, chat_logprobs, _opening)
 
 
-def _choices(texts: list[str], finishes: list[str | None]) -> list[dict]:
-    return [{"index": i, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": finish}
-            for i, (text, finish) in enumerate(zip(texts, finishes))]
+def _choices(job: Job, served: Served, logprobs: bool, texts: list[str], finishes: list[str | None]) -> list[dict]:
+    return [{"index": i, "message": {"role": "assistant", "content": text},
+             "logprobs": chat_logprobs(served.tokenizer, Cursor(served.tokenizer).take(seq.logprobs, text))
+             if logprobs else None, "finish_reason": finish}
+            for i, (seq, text, finish) in enumerate(zip(job.sequences, texts, finishes))]
 
 
 async def create_chat_completion(request: Request, engine: Engine,
@@ -66,8 +73,11 @@ async def create_chat_completion(request: Request, engine: Engine,
     """Answer one POST /v1/chat/completions (see the module docstring)."""
     req = parse_chat_request(await read_body(request, served.config.max_body_bytes))
     served.check_model(req.model)
-    check_capacity(1, req, engine.capacity)
-    encoded = encode_prompts([render(req.messages)], served, ["messages"])
-    job = build_job(req, encoded, served.tokenizer, max_tokens=req.completion_tokens, stops=req.stops + TURN_STOPS)
+    check_capacity(1, req.n, engine.capacity)
+    encoded = encode_prompts([render(req.messages)], served, ["messages"], req.truncate_prompt_tokens)
+    job = build_job(req, encoded, served, per_prompt=req.n, max_tokens=req.completion_tokens,
+                    stops=req.stops + TURN_STOPS, top_logprobs=(req.top_logprobs or 0) if req.logprobs else None)
     engine.submit(job)
-    return await respond(request, req, job, engine, served, CHAT, _choices)
+    return await respond(request, req, job, engine, served, CHAT,
+                         lambda texts, finishes: _choices(job, served, req.logprobs, texts, finishes),
+                         truncated=encoded[0].truncated, logprobs=req.logprobs)

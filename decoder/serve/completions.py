@@ -1,26 +1,20 @@
-"""POST /v1/completions: from the HTTP body to a job in the engine, and back as JSON or SSE.
+"""POST /v1/completions: from the HTTP body to a job in the engine, and back (`decoder.serve.answer`).
 
-Non-streaming: the handler waits for every choice and answers one JSON object (with `echo`, the
-prompt before each choice's text; with `logprobs`, OpenAI's logprobs object from
-`decoder.serve.logprobs`); if the client goes away first, its sequences are cancelled. Streaming
-(`"stream": true`): server-sent events, one `data: {chunk}` per piece of text of a choice, a chunk
-with the choice's finish_reason when it ends, a usage chunk (empty choices) if
-`stream_options.include_usage`, then `data: [DONE]`. A client that disconnects mid-stream has its
-sequences cancelled (they leave the batch at the next step). A request of more sequences (prompts
-x n) than the engine's slots and queue could ever hold is refused with 400, not 429. On shutdown
-the engine ends every response within `shutdown_grace` seconds; sse-starlette's
-own cut (a second later) is only a backstop. `respond` answers a submitted job in a `Shape`:
-completions' own, or chat's (`decoder.serve.chat`), so both routes share this one path.
+Each prompt (a text or token ids) becomes its ids as the model sees them (`decoder.serve.prompts`:
+a long prompt is seen through its last context-length tokens, or cut by truncate_prompt_tokens),
+then one sequence per prompt and choice (best_of of them with best_of) sampled with the request's
+fields, each missing one taking the model card's `sampling_defaults`. With `echo`, each choice's
+text starts with the prompt's; with `logprobs`, OpenAI's logprobs object (`decoder.serve.logprobs`),
+streamed chunk by chunk too. `max_tokens` 0 with echo scores the prompt without generating (no job).
+With best_of, the n candidates of each prompt with the highest mean log probability per token are
+returned. A request of more sequences than the engine's slots and queue could ever hold is
+refused with 400, not 429.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import time
 import uuid
-from dataclasses import dataclass
-from typing import AsyncIterator, Callable
 
 import numpy as np
 from fastapi import Request
@@ -28,207 +22,121 @@ from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 
 from decoder.sampling import SamplingParams
+from decoder.serve.answer import Shape, respond
 from decoder.serve.engine import Engine, Job
-from decoder.serve.logprobs import Entry, choice_logprobs, prompt_entries
-from decoder.serve.protocol import APIError, CompletionRequest, SamplingRequest, error_body, parse_request, read_body
+from decoder.serve.logprobs import Cursor, Entry, Scored, completion_logprobs, eot_entry, mean_logprob
+from decoder.serve.prompts import PromptIds, encode_prompts, score_prompts
+from decoder.serve.protocol import APIError, CompletionRequest, SamplingRequest, parse_request, read_body
 from decoder.serve.scheduler import Sequence
 from decoder.serve.served import Served
 from decoder.serve.text import TextStream
-from decoder.tokenizer import Tokenizer
 
 
-@dataclass(frozen=True)
-class Shape:
-    """How a route words its answer: completions' text choices, or chat's messages (`decoder.serve.chat`)."""
-
-    id_prefix: str
-    object: str
-    """The `object` of the JSON answer."""
-    chunk_object: str
-    """The `object` of each chunk of a stream."""
-    piece: Callable[[int, str, str | None], dict]
-    """A stream chunk's choice from (index, the next piece of text, finish_reason or None)."""
-    opening: Callable[[int], dict] | None = None
-    """The choice of a chunk sent for each choice before any text (chat's role), if any."""
+def _text_piece(index: int, text: str, finish: str | None, logprobs: dict | None) -> dict:
+    return {"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish}
 
 
-def _text_piece(index: int, text: str, finish: str | None) -> dict:
-    return {"text": text, "index": index, "logprobs": None, "finish_reason": finish}
+COMPLETION = Shape("cmpl", "text_completion", "text_completion", _text_piece, completion_logprobs, names_eot=True)
 
 
-COMPLETION = Shape("cmpl", "text_completion", "text_completion", _text_piece)
-
-
-def check_capacity(prompts: int, req: SamplingRequest, capacity: int) -> None:
-    """Refuse (400) a request of more sequences (prompts x n) than the server could ever hold at once."""
-    sequences = prompts * req.n
+def check_capacity(prompts: int, per_prompt: int, capacity: int, param: str = "n") -> None:
+    """Refuse (400) a request of more sequences (prompts x per_prompt) than the server could ever hold at once."""
+    sequences = prompts * per_prompt
     if sequences > capacity:
-        raise APIError(400, f"This request asks for {prompts} prompt(s) x n={req.n} = {sequences} sequences; "
-                       f"this server takes at most {capacity} in one request (its batch slots plus queue places): "
-                       "send fewer prompts or a smaller n", param="n", code="too_many_sequences")
-
-
-def encode_prompts(prompts: list[str], served: Served, params: list[str]) -> list[list[int]]:
-    """Each prompt's token ids, after refusing (400, naming its field in `params`) one longer than the context."""
-    encoded = []
-    for prompt, param in zip(prompts, params):
-        ids = served.tokenizer.encode(prompt)
-        if len(ids) > served.context_length:
-            raise APIError(400, f"{param} is {len(ids)} tokens; this model's context is {served.context_length} "
-                           "tokens", param=param, code="context_length_exceeded")
-        encoded.append(ids)
-    return encoded
+        raise APIError(400, f"This request asks for {prompts} prompt(s) x {param}={per_prompt} = {sequences} "
+                       f"sequences; this server takes at most {capacity} in one request (its batch slots plus queue "
+                       f"places): send fewer prompts or a smaller {param}", param=param, code="too_many_sequences")
 
 
 def prompt_params(req: CompletionRequest) -> list[str]:
-    return ["prompt"] if isinstance(req.prompt, str) else [f"prompt.{i}" for i in range(len(req.prompts))]
+    single = isinstance(req.prompt, str) or isinstance(req.prompt[0], int)
+    return ["prompt"] if single else [f"prompt.{i}" for i in range(len(req.prompts))]
 
 
-def sampling_params(req: SamplingRequest, vocab_size: int) -> SamplingParams:
-    """The request's sampler, after refusing (400) a logit_bias token beyond the vocabulary."""
+def sampling_params(req: SamplingRequest, served: Served) -> SamplingParams:
+    """The request's sampler (each field it leaves out from the served defaults), after refusing
+    (400) a logit_bias token beyond the vocabulary."""
+    vocab_size = served.tokenizer.vocab_size
     for token, _ in req.bias_pairs:
         if token >= vocab_size:
             raise APIError(400, f"logit_bias names token {token}; this model's token ids are 0 to {vocab_size - 1} "
                            "(POST /tokenize gives a text's ids)", param="logit_bias", code="invalid_value")
-    return SamplingParams(temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
-                          repetition_penalty=req.repetition_penalty, no_repeat_ngram_size=req.no_repeat_ngram_size,
-                          presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
-                          logit_bias=req.bias_pairs)
+    values = {name: getattr(req, name) if getattr(req, name) is not None else default
+              for name, default in served.defaults.as_dict().items()}
+    return SamplingParams(**values, logit_bias=req.bias_pairs)
 
 
-def build_job(req: SamplingRequest, encoded: list[list[int]], tokenizer: Tokenizer, *, max_tokens: int,
+def build_job(req: SamplingRequest, encoded: list[PromptIds], served: Served, *, per_prompt: int, max_tokens: int,
               stops: list[str], top_logprobs: int | None = None) -> Job:
-    """One sequence per prompt and choice (choice j of a prompt is seeded with seed + j)."""
-    params = sampling_params(req, tokenizer.vocab_size)
+    """`per_prompt` sequences per prompt (candidate j of a prompt is seeded with seed + j)."""
+    params = sampling_params(req, served)
     sequences = [
-        Sequence(prompt_ids=ids, params=params, max_tokens=max_tokens, text=TextStream(tokenizer, stops),
+        Sequence(prompt_ids=prompt.ids, params=params, max_tokens=max_tokens, text=TextStream(served.tokenizer, stops),
                  rng=np.random.default_rng(None if req.seed is None else req.seed + j), top_logprobs=top_logprobs)
-        for ids in encoded for j in range(req.n)
+        for prompt in encoded for j in range(per_prompt)
     ]
-    return Job(sequences, prompt_tokens=sum(len(ids) for ids in encoded))
-
-
-def usage(job: Job) -> dict:
-    return {"prompt_tokens": job.prompt_tokens, "completion_tokens": job.completion_tokens,
-            "total_tokens": job.prompt_tokens + job.completion_tokens}
+    return Job(sequences, prompt_tokens=sum(prompt.seen for prompt in encoded))
 
 
 async def create_completion(request: Request, engine: Engine, served: Served) -> JSONResponse | EventSourceResponse:
     """Answer one POST /v1/completions (see the module docstring)."""
     req = parse_request(await read_body(request, served.config.max_body_bytes))
     served.check_model(req.model)
-    check_capacity(len(req.prompts), req, engine.capacity)
-    encoded = encode_prompts(req.prompts, served, prompt_params(req))
-    job = build_job(req, encoded, served.tokenizer, max_tokens=req.max_tokens, stops=req.stops,
-                    top_logprobs=req.logprobs)
-    scored = await _score_prompts(req, encoded, served)
+    check_capacity(len(req.prompts), req.candidates, engine.capacity, "best_of" if req.best_of else "n")
+    encoded = encode_prompts(req.prompts, served, prompt_params(req), req.truncate_prompt_tokens)
+    scored = await score_prompts(encoded, served, req.logprobs) if req.echo and req.logprobs is not None else []
+    truncated = sum(prompt.truncated for prompt in encoded)
+    if req.max_tokens == 0:
+        return JSONResponse(_scored_only(req, encoded, scored, served, truncated))
+    ranked = req.logprobs if req.logprobs is not None else 0 if req.candidates > req.n else None
+    job = build_job(req, encoded, served, per_prompt=req.candidates, max_tokens=req.max_tokens, stops=req.stops,
+                    top_logprobs=ranked)
     engine.submit(job)
     return await respond(request, req, job, engine, served, COMPLETION,
-                         lambda texts, finishes: _choices(req, served.tokenizer, job, texts, finishes, scored))
+                         lambda texts, finishes: _choices(req, encoded, served, job, texts, finishes, scored),
+                         truncated=truncated, logprobs=req.logprobs is not None)
 
 
-async def respond(request: Request, req: SamplingRequest, job: Job, engine: Engine, served: Served, shape: Shape,
-                  choices: Callable[[list[str], list[str | None]], list[dict]]) -> JSONResponse | EventSourceResponse:
-    """The answer to a submitted job: server-sent events in `shape` with stream, else one JSON object
-    whose choices `choices` makes of each choice's text and finish reason."""
-    created = int(time.time())
-    head = {"id": f"{shape.id_prefix}-{uuid.uuid4().hex}", "object": shape.object, "created": created,
-            "model": served.model_id}
-    if req.stream:
-        return EventSourceResponse(
-            _stream(job, {**head, "object": shape.chunk_object}, shape, req.include_usage), sep="\n",
-            shutdown_grace_period=served.config.shutdown_grace + 1,
-            client_close_handler_callable=lambda message: _cancelled(job, engine))
-    try:
-        collected = await _collect(request, job)
-    finally:
-        _cancel(job, engine)
-    if isinstance(collected, JSONResponse):
-        return collected
-    return JSONResponse({**head, "choices": choices(*collected), "usage": usage(job)})
-
-
-async def _score_prompts(req: CompletionRequest, encoded: list[list[int]], served: Served) -> list[list[Entry]]:
-    """With echo and logprobs, each prompt's entries (one forward pass each, in a worker thread)."""
-    if not (req.echo and req.logprobs is not None):
-        return []
-    if served.score is None:
-        raise APIError(400, "echo with logprobs needs a model that scores whole prompts; this one does not",
-                       param="echo", code="unsupported_parameter")
-    return [prompt_entries(await asyncio.to_thread(served.score, ids), ids, req.logprobs) for ids in encoded]
-
-
-def _choices(req: CompletionRequest, tokenizer: Tokenizer, job: Job, texts: list[str], finishes: list[str | None],
-             scored: list[list[Entry]]) -> list[dict]:
-    """The response's choices: the prompt first with echo, and the logprobs object when asked for."""
+def _choices(req: CompletionRequest, encoded: list[PromptIds], served: Served, job: Job, texts: list[str],
+             finishes: list[str | None], scored: list[list[Entry]]) -> list[dict]:
+    """The response's choices: each prompt's best n candidates (all of them without best_of), the
+    prompt first with echo, and the logprobs object when asked for."""
     choices = []
-    for i, (seq, text, finish) in enumerate(zip(job.sequences, texts, finishes)):
-        prompt = i // req.n
-        text = req.prompts[prompt] + text if req.echo else text
-        logprobs = None
-        if req.logprobs is not None:
-            entries = (scored[prompt] if req.echo else []) + seq.logprobs
-            logprobs = choice_logprobs(tokenizer, entries, len(text))
-        choices.append({"text": text, "index": i, "logprobs": logprobs, "finish_reason": finish})
+    per_prompt = req.candidates
+    for p, prompt in enumerate(encoded):
+        candidates = []
+        for i in range(p * per_prompt, (p + 1) * per_prompt):
+            entries = _entries(served, job.sequences[i], texts[i], finishes[i], scored[p] if scored else None)
+            candidates.append((texts[i], finishes[i], entries))
+        if per_prompt > req.n:
+            candidates = sorted(candidates, key=lambda c: -mean_logprob(c[2][len(scored[p]) if scored else 0:]))
+        for j, (text, finish, entries) in enumerate(candidates[: req.n]):
+            logprobs = completion_logprobs(served.tokenizer, entries) if req.logprobs is not None else None
+            choices.append({"text": prompt.text + text if req.echo else text, "index": p * req.n + j,
+                            "logprobs": logprobs, "finish_reason": finish})
     return choices
 
 
-def _cancel(job: Job, engine: Engine) -> None:
-    job.cancel()
-    engine.wake()
+def _entries(served: Served, seq: Sequence, text: str, finish: str | None, echoed: list[Entry] | None) -> Scored:
+    """A choice's entries with offsets: the echoed prompt's (if any), then the tokens its text covers."""
+    if seq.top_logprobs is None:
+        return []
+    cursor = Cursor(served.tokenizer)
+    head = cursor.take_all(echoed) if echoed is not None else []
+    return head + cursor.take(seq.logprobs, text, eot_entry(seq, served.tokenizer.eot_id) if finish == "stop" else None)
 
 
-async def _cancelled(job: Job, engine: Engine) -> None:
-    """sse-starlette's disconnect callback."""
-    _cancel(job, engine)
-
-
-async def _collect(request: Request, job: Job) -> tuple[list[str], list[str | None]] | JSONResponse:
-    """Each choice's text and finish reason, or the error response (the client left, the engine failed)."""
-    texts = [[] for _ in job.sequences]
-    finishes: list[str | None] = [None] * len(job.sequences)
-
-    async def gather() -> None:
-        async for index, text, finish in job.events():
-            texts[index].append(text)
-            finishes[index] = finish if finish is not None else finishes[index]
-
-    gathering = asyncio.ensure_future(gather())
-    watching = asyncio.ensure_future(_disconnected(request))
-    try:
-        await asyncio.wait({gathering, watching}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watching.cancel()
-        gathering.cancel()
-    if not gathering.done() or gathering.cancelled():
-        return JSONResponse(error_body("client disconnected", type="invalid_request_error"), status_code=499)
-    if "error" in finishes:
-        return JSONResponse(error_body("The engine failed while generating this request", type="server_error",
-                                       code="engine_error"), status_code=500)
-    return ["".join(t) for t in texts], finishes
-
-
-async def _disconnected(request: Request) -> None:
-    """Returns when the client has gone away (the body is already read, so only that can arrive)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-async def _stream(job: Job, head: dict, shape: Shape, include_usage: bool) -> AsyncIterator[dict]:
-    usage_field = {"usage": None} if include_usage else {}
-    try:
-        if shape.opening is not None:
-            for index in range(len(job.sequences)):
-                yield {"data": json.dumps({**head, "choices": [shape.opening(index)], **usage_field})}
-        async for index, text, finish in job.events():
-            if finish == "error":
-                yield {"data": json.dumps(error_body("The engine failed while generating this request",
-                                                     type="server_error", code="engine_error"))}
-                return
-            if text or finish is not None:
-                yield {"data": json.dumps({**head, "choices": [shape.piece(index, text, finish)], **usage_field})}
-        if include_usage:
-            yield {"data": json.dumps({**head, "choices": [], "usage": usage(job)})}
-        yield {"data": "[DONE]"}
-    finally:
-        job.cancel()
+def _scored_only(req: CompletionRequest, encoded: list[PromptIds], scored: list[list[Entry]], served: Served,
+                 truncated: int) -> dict:
+    """max_tokens 0 with echo: each prompt's text (and logprobs), nothing generated."""
+    choices = []
+    for p, prompt in enumerate(encoded):
+        logprobs = (completion_logprobs(served.tokenizer, Cursor(served.tokenizer).take_all(scored[p]))
+                    if req.logprobs is not None else None)
+        choices += [{"text": prompt.text, "index": p * req.n + j, "logprobs": logprobs, "finish_reason": "length"}
+                    for j in range(req.n)]
+    seen = sum(prompt.seen for prompt in encoded)
+    return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+            "model": served.model_id, "choices": choices,
+            "usage": {"prompt_tokens": seen, "completion_tokens": 0, "total_tokens": seen,
+                      "prompt_tokens_truncated": truncated}}

@@ -5,7 +5,10 @@ Log probabilities are the log-softmax of the model's own logits, before temperat
 logit bias and top-k/top-p (vLLM's default, "raw" log probabilities), so they score the text under
 the model whatever the sampling. The scheduler records an `Entry` per sampled token (not the end
 of text) of a sequence that asks for them; `prompt_entries` scores an echoed prompt from one
-forward pass over it; `choice_logprobs` turns entries into the response's object.
+forward pass over it; a `Cursor` hands a choice's entries out as its text arrives (all at once,
+or chunk by chunk in a stream) and `completion_logprobs` / `chat_logprobs` word them. A choice that
+ends at the end of text gets that token's entry last (`eot_entry`, named EOT_TEXT), as OpenAI's do:
+lm-evaluation-harness drops the last entry of an echoed prompt as the generated token's.
 """
 
 from __future__ import annotations
@@ -50,22 +53,83 @@ def token_text(tokenizer: Tokenizer, token: int) -> str:
     return tokenizer.decode_bytes([token]).decode("utf-8", errors="replace")
 
 
-def choice_logprobs(tokenizer: Tokenizer, entries: list[Entry], text_length: int) -> dict:
-    """The response's logprobs object of a choice whose text is `text_length` characters long: the
-    entries of the tokens that start within it (a stop string may have cut the last ones off).
-    Offsets add up the tokens' texts, as vLLM's do (they match the choice's text where every token
-    is whole UTF-8)."""
-    tokens, token_logprobs, top_logprobs, text_offset = [], [], [], []
-    offset = 0
-    for token, logprob, top in entries:
-        if offset >= text_length:
-            break
-        text = token_text(tokenizer, token)
-        tokens.append(text)
-        token_logprobs.append(logprob)
-        top_logprobs.append(None if top is None else
-                            {**{token_text(tokenizer, i): lp for i, lp in top}, text: logprob})
-        text_offset.append(offset)
-        offset += len(text)
-    return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top_logprobs,
-            "text_offset": text_offset}
+EOT_TEXT = "<|endoftext|>"
+"""How logprobs name the end-of-text token (it adds nothing to the text, so its offset does not advance)."""
+
+
+def token_name(tokenizer: Tokenizer, token: int) -> str:
+    """A token as logprobs name it: its text, or EOT_TEXT for the end of text."""
+    return EOT_TEXT if token == tokenizer.eot_id else token_text(tokenizer, token)
+
+
+def eot_entry(seq: object, eot_id: int) -> Entry | None:
+    """The entry of the end of text that ended `seq` (a `decoder.serve.scheduler.Sequence` that
+    records logprobs), from the logits it was sampled from; None if the sequence did not end there."""
+    sampled = len(seq.tokens) - len(seq.prompt_ids)  # the end of text is never appended
+    if seq.top_logprobs is None or seq.final_logits is None or seq.generated <= sampled:
+        return None
+    return sampled_entry(seq.final_logits, eot_id, seq.top_logprobs)
+
+
+Scored = list[tuple[Entry, int]]
+"""Entries with the offset of each token in the choice's text."""
+
+
+class Cursor:
+    """Hands out a choice's entries as its text arrives: each entry once, when the text reaches the
+    token it scores (so a stop string that cuts the text cuts its tokens too). Offsets add up the
+    tokens' texts, as vLLM's do (they match the choice's text where every token is whole UTF-8)."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.sent, self.offset, self.length = 0, 0, 0
+
+    def take(self, entries: list[Entry], text: str, last: Entry | None = None) -> Scored:
+        """The entries whose tokens start within the text so far, extended by `text`; `last` (the end
+        of text that ended the choice) comes after them."""
+        self.length += len(text)
+        out: Scored = []
+        while self.sent < len(entries) and self.offset < self.length:
+            token = entries[self.sent][0]
+            out.append((entries[self.sent], self.offset))
+            self.offset += len(token_text(self.tokenizer, token))
+            self.sent += 1
+        if last is not None:
+            out.append((last, self.offset))
+        return out
+
+    def take_all(self, entries: list[Entry]) -> Scored:
+        """All of an echoed prompt's entries (before the generated ones, which `take` hands out)."""
+        out: Scored = []
+        for entry_ in entries:
+            out.append((entry_, self.offset))
+            self.offset += len(token_text(self.tokenizer, entry_[0]))
+        self.length = self.offset
+        return out
+
+
+def completion_logprobs(tokenizer: Tokenizer, scored: Scored) -> dict:
+    """OpenAI's completions logprobs object: tokens, token_logprobs, top_logprobs, text_offset."""
+    tops = [None if top is None else {**{token_name(tokenizer, i): lp for i, lp in top},
+                                      token_name(tokenizer, token): logprob}
+            for (token, logprob, top), _ in scored]
+    return {"tokens": [token_name(tokenizer, token) for (token, _, _), _ in scored],
+            "token_logprobs": [logprob for (_, logprob, _), _ in scored], "top_logprobs": tops,
+            "text_offset": [offset for _, offset in scored]}
+
+
+def _chat_token(tokenizer: Tokenizer, token: int, logprob: float) -> dict:
+    return {"token": token_text(tokenizer, token), "logprob": logprob, "bytes": list(tokenizer.decode_bytes([token]))}
+
+
+def chat_logprobs(tokenizer: Tokenizer, scored: Scored) -> dict:
+    """OpenAI's chat logprobs object: content[] of token, logprob, bytes, top_logprobs[]."""
+    return {"content": [{**_chat_token(tokenizer, token, logprob),
+                         "top_logprobs": [_chat_token(tokenizer, i, lp) for i, lp in top or []]}
+                        for (token, logprob, top), _ in scored]}
+
+
+def mean_logprob(scored: Scored) -> float:
+    """best_of's ranking: the mean log probability per token (-inf for a choice of no token)."""
+    values = [logprob for (_, logprob, _), _ in scored if logprob is not None]
+    return sum(values) / len(values) if values else float("-inf")

@@ -1,8 +1,11 @@
 """The server's Prometheus metrics, in a registry of its own (so several apps in one process, as in
 the tests, never collide), exposed as text at GET /metrics.
 
-Names carry their units; latencies are measured in the engine when a token is sampled, so they
-include queueing and batching but not the network.
+Names carry their units; token latencies are measured in the engine when a token is sampled, so
+they include queueing and batching but not the network. A request's time in the queue runs from
+its arrival to the engine taking its first sequence into the batch; its end-to-end latency, from
+its arrival to the end of its last sequence (whatever the finish reason), as vLLM's
+`request_queue_time_seconds` and `e2e_request_latency_seconds`.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+REQUEST_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
@@ -36,6 +40,12 @@ class ServerMetrics:
         self.itl = Histogram("decoder_inter_token_latency_seconds",
                              "Between consecutive sampled tokens of a sequence", buckets=LATENCY_BUCKETS,
                              registry=r)
+        self.queue_time = Histogram("decoder_request_queue_time_seconds",
+                                    "From a request's arrival to its first sequence joining the batch",
+                                    buckets=LATENCY_BUCKETS + (60.0, 120.0), registry=r)
+        self.request_latency = Histogram("decoder_request_latency_seconds",
+                                         "From a request's arrival to the end of its last sequence",
+                                         buckets=REQUEST_BUCKETS, registry=r)
         self.batch_size = Histogram("decoder_batch_rows", "Rows sampled per engine step", buckets=BATCH_BUCKETS,
                                     registry=r)
 

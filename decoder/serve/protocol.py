@@ -32,6 +32,8 @@ MAX_MESSAGES = 256
 MAX_SEED = 2**63 - 1
 MAX_LOGPROBS = 5
 """Largest `logprobs` (as OpenAI's API)."""
+MAX_TOP_LOGPROBS = 20
+"""Largest chat `top_logprobs` (as OpenAI's API)."""
 MAX_BIAS = 100.0
 """`logit_bias` values lie in [-MAX_BIAS, MAX_BIAS] (as OpenAI's API)."""
 STRICT = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True)
@@ -90,26 +92,34 @@ class SamplingRequest(BaseModel):
     model_config = STRICT
     model: str | None = None
     """If given, one of the served model's names (GET /v1/models)."""
-    max_tokens: int = Field(16, ge=1, le=MAX_TOKENS_LIMIT)
-    """Tokens to generate at most (the context window slides, so this may exceed it)."""
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    """Softmax temperature; 0 is greedy (argmax)."""
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    """Nucleus sampling: keep the most likely tokens whose mass reaches top_p."""
-    top_k: int = Field(0, ge=0)
-    """Keep the k most likely tokens; 0 keeps every token."""
+    max_tokens: int = Field(16, ge=0, le=MAX_TOKENS_LIMIT)
+    """Tokens to generate at most (the context window slides, so this may exceed it); 0 only with
+    echo (score the prompt, generate nothing)."""
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    """Softmax temperature; 0 is greedy (argmax). Missing or null: the model card's sampling_defaults."""
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    """Nucleus sampling: keep the most likely tokens whose mass reaches top_p. Missing or null: the
+    model card's sampling_defaults."""
+    top_k: int | None = Field(None, ge=0)
+    """Keep the k most likely tokens; 0 keeps every token. Missing or null: the model card's sampling_defaults."""
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     """Each sequence draws from its own generator seeded with this (choice j of n: seed + j), so the
     text does not depend on other requests; None draws a fresh seed."""
-    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
-    """CTRL's penalty on tokens already in the sequence, prompt included (1 is off; `decoder
-    generate` defaults to 1.2)."""
-    no_repeat_ngram_size: int = Field(0, ge=0, le=64)
-    """Never complete an n-gram already in the sequence (0 is off; `decoder generate` defaults to 4)."""
-    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
+    """CTRL's penalty on tokens already in the sequence, prompt included (1 is off). Missing or null:
+    the model card's sampling_defaults (the bundle's sampling config, as `decoder generate`)."""
+    no_repeat_ngram_size: int | None = Field(None, ge=0, le=64)
+    """Never complete an n-gram already in the sequence (0 is off). Missing or null: the model card's
+    sampling_defaults (the bundle's sampling config, as `decoder generate`)."""
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     """OpenAI's: subtracted from the logit of every token generated so far (the prompt does not count)."""
-    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     """OpenAI's: subtracted from a token's logit once per time it was generated so far."""
+    truncate_prompt_tokens: int | None = Field(None, ge=1)
+    """vLLM's: keep only the last k tokens of each prompt (the rest is as if not sent). Without it, a
+    prompt longer than the context is seen through its last context-length tokens (or refused, if
+    the server runs with --long-prompts refuse); usage.prompt_tokens_truncated counts what the model
+    did not see."""
     logit_bias: dict[str, float] | None = None
     """Token id (as a string: ids of this model's vocabulary, see POST /tokenize) -> a bias in
     [-100, 100] added to its logit before sampling; -100 all but bans the token, 100 all but forces it."""
@@ -153,17 +163,50 @@ class SamplingRequest(BaseModel):
         return self.stream_options is not None and self.stream_options.include_usage
 
 
+Prompt = str | list[int]
+"""One prompt: a text, or token ids of this model's vocabulary."""
+
+
+def _prompts(value: Any) -> Any:
+    """A text, a list of texts, token ids, or a list of token-id lists, with a clear message."""
+    if isinstance(value, list) and value and all(isinstance(v, list) for v in value):
+        if len(value) > MAX_PROMPTS:
+            raise ValueError(f"prompt must list 1 to {MAX_PROMPTS} prompts (got {len(value)})")
+        for i, ids in enumerate(value):
+            _token_ids(ids, f"prompt[{i}]")
+        return value
+    if isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return value
+    if isinstance(value, list) and not value:
+        raise ValueError("prompt is an empty list: give a text, texts, token ids or lists of token ids")
+    return _strings(value, "prompt", max_items=MAX_PROMPTS)
+
+
+def _token_ids(ids: Any, where: str) -> None:
+    if not ids:
+        raise ValueError(f"{where} is an empty list of token ids: give at least one")
+    for j, token in enumerate(ids):
+        if not isinstance(token, int) or isinstance(token, bool):
+            raise ValueError(f"{where}[{j}] must be a token id (an integer), got {_json_type(token)}")
+
+
 class CompletionRequest(SamplingRequest):
     """POST /v1/completions. Sampling follows `decoder generate`: temperature 0 is greedy."""
 
-    prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=MAX_PROMPTS)]
-    """The text to continue, or a list of texts (one choice each, in order)."""
+    prompt: (Text | Annotated[list[Text], Field(min_length=1, max_length=MAX_PROMPTS)]
+             | Annotated[list[int], Field(min_length=1)]
+             | Annotated[list[Annotated[list[int], Field(min_length=1)]], Field(min_length=1, max_length=MAX_PROMPTS)])
+    """The text to continue, a list of texts (one choice each, in order), token ids (this model's, see
+    POST /tokenize), or a list of token-id lists; token ids give the same answer as their text."""
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     """Return each token's log probability and the k most likely at its position (the model's own
-    distribution, before temperature, penalties and top-k/top-p). Not with stream."""
+    distribution, before temperature, penalties and top-k/top-p); streamed chunks carry their tokens'."""
     echo: bool = False
     """Return the prompt before the generated text (with logprobs: the prompt's tokens too, the
     first with null log probability). Not with stream."""
+    best_of: int | None = Field(None, ge=1, le=MAX_CHOICES)
+    """Generate best_of choices per prompt and return the n with the highest mean log probability per
+    token (at least n; not with stream; usage counts every token generated)."""
     suffix: None = None
     """Not supported (this model only continues text): any value but null is refused with 400
     `unsupported_parameter`."""
@@ -171,11 +214,19 @@ class CompletionRequest(SamplingRequest):
     @field_validator("prompt", mode="before")
     @classmethod
     def _prompt(cls, value: Any) -> Any:
-        return _strings(value, "prompt", max_items=MAX_PROMPTS)
+        return _prompts(value)
 
     @property
-    def prompts(self) -> list[str]:
-        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+    def prompts(self) -> list[Prompt]:
+        """One entry per prompt: a text or its token ids."""
+        if isinstance(self.prompt, str) or (self.prompt and isinstance(self.prompt[0], int)):
+            return [self.prompt]
+        return list(self.prompt)
+
+    @property
+    def candidates(self) -> int:
+        """Sequences generated per prompt (best_of, else n)."""
+        return self.n if self.best_of is None else self.best_of
 
 
 class ChatMessage(BaseModel):
@@ -195,6 +246,10 @@ class ChatCompletionRequest(SamplingRequest):
     """The conversation so far, oldest first."""
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
     """OpenAI's newer name for max_tokens (give one of them)."""
+    logprobs: bool = False
+    """Return each token of the reply with its log probability (choices[].logprobs.content)."""
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    """With logprobs: the k most likely tokens at each position, too."""
 
     @property
     def completion_tokens(self) -> int:
@@ -236,31 +291,6 @@ def parse_object(body: bytes) -> dict:
     return raw
 
 
-class TokenizeRequest(BaseModel):
-    """POST /tokenize (vLLM's names): the token ids of a text, as completions would encode it."""
-
-    model_config = STRICT
-    prompt: str
-    """The text to encode (it may be longer than the context: the answer says how long it is)."""
-    model: str | None = None
-    """If given, one of the served model's names."""
-    add_special_tokens: bool = True
-    """vLLM's switch for a tokenizer's BOS token; this model adds no special tokens either way."""
-    return_token_strs: bool = False
-    """Also return each token's text (its bytes as UTF-8, a partial character as U+FFFD)."""
-
-
-class DetokenizeRequest(BaseModel):
-    """POST /detokenize (vLLM's names): the text of token ids."""
-
-    model_config = STRICT
-    tokens: list[int]
-    """Token ids of this model's vocabulary (0 to vocab_size - 1, GET /v1/models); the end-of-text
-    token decodes to nothing, as in completions."""
-    model: str | None = None
-    """If given, one of the served model's names."""
-
-
 RequestModel = TypeVar("RequestModel", bound=BaseModel)
 SamplingRequestModel = TypeVar("SamplingRequestModel", bound=SamplingRequest)
 
@@ -284,10 +314,19 @@ def parse_request(body: bytes) -> CompletionRequest:
         raise APIError(400, "suffix is not supported: this model only continues a prompt (inserting text needs a "
                        "model trained for it); leave suffix out or null", param="suffix", code="unsupported_parameter")
     request = _check_stream_options(_validated(CompletionRequest, raw))
-    for name in ("logprobs", "echo"):
-        if request.stream and getattr(request, name) not in (None, False):
-            raise APIError(400, f"{name} is supported only without stream: send stream false (or leave {name} out)",
-                           param=name, code="unsupported_parameter")
+    if request.stream and request.echo:
+        raise APIError(400, "echo is supported only without stream: send stream false (or leave echo out)",
+                       param="echo", code="unsupported_parameter")
+    if request.max_tokens == 0 and not request.echo:
+        raise APIError(400, "max_tokens=0 generates nothing: it is allowed only with echo (to score the prompt)",
+                       param="max_tokens", code="invalid_value")
+    if request.best_of is not None:
+        if request.best_of < request.n:
+            raise APIError(400, f"best_of={request.best_of} must be >= n={request.n}", param="best_of",
+                           code="invalid_value")
+        if request.stream and request.best_of > 1:
+            raise APIError(400, "best_of > 1 is supported only without stream", param="best_of",
+                           code="unsupported_parameter")
     return request
 
 
@@ -297,6 +336,10 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
     if request.max_completion_tokens is not None and "max_tokens" in request.model_fields_set:
         raise APIError(400, "Give max_completion_tokens or max_tokens (its older name), not both",
                        param="max_completion_tokens", code="invalid_value")
+    if request.completion_tokens == 0:
+        raise APIError(400, "max_tokens must be >= 1 for a chat completion", param="max_tokens", code="invalid_value")
+    if request.top_logprobs is not None and not request.logprobs:
+        raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_value")
     return request
 
 

@@ -82,6 +82,8 @@ class Sequence:
     """The recorded entries (`decoder.serve.logprobs`), one per sampled token but the end of text."""
     next_token: int = -1
     logits: np.ndarray | None = None
+    final_logits: np.ndarray | None = None
+    """With top_logprobs: the raw logits of the last token picked (the end of text's, if it ended there)."""
     arrived: float = field(default_factory=time.perf_counter)
     last_token_at: float | None = None
 
@@ -219,4 +221,7 @@ def choose_tokens(logits: np.ndarray, rows: list[Sequence]) -> np.ndarray:
         seq = rows[i]
         generated = seq.tokens[len(seq.prompt_ids):]
         tokens[i] = next_tokens(logits[i : i + 1], seq.params, seq.rng, [seq.tokens], [generated])[0]
+    for seq, row in zip(rows, logits):
+        if seq.top_logprobs is not None:
+            seq.final_logits = row
     return tokens

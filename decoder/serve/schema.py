@@ -15,7 +15,8 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ConfigDict
 
-from decoder.serve.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
+from decoder.serve.protocol import ChatCompletionRequest, CompletionRequest
+from decoder.serve.tokens import DetokenizeRequest, TokenizeRequest
 
 DOCUMENTED = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 REQUEST_MODELS = (CompletionRequest, ChatCompletionRequest, TokenizeRequest, DetokenizeRequest)
@@ -45,7 +46,8 @@ class Logprobs(BaseModel):
 
     model_config = DOCUMENTED
     tokens: list[str]
-    """Each token's text (its bytes as UTF-8; a partial character as U+FFFD)."""
+    """Each token's text (its bytes as UTF-8; a partial character as U+FFFD; the end of text that
+    ended a choice as <|endoftext|>)."""
     token_logprobs: list[float | None]
     """Each token's log probability under the model (null for the first token of an echoed prompt)."""
     top_logprobs: list[dict[str, float] | None]
@@ -70,8 +72,13 @@ class Choice(BaseModel):
 class Usage(BaseModel):
     model_config = DOCUMENTED
     prompt_tokens: int
+    """Tokens of the prompts the model saw (each prompt once, whatever n)."""
     completion_tokens: int
+    """Tokens generated, over every choice (and every best_of candidate)."""
     total_tokens: int
+    prompt_tokens_truncated: int = 0
+    """Tokens of the prompts as sent that the model did not see (cut by truncate_prompt_tokens, or
+    before the last context-length tokens of a longer prompt)."""
 
 
 class Completion(BaseModel):
@@ -103,6 +110,28 @@ class Delta(BaseModel):
     content: str | None = None
 
 
+class TopLogprob(BaseModel):
+    model_config = DOCUMENTED
+    token: str
+    """The token's text (its bytes as UTF-8; a partial character as U+FFFD)."""
+    logprob: float
+    bytes: list[int] | None
+    """The token's bytes."""
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+    """The top_logprobs most likely tokens at this position, most likely first."""
+
+
+class ChatLogprobs(BaseModel):
+    """OpenAI's chat log probabilities (natural log) of the reply's tokens."""
+
+    model_config = DOCUMENTED
+    content: list[TokenLogprob] | None
+    """One entry per token of the reply (in a stream, of this chunk's text)."""
+
+
 class ChatChoice(BaseModel):
     model_config = DOCUMENTED
     index: int
@@ -111,7 +140,8 @@ class ChatChoice(BaseModel):
     """The reply (absent in a stream's chunks)."""
     delta: Delta | None = None
     """In a stream, the next piece of the reply (absent in the JSON answer)."""
-    logprobs: None
+    logprobs: ChatLogprobs | None
+    """With logprobs: true."""
     finish_reason: Literal["stop", "length", "cancelled"] | None
     """As completions' (stop includes a new turn of the chat template); null until a stream's last chunk."""
 
@@ -153,6 +183,20 @@ class TokenizerInfo(BaseModel):
     """The most tokens the model sees at once (the longest prompt)."""
 
 
+class SamplingDefaults(BaseModel):
+    """What a request's missing sampling fields take: the bundle's sampling config (as `decoder
+    generate` decodes), or OpenAI's neutral values with `decoder serve --sampling-defaults openai`."""
+
+    model_config = DOCUMENTED
+    temperature: float
+    top_p: float
+    top_k: int
+    repetition_penalty: float
+    no_repeat_ngram_size: int
+    presence_penalty: float
+    frequency_penalty: float
+
+
 class ModelCard(BaseModel):
     """OpenAI's model object plus what the bundle records (the fields after owned_by are absent for a
     model that is not a bundle)."""
@@ -169,6 +213,7 @@ class ModelCard(BaseModel):
     tokenizer: TokenizerInfo
     chat_template: ChatTemplate | None = None
     """How chat messages become this model's prompt (it is a base model, not tuned for chat)."""
+    sampling_defaults: SamplingDefaults
     file: str | None = None
     """The ONNX file served (model.onnx, or model.int8.onnx)."""
     quantized: bool | None = None
@@ -201,6 +246,24 @@ class TokenizeResponse(BaseModel):
     """Each token's text when return_token_strs asked for it."""
 
 
+class TokenizerInfoResponse(BaseModel):
+    """vLLM's GET /tokenizer_info (read by lm-evaluation-harness's remote tokenizer)."""
+
+    model_config = DOCUMENTED
+    tokenizer_class: str
+    encoding: str
+    vocab_size: int
+    eos_token: str
+    """The end of text, as completions' logprobs name it."""
+    eos_token_id: int
+    bos_token: None
+    pad_token: None
+    model_max_length: int
+    """The context length."""
+    chat_template: None
+    """No Jinja template: chat renders messages with the model card's chat_template."""
+
+
 class DetokenizeResponse(BaseModel):
     model_config = DOCUMENTED
     prompt: str
@@ -215,17 +278,26 @@ class Health(BaseModel):
     """Requests queued."""
 
 
-STREAM = {"text/event-stream": {"schema": {"type": "string", "description": (
+def _event_stream(description: str) -> dict:
+    """A text/event-stream response: its schema describes one event (OpenAPI 3.2's way, which
+    fuzzers such as schemathesis validate each event against)."""
+    event = {"type": "object", "description": description, "required": ["data"], "properties": {
+        "data": {"type": "string", "description": "A JSON chunk, a JSON ErrorResponse, or [DONE]."},
+        "event": {"type": "string"}, "id": {"type": "string"}, "retry": {"type": "integer"}}}
+    return {"text/event-stream": {"schema": event}}
+
+
+STREAM = _event_stream(
     "With stream: true, server-sent events: `data: {Completion chunk}` per piece of text of a choice (its "
     "finish_reason in its last chunk), `data: {usage chunk}` (empty choices) if stream_options.include_usage, "
-    "then `data: [DONE]`. An engine failure mid-stream sends `data: {ErrorResponse}` and ends the stream.")}}}
+    "then `data: [DONE]`. An engine failure mid-stream sends `data: {ErrorResponse}` and ends the stream.")
 
 
-CHAT_STREAM = {"text/event-stream": {"schema": {"type": "string", "description": (
+CHAT_STREAM = _event_stream(
     "With stream: true, server-sent events: `data: {ChatCompletion chunk}` per choice with its delta's role, then "
     "one per piece of text (delta.content; finish_reason in the choice's last chunk), `data: {usage chunk}` (empty "
     "choices) if stream_options.include_usage, then `data: [DONE]`. An engine failure mid-stream sends "
-    "`data: {ErrorResponse}` and ends the stream.")}}}
+    "`data: {ErrorResponse}` and ends the stream.")
 
 
 def errors(*statuses: int) -> dict:

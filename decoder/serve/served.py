@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from decoder.bundle import INT8_MODEL_FILE
-from decoder.serve.config import ServeConfig
+from decoder.serve.config import OPENAI_DEFAULTS, SamplingDefaults, ServeConfig
 from decoder.serve.protocol import APIError
 from decoder.tokenizer import Tokenizer
 
@@ -31,6 +31,8 @@ class Served:
     """The bundle's fields of GET /v1/models' entries (besides the name)."""
     score: Callable[[list[int]], np.ndarray] | None = None
     """A prompt's token ids -> the (T, V) logits at every position (for echo with logprobs)."""
+    defaults: SamplingDefaults = OPENAI_DEFAULTS
+    """What a request's missing sampling fields take (`ServeConfig.sampling_defaults`)."""
 
     @property
     def model_id(self) -> str:
@@ -45,7 +47,8 @@ class Served:
     def model_card(self, name: str) -> dict:
         """GET /v1/models' entry for one of the names (404 for another)."""
         self.check_model(name)
-        return {"id": name, "object": "model", "created": 0, "owned_by": "decoder", **self.card}
+        return {"id": name, "object": "model", "created": 0, "owned_by": "decoder", **self.card,
+                "sampling_defaults": self.defaults.as_dict()}
 
 
 def model_names(run_id: str, served_model_names: tuple[str, ...] = ()) -> tuple[str, ...]:

@@ -1,7 +1,9 @@
 """The official `openai` Python client against `decoder serve` on 127.0.0.1: a real server process
 for the sync client, uvicorn in a thread for the async one. Completions (with logprobs, and
 streamed), chat completions (and streamed) and the model list; greedy text equals
-`Runtime.generate`, and streamed pieces join to the text of the same request unstreamed."""
+`Runtime.generate`, and streamed pieces join to the text of the same request unstreamed. And
+LangChain's OpenAI and ChatOpenAI (langchain-openai) with their default parameters, and greedy:
+the text the bundle's sampling config gives (the server's defaults)."""
 
 from __future__ import annotations
 
@@ -42,10 +44,25 @@ def expected(runtime) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def client(onnx_bundle):
+def url(onnx_bundle):
     with server_process(onnx_bundle, "--served-model-name", "verne") as (url, _):
-        with openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120) as client:
-            yield client
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(url):
+    with openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def bundle_greedy(runtime) -> dict[str, str]:
+    """Greedy continuations under the bundle's sampling config (the server's defaults: repetition
+    penalty 1.2, no repeated 4-grams), of the prompt and of the rendered chat (cut at a new turn)."""
+    greedy = SamplingParams(temperature=0.0, repetition_penalty=1.2, no_repeat_ngram_size=4)
+    chat = runtime.generate(render([ChatMessage(**m) for m in MESSAGES]), max_new_tokens=MAX_TOKENS, params=greedy)
+    cut = min((i for i in (chat.find(s) for s in TURN_STOPS) if i >= 0), default=len(chat))
+    return {"completion": runtime.generate(PROMPT, max_new_tokens=MAX_TOKENS, params=greedy), "chat": chat[:cut]}
 
 
 def test_models_list_names_the_served_model(client, runtime):
@@ -117,3 +134,39 @@ def test_async_client_over_uvicorn(runtime, expected):
 
     with uvicorn_thread(app) as (host, port):
         asyncio.run(calls(f"http://{host}:{port}"))
+
+
+def test_langchain_openai_llm_with_its_default_parameters_invokes_and_streams(url, bundle_greedy):
+    llms = pytest.importorskip("langchain_openai", reason="langchain-openai is in the dev extra")
+    llm = llms.OpenAI(base_url=url + "/v1", api_key="unused", model="verne", max_retries=0, timeout=120)
+    text = llm.invoke(PROMPT)  # LangChain's defaults: temperature 0.7, max_tokens 256, top_p 1, penalties 0, n 1
+    pieces = list(llm.stream(PROMPT))
+    assert isinstance(text, str) and text and pieces and all(isinstance(p, str) for p in pieces)
+    greedy = llms.OpenAI(base_url=url + "/v1", api_key="unused", model="verne", temperature=0, max_tokens=MAX_TOKENS,
+                         max_retries=0)
+    assert greedy.invoke(PROMPT) == bundle_greedy["completion"]
+    assert "".join(greedy.stream(PROMPT)) == bundle_greedy["completion"]
+
+
+def test_langchain_chat_openai_invokes_and_streams(url, bundle_greedy):
+    llms = pytest.importorskip("langchain_openai", reason="langchain-openai is in the dev extra")
+    chat = llms.ChatOpenAI(base_url=url + "/v1", api_key="unused", model="verne", max_retries=0, timeout=120)
+    assert isinstance(chat.invoke(MESSAGES).content, str)
+    greedy = llms.ChatOpenAI(base_url=url + "/v1", api_key="unused", model="verne", temperature=0,
+                             max_completion_tokens=MAX_TOKENS, max_retries=0)
+    assert greedy.invoke(MESSAGES).content == bundle_greedy["chat"]
+    assert "".join(chunk.content for chunk in greedy.stream(MESSAGES)) == bundle_greedy["chat"]
+
+
+def test_the_openai_client_reads_chat_logprobs_and_streamed_completion_logprobs(client, expected):
+    r = client.chat.completions.create(model="verne", messages=MESSAGES, max_tokens=MAX_TOKENS, **GREEDY,
+                                       logprobs=True, top_logprobs=2)
+    (choice,) = r.choices
+    content = choice.logprobs.content
+    assert choice.message.content == expected["chat"]
+    assert "".join(t.token for t in content).startswith(choice.message.content) and content
+    assert all(len(t.top_logprobs) == 2 and t.logprob <= 0 and t.bytes for t in content)
+    chunks = list(client.completions.create(model="verne", prompt=PROMPT, max_tokens=MAX_TOKENS, **GREEDY,
+                                            logprobs=1, stream=True))
+    tokens = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.tokens]
+    assert "".join(tokens).replace("<|endoftext|>", "") == expected["completion"]

@@ -53,7 +53,7 @@ def test_a_deeply_nested_body_is_a_400_and_the_connection_stays_usable(runtime, 
 def test_a_nested_prompt_the_parser_can_read_is_refused_by_type(runtime):
     r = in_process(create_app(runtime), lambda client: client.post("/v1/completions", content=nested(200)))
     error = r.json()["error"]
-    assert r.status_code == 400 and error["param"] == "prompt" and "prompt[0] must be a string" in error["message"]
+    assert r.status_code == 400 and error["param"] == "prompt" and "prompt[0][0] must be a token id" in error["message"]
 
 
 class ExplodingTokenizer:
@@ -128,7 +128,7 @@ def test_a_tiny_temperature_or_penalty_gives_text_not_nan(runtime):
 
 
 def test_a_request_larger_than_slots_and_queue_is_a_400_not_a_429(runtime):
-    app = create_app(runtime, ServeConfig(max_batch=8, max_queue=4))  # at most 12 sequences
+    app = create_app(runtime, ServeConfig(max_batch=8, max_queue=4, sampling_defaults="openai"))  # at most 12 sequences
 
     async def call(client):
         too_many = await client.post("/v1/completions", json={"prompt": ["a", "b"], "n": 7, "max_tokens": 1})

@@ -23,7 +23,7 @@ def runtime(onnx_bundle) -> Runtime:
 
 @pytest.fixture(scope="module")
 def app(runtime):
-    return create_app(runtime, ServeConfig(max_batch=8, max_queue=8), served_model_names=NAMES)
+    return create_app(runtime, ServeConfig(max_batch=8, max_queue=8, sampling_defaults="openai"), served_model_names=NAMES)
 
 
 def calls(app, *requests: tuple[str, str, dict | None]) -> list:

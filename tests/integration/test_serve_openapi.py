@@ -12,11 +12,12 @@ from decoder.runtime import Runtime
 from decoder.serve import schema
 from decoder.serve.app import create_app
 from decoder.serve.config import ServeConfig
-from decoder.serve.protocol import CompletionRequest, DetokenizeRequest, TokenizeRequest
+from decoder.serve.protocol import CompletionRequest
+from decoder.serve.tokens import DetokenizeRequest, TokenizeRequest
 
 PROMPT = "Harding wondered"
 ROUTES = {"/v1/completions": "post", "/v1/chat/completions": "post", "/v1/models": "get", "/v1/models/{model}": "get", "/tokenize": "post",
-          "/detokenize": "post", "/health": "get", "/metrics": "get"}
+          "/detokenize": "post", "/tokenizer_info": "get", "/health": "get", "/metrics": "get"}
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +70,8 @@ def test_completions_may_answer_json_or_an_event_stream_and_errors_are_error_obj
         assert responses[status]["content"]["application/json"]["schema"] == {
             "$ref": "#/components/schemas/ErrorResponse"}
     properties = document["components"]["schemas"]["CompletionRequest"]["properties"]
-    assert properties["presence_penalty"]["minimum"] == -2 and properties["presence_penalty"]["maximum"] == 2
+    (number, null) = properties["presence_penalty"]["anyOf"]  # missing or null: the model card's sampling_defaults
+    assert number["minimum"] == -2 and number["maximum"] == 2 and null == {"type": "null"}
     assert properties["suffix"]["type"] == "null" and "unsupported_parameter" in properties["suffix"]["description"]
 
 

@@ -23,7 +23,7 @@ CLIENT_DEADLINE_S = 180
 
 @pytest.fixture(scope="module")
 def server(onnx_bundle):
-    with server_process(onnx_bundle, "--max-batch", "16", "--max-queue", "64",
+    with server_process(onnx_bundle, "--max-batch", "16", "--max-queue", "64", "--sampling-defaults", "openai",
                         "--served-model-name", "verne", "decoder/tiny") as (url, proc):
         yield url, proc
 

@@ -1,0 +1,155 @@
+"""The answer to a submitted job, in a route's `Shape`: one JSON object, or server-sent events.
+
+Non-streaming: the handler waits for every choice and answers one JSON object whose choices the
+route builds from each choice's text and finish reason; if the client goes away first, its
+sequences are cancelled. Streaming (`"stream": true`): server-sent events, one `data: {chunk}` per
+piece of text of a choice (with logprobs, the entries of the tokens that piece completes, in the
+route's wording), a chunk with the choice's finish_reason when it ends, a usage chunk (empty
+choices) if `stream_options.include_usage`, then `data: [DONE]`. A client that disconnects
+mid-stream has its sequences cancelled (they leave the batch at the next step). On shutdown the
+engine ends every response within `shutdown_grace` seconds; sse-starlette's own cut (a second
+later) is only a backstop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import AsyncIterator, Callable
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from sse_starlette import EventSourceResponse
+
+from decoder.serve.engine import Engine, Job
+from decoder.serve.logprobs import Cursor, Scored, eot_entry
+from decoder.serve.protocol import SamplingRequest, error_body
+from decoder.serve.served import Served
+from decoder.tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class Shape:
+    """How a route words its answer: completions' text choices, or chat's messages (`decoder.serve.chat`)."""
+
+    id_prefix: str
+    object: str
+    """The `object` of the JSON answer."""
+    chunk_object: str
+    """The `object` of each chunk of a stream."""
+    piece: Callable[[int, str, str | None, dict | None], dict]
+    """A stream chunk's choice from (index, the next piece of text, finish_reason or None, logprobs or None)."""
+    logprobs: Callable[[Tokenizer, Scored], dict]
+    """The route's logprobs object of some of a choice's entries."""
+    opening: Callable[[int], dict] | None = None
+    """The choice of a chunk sent for each choice before any text (chat's role), if any."""
+    names_eot: bool = False
+    """Whether logprobs end with the end of text that ended a choice (completions', as OpenAI's)."""
+
+
+def usage(job: Job, truncated: int = 0) -> dict:
+    """Token counts: prompt_tokens the model saw, prompt_tokens_truncated those it did not."""
+    return {"prompt_tokens": job.prompt_tokens, "completion_tokens": job.completion_tokens,
+            "total_tokens": job.prompt_tokens + job.completion_tokens, "prompt_tokens_truncated": truncated}
+
+
+async def respond(request: Request, req: SamplingRequest, job: Job, engine: Engine, served: Served, shape: Shape,
+                  choices: Callable[[list[str], list[str | None]], list[dict]], *, truncated: int = 0,
+                  logprobs: bool = False) -> JSONResponse | EventSourceResponse:
+    """The answer to a submitted job: server-sent events in `shape` with stream (each piece's logprobs
+    if `logprobs`), else one JSON object whose choices `choices` makes of each choice's text and finish."""
+    head = {"id": f"{shape.id_prefix}-{uuid.uuid4().hex}", "object": shape.object, "created": int(time.time()),
+            "model": served.model_id}
+    if req.stream:
+        scorer = _StreamLogprobs(job, shape, served.tokenizer) if logprobs else None
+        return EventSourceResponse(
+            _stream(job, {**head, "object": shape.chunk_object}, shape, req.include_usage, truncated, scorer),
+            sep="\n", shutdown_grace_period=served.config.shutdown_grace + 1,
+            client_close_handler_callable=lambda message: _cancelled(job, engine))
+    try:
+        collected = await _collect(request, job)
+    finally:
+        cancel(job, engine)
+    if isinstance(collected, JSONResponse):
+        return collected
+    return JSONResponse({**head, "choices": choices(*collected), "usage": usage(job, truncated)})
+
+
+def cancel(job: Job, engine: Engine) -> None:
+    job.cancel()
+    engine.wake()
+
+
+async def _cancelled(job: Job, engine: Engine) -> None:
+    """sse-starlette's disconnect callback."""
+    cancel(job, engine)
+
+
+async def _collect(request: Request, job: Job) -> tuple[list[str], list[str | None]] | JSONResponse:
+    """Each choice's text and finish reason, or the error response (the client left, the engine failed)."""
+    texts = [[] for _ in job.sequences]
+    finishes: list[str | None] = [None] * len(job.sequences)
+
+    async def gather() -> None:
+        async for index, text, finish in job.events():
+            texts[index].append(text)
+            finishes[index] = finish if finish is not None else finishes[index]
+
+    gathering = asyncio.ensure_future(gather())
+    watching = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({gathering, watching}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watching.cancel()
+        gathering.cancel()
+    if not gathering.done() or gathering.cancelled():
+        return JSONResponse(error_body("client disconnected", type="invalid_request_error"), status_code=499)
+    if "error" in finishes:
+        return JSONResponse(error_body("The engine failed while generating this request", type="server_error",
+                                       code="engine_error"), status_code=500)
+    return ["".join(t) for t in texts], finishes
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has gone away (the body is already read, so only that can arrive)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+class _StreamLogprobs:
+    """Each stream chunk's logprobs: the entries of the tokens its text reaches (`Cursor`)."""
+
+    def __init__(self, job: Job, shape: Shape, tokenizer: Tokenizer) -> None:
+        self.job, self.shape, self.tokenizer = job, shape, tokenizer
+        self.cursors = [Cursor(tokenizer) for _ in job.sequences]
+
+    def __call__(self, index: int, text: str, finish: str | None) -> dict:
+        seq = self.job.sequences[index]
+        last = eot_entry(seq, self.tokenizer.eot_id) if finish == "stop" and self.shape.names_eot else None
+        return self.shape.logprobs(self.tokenizer, self.cursors[index].take(seq.logprobs, text, last))
+
+
+async def _stream(job: Job, head: dict, shape: Shape, include_usage: bool, truncated: int,
+                  scorer: _StreamLogprobs | None) -> AsyncIterator[dict]:
+    usage_field = {"usage": None} if include_usage else {}
+    try:
+        if shape.opening is not None:
+            for index in range(len(job.sequences)):
+                yield {"data": json.dumps({**head, "choices": [shape.opening(index)], **usage_field})}
+        async for index, text, finish in job.events():
+            if finish == "error":
+                yield {"data": json.dumps(error_body("The engine failed while generating this request",
+                                                     type="server_error", code="engine_error"))}
+                return
+            if text or finish is not None:
+                logprobs = scorer(index, text, finish) if scorer is not None else None
+                choice = shape.piece(index, text, finish, logprobs)
+                yield {"data": json.dumps({**head, "choices": [choice], **usage_field})}
+        if include_usage:
+            yield {"data": json.dumps({**head, "choices": [], "usage": usage(job, truncated)})}
+        yield {"data": "[DONE]"}
+    finally:
+        job.cancel()
