@@ -17,6 +17,8 @@ A checkpoint is one `torch.save`d dict, format 1:
     train_loss      the logged training loss at that evaluation
     device          the resolved device it trained on ("cpu", "cuda:0", ...)
     precision       the resolved precision it trained in ("fp32" or "bf16")
+    raw_model       with training.ema only: the raw weights the optimizer steps ("model" then
+    ema_updates     holds their moving average, `decoder.ema`) and the average's update count
 
 latest.pt and best.pt hold the same dict (best.pt: as it was at the best evaluation). Files from
 before the Checkpointer have fewer keys (best.pt lacked optimizer, sampler, rng and world_size;
@@ -303,8 +305,9 @@ class Checkpointer:
     world_size, run_id, device, precision)."""
 
     def __init__(self, run: RunDir, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, sampler: Any,
-                 ctx: dist_utils.DistContext, device: torch.device, fixed: dict[str, Any]) -> None:
+                 ctx: dist_utils.DistContext, device: torch.device, fixed: dict[str, Any], ema: Any = None) -> None:
         self.run, self.model, self.optimizer, self.sampler = run, model, optimizer, sampler
+        self.ema = ema  # a decoder.ema.WeightAverage: its average is saved as "model" (None: no average)
         self.ctx, self.device, self.fixed = ctx, device, fixed
 
     def state(self, train_state: dict, val: dict | None, train_loss: float | None) -> dict:
@@ -314,7 +317,8 @@ class Checkpointer:
         return plain({
             "format": CHECKPOINT_FORMAT,
             **self.fixed,
-            "model": clean_state_dict(self.model.state_dict()),
+            **(self.ema.checkpoint_entries(self.model) if self.ema is not None
+               else {"model": clean_state_dict(self.model.state_dict())}),
             "optimizer": self.optimizer.state_dict(),
             "sampler": dist_utils.gather_objects(self.sampler.state_dict(), self.ctx),
             "rng": {"torch": dist_utils.gather_objects(torch.get_rng_state(), self.ctx),
@@ -327,7 +331,10 @@ class Checkpointer:
     def restore(self, saved: dict) -> dict:
         """Put a checkpoint's weights, optimizer, sampler and RNG state back (this rank's); returns
         its train_state."""
-        self.model.load_state_dict(clean_state_dict(saved["model"]))
+        if self.ema is not None:
+            self.ema.restore(saved, self.model)
+        else:
+            self.model.load_state_dict(clean_state_dict(saved["model"]))
         self.optimizer.load_state_dict(saved["optimizer"])
         self.sampler.load_state_dict(saved["sampler"][self.ctx.rank])
         torch.set_rng_state(saved["rng"]["torch"][self.ctx.rank])

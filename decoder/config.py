@@ -29,13 +29,24 @@ class ModelConfig:
     n_blocks: int = 4
     """Number of transformer blocks."""
     d_ff: int | None = None
-    """Hidden width of the MLP; null means 4 * d_model."""
+    """Hidden width of the MLP; null means 4 * d_model (swiglu uses two thirds of it: see mlp)."""
     context_length: int = 128
     """Maximum sequence length the model attends over (positions)."""
     dropout: float = 0.0
     """Dropout probability on embeddings, attention weights and residual branches."""
-    positional: Literal["learned", "sinusoidal"] = "learned"
-    """Positional embedding: 'learned' (GPT-2) or 'sinusoidal' (fixed, as in the reference notebook)."""
+    positional: Literal["learned", "sinusoidal", "rope"] = "learned"
+    """Positions: 'learned' (GPT-2's added table), 'sinusoidal' (a fixed added table, as in the
+    reference notebook) or 'rope' (rotary: q and k of each head rotated by their position, nothing
+    added to the embeddings; needs an even head_dim)."""
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    """Normalisation of the blocks and the final layer: 'layernorm' (GPT-2) or 'rmsnorm' (no mean
+    subtraction and no bias, torch.nn.RMSNorm)."""
+    mlp: Literal["gelu", "relu2", "swiglu"] = "gelu"
+    """MLP: 'gelu' (GPT-2's tanh GELU), 'relu2' (squared ReLU) or 'swiglu' (a SiLU-gated pair of
+    projections; its hidden width is round(2/3 * d_ff), so the parameter count stays that of the
+    other two)."""
+    qk_norm: bool = False
+    """RMSNorm on each head's queries and keys (before rotary positions), with a learned scale per head dimension."""
     tie_embeddings: bool = True
     """Share the output head's weight with the token embedding."""
     bias: bool = True
@@ -43,7 +54,10 @@ class ModelConfig:
 
     @property
     def ff_width(self) -> int:
-        return self.d_ff if self.d_ff is not None else 4 * self.d_model
+        """The MLP's hidden width: d_ff (4 * d_model when null), two thirds of it for swiglu, whose
+        two input projections then hold the parameters of one."""
+        width = self.d_ff if self.d_ff is not None else 4 * self.d_model
+        return max(1, round(2 * width / 3)) if self.mlp == "swiglu" else width
 
     @property
     def head_dim(self) -> int:
@@ -60,6 +74,9 @@ class ModelConfig:
             )
         if self.positional == "sinusoidal" and self.d_model % 2:
             out.append(f"model.d_model={self.d_model}: sinusoidal positions need an even d_model")
+        if self.positional == "rope" and self.n_heads >= 1 and (self.d_model // self.n_heads) % 2:
+            out.append(f"model.d_model={self.d_model}, model.n_heads={self.n_heads}: rope positions need "
+                       "an even head dimension (d_model / n_heads)")
         return out
 
 
@@ -136,13 +153,22 @@ class TrainingConfig:
     """Adam/AdamW denominator epsilon."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value; 0 disables clipping."""
+    ema: float = 0.0
+    """Exponential moving average of the weights with this decay (e.g. 0.999; 0 is off), updated
+    after every optimizer step with the decay warmed up as min(ema, (1 + n) / (10 + n)) after n
+    updates: evaluated, checkpointed as the model (best.pt, model.safetensors, exports) and used for
+    the samples, while the optimizer keeps stepping the raw weights (saved too, for exact resume)."""
     max_steps: int | None = None
-    """Budget in optimizer steps. At least one of max_steps / max_tokens / max_seconds is required;
+    """Budget in optimizer steps. At least one of max_steps / max_tokens / max_seconds / max_flops is required;
     with several, training stops at the first reached."""
     max_tokens: int | None = None
     """Budget in training tokens (global, all processes)."""
     max_seconds: float | None = None
     """Budget in wall-clock seconds of training (evaluation excluded)."""
+    max_flops: float | None = None
+    """Budget in training FLOPs (all processes): tokens seen x (6 N + 6 n_blocks context_length
+    d_model), N the blocks' matrix weights plus the output head, embeddings not counted
+    (`decoder.flops`). Equal-compute comparisons of shapes (the IsoFLOP study) use it."""
     eval_interval: int = 100
     """Evaluate on the whole validation split every this many steps (and at the end); ignored when
     eval_fraction is set."""
@@ -166,23 +192,37 @@ class TrainingConfig:
     tensorboard: bool = True
     """Log scalars (at log_interval steps and evaluations only, never per step) and, at the end, the
     hyperparameters with the final metrics to the run folder's tensorboard/ (`tensorboard --logdir runs`)."""
+    final_protocols: str | list[str] | None = None
+    """Evaluation protocols (`decoder eval`'s: 'static', 'sliding', 'dynamic', 'mix', each with its
+    default settings) to score the best checkpoint with once training ends, on the validation split;
+    their bits per byte and seconds go into summary.json's `protocols` and the report's table. Null
+    or empty: none (the training metric is the static protocol's anyway)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.final_protocols, (str, list)):  # a tuple inside, so the frozen config stays hashable
+            names = [self.final_protocols] if isinstance(self.final_protocols, str) else self.final_protocols
+            object.__setattr__(self, "final_protocols", tuple(names))
 
     def problems(self) -> list[str]:
         out = field_problems(self, "training", {
             "batch_size": ">= 1", "lr": "> 0", "min_lr_ratio": "in [0, 1]", "warmup_steps": ">= 0",
             "warmup_fraction": "in [0, 1) or null", "eval_fraction": "in (0, 1] or null", "weight_decay": ">= 0",
             "beta1": "in [0, 1)", "beta2": "in [0, 1)", "muon_momentum": "in [0, 1)", "eps": "> 0",
-            "grad_clip": ">= 0 (0 disables)",
-            "max_steps": "> 0", "max_tokens": "> 0", "max_seconds": "> 0", "eval_interval": ">= 1",
+            "grad_clip": ">= 0 (0 disables)", "ema": "in [0, 1) (0 is off)",
+            "max_steps": "> 0", "max_tokens": "> 0", "max_seconds": "> 0", "max_flops": "> 0", "eval_interval": ">= 1",
             "patience": ">= 1 or null", "log_interval": ">= 1", "num_threads": ">= 1 or null"})
         if self.grad_accum_steps < 1 or (self.batch_size >= 1 and self.batch_size % self.grad_accum_steps):
             out.append(
                 f"training.grad_accum_steps={self.grad_accum_steps}: must be >= 1 and divide "
                 f"training.batch_size={self.batch_size}"
             )
-        if self.max_steps is None and self.max_tokens is None and self.max_seconds is None:
+        allowed = ("static", "sliding", "dynamic", "mix")  # decoder.protocols.PROTOCOLS
+        for name in self.final_protocols or ():
+            if name not in allowed:
+                out.append(f"training.final_protocols: {name!r} is not a protocol; allowed {', '.join(allowed)}")
+        if all(b is None for b in (self.max_steps, self.max_tokens, self.max_seconds, self.max_flops)):
             out.append("training: no budget (a budget is required): set at least one of max_steps, "
-                       "max_tokens, max_seconds")
+                       "max_tokens, max_seconds, max_flops")
         if not (self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device)):
             out.append(f"training.device={self.device!r}: allowed 'auto', 'cpu', 'cuda', 'cuda:N'")
         return out
@@ -275,7 +315,10 @@ def load_config(path: str | Path) -> RunConfig:
     return config_from_dict(read_yaml(path), source=str(path))
 
 
-ADDED_KEYS: dict[tuple[str, str], Any] = {("training", "muon_momentum"): 0.95, ("data", "fallback"): "bytes"}
+ADDED_KEYS: dict[tuple[str, str], Any] = {("training", "muon_momentum"): 0.95, ("data", "fallback"): "bytes",
+                                          ("training", "final_protocols"): None, ("training", "max_flops"): None,
+                                          ("model", "norm"): "layernorm", ("model", "mlp"): "gelu",
+                                          ("model", "qk_norm"): False, ("training", "ema"): 0.0}
 """Keys added after runs were saved without them, and the value that reproduces what those runs did.
 A saved config lacking one means that value, not today's default (which may differ); and a config
 holding that value is hashed without the key (`run_id`), so the ids of runs made before it existed,

@@ -202,3 +202,20 @@ def score(model: GPT, tokenizer: Tokenizer, tokens: np.ndarray, settings: dict, 
         torch.cuda.synchronize(device)
     return {**result, **settings, **extra, "engine": "torch", "device": str(device), "precision": precision,
             "seconds": round(time.perf_counter() - started, 3)}
+
+
+def score_protocols(model: GPT, tokenizer: Tokenizer, train: np.ndarray, val: np.ndarray, names, device: torch.device,
+                    precision: str) -> dict:
+    """{protocol: its `score` with default settings} of the validation split, for the end of a
+    training run (`training.final_protocols`); the mix's n-gram counts start from `train`. The
+    model is scored with the training attention kernel of its device and precision, so "static"
+    is the training loop's val_bpb."""
+    from decoder.protocols import protocol_settings
+
+    model.to(device).set_attention_backend(training_attention_backend(device.type, model.config.context_length, precision))
+    context = model.config.context_length
+    out = {}
+    for name in dict.fromkeys(names):
+        result = score(model, tokenizer, val, protocol_settings(name, context), device, precision, train=train)
+        out[name] = {k: v for k, v in result.items() if k not in ("engine", "device", "precision", "context_length")}
+    return out

@@ -25,7 +25,9 @@ quantized=True)`). Tokenizer: genai's `og.Tokenizer` would need Hugging Face tok
 which a bundle does not have; `og.Model` loads without them, and ids come from the bundle's own
 tokenizer (`decoder.tokenizer`, as `decoder.runtime` does) and go in with `Generator.append_tokens`.
 Generation there cannot go past the context length (genai does not slide the window as
-`decoder.sampling.decode_loop` does).
+`decoder.sampling.decode_loop` does). The architecture options (`decoder.config.ModelConfig`:
+rotary positions, RMSNorm, the MLPs, qk_norm) all live inside the graph, which takes its positions
+from `position_ids` as genai feeds them, so the same config describes every one of them.
 """
 
 from __future__ import annotations

@@ -21,7 +21,9 @@ and biases. So the variants it has no switch for are written as what they comput
 positions as the fixed table in `wpe`, a bias-free model with zero biases (fine-tuning the folder
 would then train them). An untied output layer sets `tie_word_embeddings` false. Generation in
 transformers is limited to n_positions tokens in all (prompt included); the project's own decoding
-slides its window instead.
+slides its window instead. The architecture options GPT-2's class cannot compute at all (RMSNorm,
+squared ReLU or SwiGLU MLPs, query/key norm, rotary positions) are refused with the reason
+(`unsupported`).
 """
 
 from __future__ import annotations
@@ -46,6 +48,20 @@ HF_PARITY_TOLERANCE = 1e-4
 """A folder whose logits differ from the project's model by more than this (max abs) is refused."""
 _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 """Weights Hugging Face's GPT-2 keeps as Conv1D: (in, out), the transpose of nn.Linear's (out, in)."""
+
+
+def unsupported(model: GPT) -> str | None:
+    """Why GPT2LMHeadModel cannot compute `model` (its architecture options GPT-2 has no switch
+    for, which no weight mapping can stand in for), or None when it can."""
+    c = model.config
+    expressible = {"norm": ("layernorm",), "mlp": ("gelu",), "qk_norm": (False,),
+                   "positional": ("learned", "sinusoidal")}
+    parts = [f"model.{key}={getattr(c, key)!r}" for key, allowed in expressible.items()
+             if getattr(c, key) not in allowed]
+    if not parts:
+        return None
+    return (f"GPT2LMHeadModel cannot express {', '.join(parts)} (it has LayerNorm, the tanh GELU MLP, no "
+            "query/key norm and added positions); export the ONNX bundle instead (decoder export RUN --out BUNDLE)")
 
 
 def gpt2_config(model: GPT, tokenizer: Tokenizer):
@@ -158,6 +174,8 @@ def export_hf(model: GPT, tokenizer: Tokenizer, out_dir: str | Path, *, source: 
     returns its path and the logits difference (`logits_diff`), refusing one above HF_PARITY_TOLERANCE."""
     if model.vocab_size != tokenizer.vocab_size:
         raise ExportError(f"model vocab_size {model.vocab_size} != tokenizer vocab_size {tokenizer.vocab_size}")
+    if (reason := unsupported(model)) is not None:
+        raise ExportError(reason)
     out_dir = Path(out_dir)
     check_out_dir(out_dir, HF_CONFIG_FILE)
     was_training = model.training

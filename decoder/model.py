@@ -17,6 +17,11 @@ long row leaves) can be cut from the left. Padding columns are never attended to
 computes what it would compute alone (up to float rounding). Without attention_mask and
 position_ids (training, single-row generation) nothing changes: no mask without a cache lets SDPA
 use its causal kernel.
+
+Architecture options (`ModelConfig`): positions learned, sinusoidal or rotary ('rope': q and k
+rotated by `position_ids` before they enter the cache, so cached and padded rows stay right);
+LayerNorm or RMSNorm; a GELU, squared-ReLU or SwiGLU MLP; RMSNorm on each head's q and k
+(qk_norm). Every combination keeps `forward`'s signature, so the exported graph's stays the same.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ from decoder.config import ModelConfig
 
 # One (keys, values) pair per block, each (B, nh, P, hs).
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
+NORM_EPS = 1e-5
+"""Epsilon of every LayerNorm and RMSNorm (torch's LayerNorm default, which GPT-2 uses)."""
 
 
 class CausalSelfAttention(nn.Module):
@@ -40,6 +47,9 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_heads = config.n_heads
         self.c_attn = nn.Linear(config.d_model, 3 * config.d_model, bias=config.bias)
+        # Per-head RMSNorm of queries and keys (model.qk_norm): bounds the attention logits.
+        self.q_norm = nn.RMSNorm(config.head_dim, eps=NORM_EPS) if config.qk_norm else None
+        self.k_norm = nn.RMSNorm(config.head_dim, eps=NORM_EPS) if config.qk_norm else None
         self.c_proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -47,15 +57,22 @@ class CausalSelfAttention(nn.Module):
         self.backend: SDPBackend | None = None
 
     def forward(
-        self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None, mask: torch.Tensor | None
+        self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None, mask: torch.Tensor | None,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """mask: None for the plain causal case (no cache, no padding), else the boolean mask of
-        `attention_mask_for` (True: the query may see the key)."""
+        `attention_mask_for` (True: the query may see the key). rotary: the (cos, sin) of the new
+        positions (`rotary_angles`) with rope positions, else None."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q = q.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)  # (B, nh, T, hs)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rotary is not None:
+            # The cache keeps keys already rotated by their own positions: only the new ones turn.
+            q, k = rotate(q, *rotary), rotate(k, *rotary)
         if past is not None:
             k = torch.cat([past[0], k], dim=2)  # (B, nh, P+T, hs)
             v = torch.cat([past[1], v], dim=2)
@@ -71,31 +88,54 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
+    """c_proj(act(c_fc(x))) with GPT-2's tanh GELU or the squared ReLU (model.mlp 'gelu' / 'relu2');
+    for 'swiglu' c_fc holds the gate and the value projections side by side (one matmul) and
+    act(gate, value) = silu(gate) * value."""
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(config.d_model, config.ff_width, bias=config.bias)
-        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's GELU
+        self.kind = config.mlp
+        fan_out = 2 * config.ff_width if config.mlp == "swiglu" else config.ff_width
+        self.c_fc = nn.Linear(config.d_model, fan_out, bias=config.bias)
+        self.gelu = nn.GELU(approximate="tanh") if config.mlp == "gelu" else None  # GPT-2's GELU
         self.c_proj = nn.Linear(config.ff_width, config.d_model, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        h = self.c_fc(x)
+        if self.kind == "swiglu":
+            gate, value = h.chunk(2, dim=-1)
+            h = F.silu(gate) * value
+        elif self.kind == "relu2":
+            h = F.relu(h).square()
+        else:
+            h = self.gelu(h)
+        return self.dropout(self.c_proj(h))
+
+
+def make_norm(config: ModelConfig) -> nn.Module:
+    """The normalisation of model.norm over the residual stream: LayerNorm (with a bias when
+    model.bias) or RMSNorm (never a bias)."""
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.d_model, eps=NORM_EPS)
+    return nn.LayerNorm(config.d_model, eps=NORM_EPS, bias=config.bias)
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm block: x + attn(ln(x)), then x + mlp(ln(x))."""
+    """Pre-norm block: x + attn(ln(x)), then x + mlp(ln(x))."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.d_model, bias=config.bias)
+        self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.d_model, bias=config.bias)
+        self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
     def forward(
-        self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None, mask: torch.Tensor | None
+        self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None, mask: torch.Tensor | None,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        a, present = self.attn(self.ln_1(x), past, mask)
+        a, present = self.attn(self.ln_1(x), past, mask, rotary)
         x = x + a
         x = x + self.mlp(self.ln_2(x))
         return x, present
@@ -129,6 +169,19 @@ def sinusoidal_table(n_positions: int, d_model: int) -> torch.Tensor:
     return table
 
 
+def rotary_table(n_positions: int, head_dim: int, base: float = 10000.0) -> torch.Tensor:
+    """Rotary angles (RoFormer): (n_positions, head_dim / 2), position p and pair i turn by p * base^(-2i/hs)."""
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    return torch.arange(n_positions, dtype=torch.float32)[:, None] * inv_freq[None, :]
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, nh, T, hs) with each pair (x[i], x[i + hs/2]) turned by its angle (the "rotate half"
+    layout of GPT-NeoX and Llama); cos and sin (T, hs/2) or (B, 1, T, hs/2)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
+
+
 class GPT(nn.Module):
     def __init__(self, config: ModelConfig, vocab_size: int) -> None:
         super().__init__()
@@ -144,13 +197,15 @@ class GPT(nn.Module):
                 wte=nn.Embedding(vocab_size, config.d_model),
                 drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList([Block(config) for _ in range(config.n_blocks)]),
-                ln_f=nn.LayerNorm(config.d_model, bias=config.bias),
+                ln_f=make_norm(config),
             )
         )
         if config.positional == "learned":
             self.transformer["wpe"] = nn.Embedding(config.context_length, config.d_model)
-        else:
+        elif config.positional == "sinusoidal":
             self.register_buffer("wpe_table", sinusoidal_table(config.context_length, config.d_model), persistent=False)
+        else:
+            self.register_buffer("rope_angles", rotary_table(config.context_length, config.head_dim), persistent=False)
         self.lm_head = nn.Linear(config.d_model, vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
@@ -187,13 +242,10 @@ class GPT(nn.Module):
         return n
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
-        """Training FLOPs per token: 6 * (matmul parameters) + attention (Kaplan et al. / PaLM)."""
-        c = self.config
-        T = seq_len or c.context_length
-        matmul_params = self.num_params(non_embedding=True) + self.lm_head.weight.numel()
-        # QK^T and AV: 2 * 2 * T * d_model per token forward, causal halves it on average; x3 for fwd+bwd.
-        attention = 6 * c.n_blocks * T * c.d_model
-        return 6 * matmul_params + attention
+        """Training FLOPs per token: 6 * (matmul parameters) + attention (the formula: `decoder.flops`)."""
+        from decoder.flops import flops_per_token
+
+        return flops_per_token(self.config, self.vocab_size, seq_len)
 
     def forward(
         self,
@@ -218,7 +270,7 @@ class GPT(nn.Module):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, KVCache]:
-        """`forward` without the output layer: the final (layer-normed) hidden states (B, T, C) and
+        """`forward` without the output layer: the final (normalised) hidden states (B, T, C) and
         the cache. The training loss (decoder.loss) applies the output layer itself, in chunks."""
         B, T = idx.shape
         P = 0 if past is None else past[0][0].shape[2]
@@ -228,15 +280,20 @@ class GPT(nn.Module):
         if position_ids is not None and position_ids.shape != (B, T):
             raise ValueError(f"position_ids has shape {tuple(position_ids.shape)}: must be (batch, seq) = {(B, T)}")
         pos = torch.arange(P, P + T, device=idx.device) if position_ids is None else position_ids  # (T,) or (B, T)
-        tok_emb = self.transformer.wte(idx)  # (B, T, C)
+        x = self.transformer.wte(idx)  # (B, T, C)
+        rotary = None
         if "wpe" in self.transformer:
-            pos_emb = self.transformer.wpe(pos)  # (T, C) or (B, T, C)
+            x = x + self.transformer.wpe(pos)  # (T, C) or (B, T, C)
+        elif self.config.positional == "sinusoidal":
+            x = x + self.wpe_table[pos]
         else:
-            pos_emb = self.wpe_table[pos]
-        x = self.transformer.drop(tok_emb + pos_emb)
+            angles = self.rope_angles[pos]  # (T, hs/2) or (B, T, hs/2)
+            angles = angles if angles.dim() == 2 else angles[:, None]  # (B, 1, T, hs/2): one per head
+            rotary = (angles.cos(), angles.sin())
+        x = self.transformer.drop(x)
         mask = None if past is None and attention_mask is None else attention_mask_for(P, T, attention_mask, idx.device)
         presents: KVCache = []
         for i, block in enumerate(self.transformer.h):
-            x, present = block(x, None if past is None else past[i], mask)
+            x, present = block(x, None if past is None else past[i], mask, rotary)
             presents.append(present)
         return self.transformer.ln_f(x), presents

@@ -19,6 +19,7 @@ metrics.jsonl, one row per evaluation (a resumed run first drops the rows writte
 checkpoint it resumes from, so every step appears once):
     step            optimizer steps taken
     tokens_seen     training tokens consumed, all ranks together
+    flops           training FLOPs so far: tokens_seen x flops_per_token (`decoder.flops`)
     train_loss      mean training loss (nats/token) over the steps since the previous log line
     val_loss        mean loss (nats/token) over the whole validation split
     val_ppl         exp(val_loss)
@@ -39,9 +40,12 @@ summary.json:
     final_val_loss, final_val_ppl, final_val_bpb  the last evaluation
     final_train_loss                              the last logged train_loss
     params_total, params_non_embedding, vocab_size, flops_per_token   the model
+    flops              training FLOPs at the end (tokens_seen x flops_per_token, `decoder.flops`)
     device, precision, world_size, cpu, torch     what it ran on (device and precision resolved)
     best_checkpoint    "checkpoints/best.pt" relative to the run folder, or null
     samples            the samples.json list (absent when interrupted or diverged)
+    protocols          {protocol: `decoder eval`'s figures and seconds} of the best checkpoint for each
+                       of training.final_protocols (absent when none, interrupted or diverged)
 
 samples.json: a list of {strategy ("greedy" or "sampled"), prompt, text, seed, temperature, top_k,
 top_p, repetition_penalty, no_repeat_ngram_size}.

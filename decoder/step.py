@@ -27,11 +27,16 @@ from decoder.model import GPT
 from decoder.muon import Muon
 
 
-def budget_progress(config: RunConfig, state) -> float:
+def budget_progress(config: RunConfig, state, flops_per_token: int | None = None) -> float:
     """The fraction of the budget used by `state` (a `decoder.train.TrainState`): the largest of
-    steps, tokens and seconds over their limits; training stops at 1."""
+    steps, tokens, seconds and FLOPs (tokens x `flops_per_token`, `decoder.flops`) over their
+    limits; training stops at 1."""
     t = config.training
     parts = []
+    if t.max_flops is not None:
+        if flops_per_token is None:
+            raise ValueError("training.max_flops needs the model's flops_per_token")
+        parts.append(state.tokens_seen * flops_per_token / t.max_flops)
     if t.max_steps is not None:
         parts.append(state.step / t.max_steps)
     if t.max_tokens is not None:

@@ -24,7 +24,10 @@ from decoder import distributed as dist_utils
 from decoder.checkpoint import Checkpointer, CheckpointError, load_model, resume_precision, resume_state
 from decoder.config import RunConfig, run_id
 from decoder.data import Dataset, prepare
+from decoder.ema import WeightAverage
 from decoder.errors import TrainingError
+from decoder.evaluate import score_protocols
+from decoder.flops import flops_per_token
 from decoder.generate import write_samples
 from decoder.hardware import cpu_name, resolve_device
 from decoder.runs import RunDir
@@ -87,13 +90,15 @@ class _LossWindow:
 # Setup helpers
 
 
-def _progress_bar(config: RunConfig, tokens_per_step: int, quiet: bool, done: int):
+def _progress_bar(config: RunConfig, tokens_per_step: int, quiet: bool, done: int, flops_per_token: int):
     from tqdm.auto import tqdm
 
     t = config.training
     totals = [t.max_steps] if t.max_steps else []
     if t.max_tokens:
         totals.append(math.ceil(t.max_tokens / tokens_per_step))
+    if t.max_flops:
+        totals.append(math.ceil(t.max_flops / (tokens_per_step * flops_per_token)))
     disable = quiet or not dist_utils.is_rank0() or not os.isatty(2)
     return tqdm(total=min(totals) if totals else None, initial=done, unit="step", disable=disable,
                 dynamic_ncols=True, leave=False)
@@ -125,9 +130,10 @@ def _train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, quie
            on_step: Callable[[int, dict], bool] | None = None, dataset: Dataset | None = None) -> dict:
     trainer = _Trainer(config.validated(), RunDir(run_dir), resume=resume, dataset=dataset)
     status, error = "completed", None
-    with StopFlag() as stop, _progress_bar(config, trainer.tokens_per_step, quiet, trainer.state.step) as bar:
+    with StopFlag() as stop, _progress_bar(config, trainer.tokens_per_step, quiet, trainer.state.step,
+                                              trainer.flops_per_token) as bar:
         try:
-            while budget_progress(config, trainer.state) < 1.0:
+            while trainer.progress() < 1.0:
                 lr, due = trainer.step(bar)
                 if due and trainer.evaluate_and_save():
                     status = "early_stopped"
@@ -162,16 +168,18 @@ class _Trainer:
 
         self.training = build_training(config, tokenizer.vocab_size, self.device, self.precision, ctx=ctx)
         self.model, self.optimizer = self.training.model, self.training.optimizer
+        self.ema = WeightAverage(self.model, t.ema)  # training.ema: evaluated and saved as the model
         self.sampler = batch_sampler(config, self.dataset.train, ctx.rank)
         self.run_id = run_id(config)
         self.checkpointer = Checkpointer(
             run, model=self.model, optimizer=self.optimizer, sampler=self.sampler, ctx=ctx, device=self.device,
             fixed={"config": config.to_dict(), "vocab_size": tokenizer.vocab_size, "tokenizer": tokenizer.to_dict(),
                    "world_size": ctx.world_size, "run_id": self.run_id, "device": str(self.device),
-                   "precision": self.precision})
+                   "precision": self.precision}, ema=self.ema)
         self.state = TrainState(**self.checkpointer.restore(saved)) if saved is not None else TrainState()
         self.last_val: dict | None = saved["val"] if saved is not None else None
         self.tokens_per_step = t.batch_size * config.model.context_length * ctx.world_size
+        self.flops_per_token = flops_per_token(config.model, tokenizer.vocab_size)
         self.window = _LossWindow(self.device)
         self.tensorboard = TensorBoardLog(run.tensorboard_dir, t.tensorboard and dist_utils.is_rank0(), self.state.step)
         if dist_utils.is_rank0():
@@ -180,14 +188,19 @@ class _Trainer:
             run.clear_summary()
             run.restart_metrics(keep_through_step=self.state.step)
 
+    def progress(self) -> float:
+        """The fraction of the budget used so far (`decoder.step.budget_progress`)."""
+        return budget_progress(self.config, self.state, self.flops_per_token)
+
     def step(self, bar) -> tuple[float, bool]:
         """One optimizer step; returns its learning rate and whether an evaluation is due after it."""
         t, state = self.config.training, self.state
         started = time.perf_counter()
-        progress_before = budget_progress(self.config, state)
+        progress_before = self.progress()
         lr = lr_at(self.config, state.step, progress_before)
         micro_batches = [self.sampler.next_batch() for _ in range(t.grad_accum_steps)]
         loss = self.training.step(micro_batches, lr)
+        self.ema.update(self.model)
         state.step += 1
         state.tokens_seen += self.tokens_per_step
         self.window.add(loss, self.tokens_per_step)
@@ -195,7 +208,7 @@ class _Trainer:
             torch.cuda.synchronize(self.device)
         state.elapsed_s = dist_utils.broadcast_float(state.elapsed_s + (time.perf_counter() - started), self.ctx)
 
-        due = eval_due(self.config, state.step, progress_before, budget_progress(self.config, state))
+        due = eval_due(self.config, state.step, progress_before, self.progress())
         if state.step % t.log_interval == 0 or due:
             train_loss = self.window.close(self.ctx)
             if not math.isfinite(train_loss):
@@ -209,7 +222,8 @@ class _Trainer:
     def evaluate(self) -> dict:
         """Evaluate on the whole validation split (rank 0 computes, every rank gets the figures),
         update the best-so-far counters, and return the metrics row (fields: `decoder.runs`)."""
-        val = evaluate_split(self.model, self.dataset.val, self.byte_lengths, self.device, self.precision) \
+        model = self.ema.evaluated(self.model)  # the moving average with training.ema, else the model
+        val = evaluate_split(model, self.dataset.val, self.byte_lengths, self.device, self.precision) \
             if dist_utils.is_rank0() else None
         val = self.last_val = dist_utils.broadcast_object(val, self.ctx)
         state = self.state
@@ -219,7 +233,8 @@ class _Trainer:
             state.best_val_bpb, state.train_loss_at_best = val["val_bpb"], self.window.train_loss
         else:
             state.evals_since_best += 1
-        return {"step": state.step, "tokens_seen": state.tokens_seen, "train_loss": self.window.train_loss, **val,
+        return {"step": state.step, "tokens_seen": state.tokens_seen, "flops": state.tokens_seen * self.flops_per_token,
+                "train_loss": self.window.train_loss, **val,
                 "lr": self.optimizer.param_groups[0]["lr"], "tokens_per_s": self.window.tokens_per_s,
                 "elapsed_s": round(state.elapsed_s, 3)}
 
@@ -271,6 +286,10 @@ class _Trainer:
             if status != "interrupted":
                 model, tokenizer, _, _ = load_model(self.run.path, map_location=str(self.device))
                 summary["samples"] = write_samples(self.run, model, tokenizer, self.config.sampling, self.device)
+                if self.config.training.final_protocols:
+                    summary["protocols"] = score_protocols(model, tokenizer, self.dataset.train, self.dataset.val,
+                                                           self.config.training.final_protocols, self.device,
+                                                           self.precision)
             self.run.write_summary(summary)
             self.tensorboard.close(self.config.to_dict(), summary)
         dist_utils.barrier(self.ctx)
@@ -298,7 +317,8 @@ class _Trainer:
             "params_total": model.num_params(),
             "params_non_embedding": model.num_params(non_embedding=True),
             "vocab_size": model.vocab_size,
-            "flops_per_token": model.flops_per_token(),
+            "flops_per_token": self.flops_per_token,
+            "flops": state.tokens_seen * self.flops_per_token,
             "device": str(self.device),
             "precision": self.precision,
             "world_size": self.ctx.world_size,

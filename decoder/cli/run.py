@@ -1,5 +1,6 @@
 """`decoder run EXPERIMENT`: train every point of an experiment grid (skipping finished points,
-resuming interrupted ones), then write its report."""
+resuming interrupted ones; --workers N at a time), then, for a scaling study with a `predict:`
+section, its prediction point (`decoder.scaling_predict`), then write its report."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", metavar="URL",
                    help="pull points from a shared study instead of --shard: run the same command on each machine "
                         "(any SQLAlchemy URL, e.g. postgresql://user@host/db); killed workers' points are resumed")
+    p.add_argument("--workers", default="1", metavar="N",
+                   help="train N points at once on this machine (processes; cores // N threads each unless the "
+                        "config sets training.num_threads; 'auto': min(points, cores), on a GPU at most 4)")
     p.add_argument("--dry-run", action="store_true", help="print the expanded points and exit")
     p.add_argument("--quiet", action="store_true", help="no training progress bars")
 
@@ -32,12 +36,21 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def _train_points(experiment, args: argparse.Namespace, shard: tuple[int, int]) -> list:
+    from decoder.experiments.parallel import resolve_workers
     from decoder.experiments.runner import run_experiment
 
     if not args.storage:
-        return run_experiment(experiment, args.runs_dir, force=args.force, shard=shard, quiet=args.quiet)
-    if args.force or shard != (0, 1):
-        raise UsageError("--storage hands points out itself: it cannot be combined with --shard or --force")
+        mine = [p for p in experiment.points if p.index % shard[1] == shard[0]]
+        workers = resolve_workers(args.workers, len(mine))
+        outcomes = run_experiment(experiment, args.runs_dir, force=args.force, shard=shard, quiet=args.quiet,
+                                  workers=workers)
+        if experiment.predict is not None and shard == (0, 1) and not any(o.status == "interrupted" for o in outcomes):
+            from decoder.scaling_predict import run_prediction
+
+            outcomes += run_prediction(experiment, args.runs_dir, force=args.force, workers=workers)
+        return outcomes
+    if args.force or shard != (0, 1) or args.workers != "1":
+        raise UsageError("--storage hands points out itself: it cannot be combined with --shard, --force or --workers")
     from decoder.sweep.worker import pull_grid
 
     return pull_grid(experiment, args.runs_dir, args.storage, quiet=args.quiet)

@@ -15,6 +15,9 @@ An experiment file::
     seeds: [0, 1]                # optional: repeat every point with training.seed set to each
     exclude:                     # optional: partial points to drop (a point matching all given keys)
       - {model.n_heads: 4, model.n_blocks: 2}
+    predict: {factor: 4}         # optional, a scaling study over training.max_flops: after the grid,
+                                 # fit it and run the predicted best shape at factor x the largest
+                                 # budget (`decoder.experiments.predict`)
 
 Every point is resolved and validated when the file is loaded; all invalid points are reported
 together in one ConfigError. A point's run folder is named by `decoder.config.run_id` of its
@@ -35,7 +38,7 @@ from typing import Any, Iterable
 from decoder.config import SECTIONS, ConfigError, RunConfig, config_from_dict, read_yaml, set_dotted
 from decoder.errors import UserError
 
-EXPERIMENT_KEYS = ("name", "description", "base", "grid", "zip", "seeds", "exclude")
+EXPERIMENT_KEYS = ("name", "description", "base", "grid", "zip", "seeds", "exclude", "predict")
 SEED_KEY = "training.seed"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # an experiment or report name: a folder name
 
@@ -82,6 +85,8 @@ class Experiment:
     description: str = ""
     path: Path | None = None
     varied_keys: list[str] = field(default_factory=list)
+    predict: Any = None
+    """The `predict:` section (`decoder.experiments.predict.Prediction`), or None."""
 
 
 def setting_text(value: Any) -> str:
@@ -237,6 +242,7 @@ def experiment_from_dict(raw: Any, *, source: str = "experiment", path: Path | N
     seeds = _parse_seeds(raw, axes, problems)
     varied = [k for keys, _ in axes for k in keys] + ([SEED_KEY] if seeds is not None else [])
     exclude = _parse_exclude(raw, varied, problems)
+    predict = _parse_predict(raw, varied, problems)
     raise_problems(source, problems)
     all_settings = _expand(axes, seeds)
     for i, entry in enumerate(exclude):
@@ -249,7 +255,15 @@ def experiment_from_dict(raw: Any, *, source: str = "experiment", path: Path | N
     problems.extend(per_point)
     raise_problems(source, problems)
     return Experiment(name=name, points=points, description=raw.get("description", ""), path=path,
-                      varied_keys=varied)
+                      varied_keys=varied, predict=predict)
+
+
+def _parse_predict(raw: dict, varied: list[str], problems: list[str]):
+    if raw.get("predict") is None:
+        return None
+    from decoder.experiments.predict import parse_prediction
+
+    return parse_prediction(raw["predict"], varied, problems)
 
 
 def _build_points(base: dict, kept: list[dict[str, Any]]) -> tuple[list[Point], list[str]]:

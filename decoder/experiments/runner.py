@@ -2,7 +2,8 @@
 
 A point's run folder is runs/<experiment>/<run id>. Re-running an experiment file skips completed
 points, resumes interrupted ones from their latest checkpoint and retries failed ones from scratch;
---force re-runs everything, --shard I/N runs only the points whose index is I modulo N. A failing
+--force re-runs everything, --shard I/N runs only the points whose index is I modulo N, --workers N
+trains N of them at once (`decoder.experiments.parallel`). A failing
 point writes its failure record (`RunDir.write_failure`) and the grid goes on. File names, and
 reading the folders back for a report: `decoder.runs`.
 """
@@ -107,20 +108,34 @@ def run_point(point: Point, run_dir: Path, dataset: Any, *, force: bool, quiet: 
         say(f"FAILED: {error}")
         return PointOutcome(point, run_dir, "failed", error=error)
     bpb = summary.get("best_val_bpb")
+    protocols = summary.get("protocols") or {}
     say(f"{summary['status']} in {time.perf_counter() - start:.0f} s"
-        + (f", best val bpb {bpb:.4f}" if bpb is not None else ""))
+        + (f", best val bpb {bpb:.4f}" if bpb is not None else "")
+        + "".join(f"; {name} {p['bits_per_byte']:.4f} ({p['seconds']:.0f} s)" for name, p in protocols.items()))
     return PointOutcome(point, run_dir, summary["status"], summary=summary)
 
 
 def run_experiment(experiment: Experiment, runs_dir: str | Path = "runs", *, force: bool = False,
                    shard: tuple[int, int] = (0, 1), quiet: bool = False,
-                   say: Callable[[str], None] | None = None) -> list[PointOutcome]:
-    """Train every point of this shard in turn; stops early only when a run is interrupted."""
+                   say: Callable[[str], None] | None = None, workers: int = 1,
+                   points: list[Point] | None = None) -> list[PointOutcome]:
+    """Train every point of this shard (or the given `points`) in turn, or `workers` at a time
+    (`decoder.experiments.parallel`); stops early only when a run is interrupted."""
     say = say or _print
     datasets = check_data(experiment)
     folder = Path(runs_dir) / experiment.name
-    mine = [p for p in experiment.points if p.index % shard[1] == shard[0]]
-    n = len(experiment.points)
+    mine = [p for p in (points or experiment.points) if p.index % shard[1] == shard[0]]
+    n = len(points or experiment.points)
+    if workers > 1:
+        from decoder.experiments.parallel import run_parallel
+
+        skipped = {p.index: run_point(p, p.run_dir(folder), None, force=False, quiet=True,
+                                      say=lambda message, p=p: say(f"[{p.index + 1}/{n}] {p.label}: {message}"))
+                   for p in mine if not force and point_state(p.run_dir(folder)) == "done"}  # no worker needed
+        todo = [p for p in mine if p.index not in skipped]
+        ran = run_parallel(todo, folder, min(workers, len(todo)), force=force, total=n, say=say) if todo else []
+        by_index = {**skipped, **{o.point.index: o for o in ran}}
+        return [by_index[p.index] for p in mine if p.index in by_index]
     outcomes = []
     for point in mine:
         run_dir = point.run_dir(folder)

@@ -5,7 +5,8 @@ columns in REPORT_COLUMNS plus the varied keys; summary.parquet too when pyarrow
 summary.md (ranked by validation bits per byte, mean ± std over seeds, the best row marked, the
 Kneser-Ney bigram and trigram baselines on the same split), loss_vs_tokens.png,
 loss_vs_seconds.png, bpb_vs_params.png, heatmap.png (when exactly two keys vary) and samples.md;
-for a search also trials.csv/.md, best.yaml and the study's plots (`decoder.sweep.report`).
+for a search also trials.csv/.md, best.yaml and the study's plots (`decoder.sweep.report`); for a
+grid over training.max_flops also the scaling study (`decoder.report.scaling`).
 
 The rooms: `table` (the rows, baselines, memorisation), `markdown` (the one number and table
 formatter), `plots`, and `throughput` (`decoder bench`: pytest-benchmark JSON -> throughput table).
@@ -55,6 +56,12 @@ def write_report(sources: list[str | Path], *, runs_dir: str | Path = "runs", ou
     plot_heatmap(name, frame, keys, folder / "heatmap.png")
     atomic_write(folder / "samples.md", samples_markdown(name, records, command=command))
     for source in sources:
+        if Path(source).is_file() and not is_search_file(source):
+            from decoder.report.scaling import is_scaling_experiment, write_scaling_report
+
+            experiment = load_experiment(source)
+            if is_scaling_experiment(experiment):
+                write_scaling_report(experiment, folder, runs_dir=runs_dir, command=command)
         if Path(source).is_file() and is_search_file(source):
             from decoder.sweep.report import write_sweep_report
 

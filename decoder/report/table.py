@@ -26,6 +26,9 @@ REPORT_COLUMNS = (
     "train_loss_at_best", "error", "run_dir",
 )
 _INT_COLUMNS = ("seed", "params_total", "params_non_embedding", "tokens_seen", "steps")
+PROTOCOL_COLUMNS = {"sliding_val_bpb": "sliding", "dynamic_val_bpb": "dynamic", "mix_val_bpb": "mix"}
+"""Bits per byte of the best checkpoint under `training.final_protocols` (static is best_val_bpb);
+summary.csv and summary.md carry a column only when some run has it."""
 
 def _finite(x: Any) -> float | None:
     return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
@@ -59,6 +62,9 @@ def record_row(record: RunRecord, keys: list[str]) -> dict[str, Any]:
         "error": record.error,
         "run_dir": str(record.run_dir),
     })
+    protocols = s.get("protocols") or {}
+    row.update({column: protocols[name]["bits_per_byte"] for column, name in PROTOCOL_COLUMNS.items()
+                if name in protocols})
     return row
 
 
@@ -68,7 +74,10 @@ def summary_frame(records: list[RunRecord]):
 
     keys = varied_keys(records)
     rows = [record_row(r, keys) for r in records]
-    frame = pd.DataFrame(rows, columns=["experiment", "run_id", "status", *keys, *REPORT_COLUMNS])
+    protocols = [c for c in PROTOCOL_COLUMNS if any(c in row for row in rows)]
+    frame = pd.DataFrame(rows, columns=["experiment", "run_id", "status", *keys, *REPORT_COLUMNS, *protocols])
+    for column in protocols:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
     for key in keys:  # settings as written (512 stays 512 beside a null, not 512.0)
         frame[key] = pd.Series([row[key] for row in rows], dtype=object)
     for column in _INT_COLUMNS:
@@ -227,7 +236,9 @@ def summary_markdown(name: str, frame, keys: list[str], bases: list[dict], *, co
     many = len({g.experiment for g in groups}) > 1
     header = [""] + (["experiment"] if many else []) + keys + [
         "runs", "params", "non-emb params", "tokens seen", "train s", "tokens/s", "val loss", "val ppl",
-        "val bpb", "final val bpb", "train loss at best", "status"]
+        "val bpb", "final val bpb", "train loss at best"] + [
+        f"{PROTOCOL_COLUMNS[c]} bpb" for c in PROTOCOL_COLUMNS if c in frame.columns] + ["status"]
+    protocols = [c for c in PROTOCOL_COLUMNS if c in frame.columns]
     best = next((g for g in groups if g.scored), None)
     ranked: list[tuple[float, list[str]]] = []
     for g in groups:
@@ -237,7 +248,7 @@ def summary_markdown(name: str, frame, keys: list[str], bases: list[dict], *, co
             _mean_cell(g, "tokens_seen", "count"), _mean_cell(g, "elapsed_s", "seconds"),
             _mean_cell(g, "tokens_per_s", "int"), _mean_cell(g, "best_val_loss"), _mean_cell(g, "best_val_ppl", "ppl"),
             _mean_cell(g, "best_val_bpb"), _mean_cell(g, "final_val_bpb"), _mean_cell(g, "train_loss_at_best"),
-            _status_cell(g)]
+            *[_mean_cell(g, c) for c in protocols], _status_cell(g)]
         mean = g.mean_std("best_val_bpb")[0]
         ranked.append((mean if mean is not None else math.inf, cells))
     for b in bases:
@@ -249,7 +260,7 @@ def summary_markdown(name: str, frame, keys: list[str], bases: list[dict], *, co
         if b.get("kind") == "compressor":  # the same bytes whatever the vocabulary
             where = f" ({data.tokenizer}, {data.corpus})" if many_data(bases) else ""
         numbers = [markdown.number(b["val_loss"]), markdown.number(b["val_ppl"], "ppl"), markdown.number(b["val_bpb"]),
-                   "", "", b.get("kind", "n-gram")]
+                   "", "", *[""] * len(protocols), b.get("kind", "n-gram")]
         cells = [f"baseline: {b['name']}{where}"] + [""] * (len(header) - 1 - len(numbers)) + numbers
         ranked.append((b["val_bpb"], cells))
     ranked.sort(key=lambda item: item[0])
@@ -266,6 +277,10 @@ def summary_markdown(name: str, frame, keys: list[str], bases: list[dict], *, co
         markdown.table(header, [cells for _, cells in ranked]), "",
     ]
     lines += [f"- {b['name']} baseline unavailable: {b['error']}" for b in bases if "error" in b]
+    if protocols:
+        lines += ["- " + ", ".join(f"'{PROTOCOL_COLUMNS[c]} bpb'" for c in protocols) + ": the best checkpoint scored "
+                  "on the same validation tokens under that evaluation protocol (`decoder eval --protocol NAME` with "
+                  "its defaults; docs/evaluation.md); 'val bpb' is the static protocol, the training metric."]
     tools = dict.fromkeys(f"{b['name']} ({b['tool']})" for b in bases if b.get("kind") == "compressor" and "tool" in b)
     if tools:
         lines += [f"- Compressor baselines: {', '.join(tools)}; the cost of the validation bytes given the training "

@@ -2,6 +2,7 @@
 the bundle agrees with the checkpoint, a text file can be scored, bad input is one line, exit 2."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -93,3 +94,40 @@ def test_the_command_exits_2_on_a_missing_source(tmp_path):
     done = subprocess.run([sys.executable, "-m", "decoder", "eval", str(tmp_path / "nope")], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 2 and done.stderr.count("\n") == 1
+
+
+def test_a_run_scores_its_final_protocols_and_the_report_shows_them(small_corpus, tmp_path):
+    """training.final_protocols: the best checkpoint under each protocol at the end of the run;
+    static is the training metric itself, and the report's table gains a column per protocol."""
+    from tinyconf import tiny_config
+
+    from decoder.report.table import summary_frame, summary_markdown
+    from decoder.runs import read_run
+    from decoder.train import train
+
+    config = tiny_config(small_corpus, training={"final_protocols": ["static", "sliding", "mix"]})
+    summary = train(config, tmp_path / "run", quiet=True)
+    protocols = summary["protocols"]
+    assert list(protocols) == ["static", "sliding", "mix"]
+    assert protocols["static"]["bits_per_byte"] == summary["best_val_bpb"]
+    assert protocols["sliding"]["stride"] == config.model.context_length // 2
+    for p in protocols.values():
+        assert math.isfinite(p["bits_per_byte"]) and p["seconds"] >= 0
+    assert protocols["sliding"]["bits_per_byte"] != protocols["static"]["bits_per_byte"]
+    frame = summary_frame([read_run(tmp_path / "run", "tiny")])
+    assert frame.loc[0, "mix_val_bpb"] == protocols["mix"]["bits_per_byte"]
+    text = summary_markdown("tiny", frame, [], [], command="decoder report tiny")
+    assert "| sliding bpb | mix bpb |" in text and "dynamic bpb" not in text
+
+
+def test_a_run_without_final_protocols_has_none(small_corpus, tmp_path):
+    from tinyconf import tiny_config
+
+    from decoder.report.table import summary_frame, summary_markdown
+    from decoder.runs import read_run
+    from decoder.train import train
+
+    summary = train(tiny_config(small_corpus, training={"max_steps": 5}), tmp_path / "run", quiet=True)
+    assert "protocols" not in summary
+    frame = summary_frame([read_run(tmp_path / "run", "tiny")])
+    assert "sliding bpb" not in summary_markdown("tiny", frame, [], [], command="c")

@@ -153,6 +153,60 @@ def test_other_model_variants_export_with_parity(tmp_path, loaded):
     assert max(diffs.values()) < 1e-4, diffs
 
 
+ARCHITECTURES = {
+    "rope-rmsnorm-qk_norm-swiglu": {"positional": "rope", "norm": "rmsnorm", "qk_norm": True, "mlp": "swiglu"},
+    "relu2": {"mlp": "relu2"},
+}
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_architecture_options_export_with_the_same_signature_and_parity(tmp_path, loaded, name):
+    """Rotary positions (from position_ids, so cached and padded rows stay right), RMSNorm, qk-norm,
+    SwiGLU and squared ReLU: the graph keeps the bundle's inputs and outputs, and the torch-free
+    runtime runs it as it is, matching PyTorch after every past length and for padded rows."""
+    _, tokenizer, config, _ = loaded
+    options = dataclasses.replace(config.model, **ARCHITECTURES[name])
+    config = dataclasses.replace(config, model=options)
+    torch.manual_seed(2)
+    model = GPT(options, tokenizer.vocab_size).eval()
+    with torch.no_grad():  # sharper attention than at initialisation, so positions matter
+        for block in model.transformer.h:
+            block.attn.c_attn.weight.mul_(8)
+    bundle = export_model(model, tokenizer, config, tmp_path / name)
+    graph = onnx.load(str(bundle / MODEL_FILE)).graph
+    assert [i.name for i in graph.input] == input_names(options.n_blocks)
+    assert [o.name for o in graph.output] == output_names(options.n_blocks)
+    runtime = Runtime(bundle, threads=1)
+    diffs = parity_check(model, runtime, past_lengths=[0, 1, 7, 15])
+    assert max(diffs.values()) < 1e-4, diffs
+    assert padded_parity_check(model, runtime, batch=3, seed=1) < 1e-4
+    assert json.loads((bundle / "bundle.json").read_text())["model"]["mlp"] == options.mlp
+
+
+def test_onnxruntime_genai_runs_an_architecture_option_bundle_as_the_runtime_does(tmp_path, loaded):
+    """genai_config.json still describes the graph (heads, head size, IO names): genai's own cache
+    handling gives the runtime's logits at every step for rotary positions, RMSNorm and SwiGLU."""
+    og = pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai (the [genai] extra) is not installed")
+    from decoder.genai import open_model
+
+    _, tokenizer, config, _ = loaded
+    options = dataclasses.replace(config.model, **ARCHITECTURES["rope-rmsnorm-qk_norm-swiglu"])
+    torch.manual_seed(3)
+    model = GPT(options, tokenizer.vocab_size).eval()
+    bundle = export_model(model, tokenizer, dataclasses.replace(config, model=options), tmp_path / "genai")
+    runtime, genai = Runtime(bundle, threads=1), open_model(bundle)
+    prompt = tokenizer.encode("Harding wondered")
+    params = og.GeneratorParams(genai)
+    params.set_search_options(max_length=runtime.context_length, repetition_penalty=1.0, no_repeat_ngram_size=0)
+    generator = og.Generator(genai, params)
+    generator.append_tokens(np.array(prompt, dtype=np.int32))
+    ours, past = runtime.forward(np.array([prompt]), None)
+    for _ in range(runtime.context_length - len(prompt)):
+        np.testing.assert_allclose(np.asarray(generator.get_logits()).reshape(1, -1), ours, rtol=0, atol=1e-4)
+        generator.generate_next_token()
+        ours, past = runtime.forward(np.asarray(generator.get_next_tokens(), dtype=np.int64)[None, :], past)
+
+
 def test_parity_check_catches_a_model_that_differs(loaded, runtime):
     model = loaded[0]
     other = type(model)(model.config, model.vocab_size)

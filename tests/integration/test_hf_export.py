@@ -135,6 +135,23 @@ def test_variants_are_written_as_what_they_compute(tmp_path, loaded, variant):
     assert ours == theirs
 
 
+@pytest.mark.parametrize("option, shown", [(dict(norm="rmsnorm"), "model.norm='rmsnorm'"),
+                                           (dict(mlp="swiglu"), "model.mlp='swiglu'"),
+                                           (dict(mlp="relu2"), "model.mlp='relu2'"),
+                                           (dict(qk_norm=True), "model.qk_norm=True"),
+                                           (dict(positional="rope"), "model.positional='rope'"),
+                                           (dict(positional="rope", norm="rmsnorm"),
+                                            "model.norm='rmsnorm', model.positional='rope'")])
+def test_architectures_gpt2_cannot_express_are_refused_with_the_reason(tmp_path, loaded, option, shown):
+    _, tokenizer, config, _ = loaded
+    model = GPT(dataclasses.replace(config.model, **option), tokenizer.vocab_size).eval()
+    with pytest.raises(ExportError) as refused:
+        export_hf(model, tokenizer, tmp_path / "no")
+    message = str(refused.value)
+    assert f"GPT2LMHeadModel cannot express {shown} (" in message and "\n" not in message
+    assert not (tmp_path / "no").exists()
+
+
 def test_a_model_gpt2_does_not_reproduce_is_refused(tmp_path, loaded, monkeypatch):
     from decoder import hf as hf_module
 

@@ -43,13 +43,13 @@ def test_config_error_lists_its_problems_and_is_a_user_error():
 
 
 def test_choice_fields_are_literals_checked_in_one_place():
-    assert choices(ModelConfig, "positional") == ("learned", "sinusoidal")
+    assert choices(ModelConfig, "positional") == ("learned", "sinusoidal", "rope")
     assert choices(TrainingConfig, "precision") == ("auto", "fp32", "bf16")
     assert choices(TrainingConfig, "device") == ()  # 'cuda:N' is not a fixed set: checked by pattern
     built_in_python = dataclasses.replace(RunConfig().training, optimizer="sgd", schedule="linear")
     assert built_in_python.problems() == ["training.optimizer='sgd': allowed 'adamw', 'adam', 'muon'",
                                           "training.schedule='linear': allowed 'cosine', 'constant'"]
-    with pytest.raises(ConfigError, match="model.positional=5: must be one of 'learned', 'sinusoidal'"):
+    with pytest.raises(ConfigError, match="model.positional=5: must be one of 'learned', 'sinusoidal', 'rope'"):
         config_from_dict({"model": {"positional": 5}, "training": {"max_steps": 1}})
 
 

@@ -9,6 +9,21 @@ from decoder.model import GPT
 
 TINY = ModelConfig(d_model=32, n_heads=2, n_blocks=2, context_length=16, dropout=0.0)
 VOCAB = 50
+# Every architecture option away from the default, one at a time, and all of them together.
+VARIANTS = {
+    "default": {},
+    "sinusoidal": {"positional": "sinusoidal"},
+    "rope": {"positional": "rope"},
+    "rmsnorm": {"norm": "rmsnorm"},
+    "relu2": {"mlp": "relu2"},
+    "swiglu": {"mlp": "swiglu"},
+    "qk_norm": {"qk_norm": True},
+    "all": {"positional": "rope", "norm": "rmsnorm", "mlp": "swiglu", "qk_norm": True, "bias": False},
+}
+
+
+def variant(name: str) -> ModelConfig:
+    return ModelConfig(**{**vars(TINY), **VARIANTS[name]})
 
 
 def make(config: ModelConfig = TINY, device: str = "cpu") -> GPT:
@@ -17,9 +32,9 @@ def make(config: ModelConfig = TINY, device: str = "cpu") -> GPT:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("positional", ["learned", "sinusoidal"])
-def test_causality_changing_token_t_leaves_earlier_logits(device, positional):
-    model = make(ModelConfig(**{**vars(TINY), "positional": positional}), device)
+@pytest.mark.parametrize("name", VARIANTS)
+def test_causality_changing_token_t_leaves_earlier_logits(device, name):
+    model = make(variant(name), device)
     idx = torch.randint(VOCAB, (2, 16), device=device)
     base, _ = model(idx)
     for t in (0, 5, 15):
@@ -31,8 +46,9 @@ def test_causality_changing_token_t_leaves_earlier_logits(device, positional):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_causality_with_cache(device):
-    model = make(device=device)
+@pytest.mark.parametrize("name", VARIANTS)
+def test_causality_with_cache(device, name):
+    model = make(variant(name), device)
     idx = torch.randint(VOCAB, (1, 12), device=device)
     _, past = model(idx[:, :6])
     new, _ = model(idx[:, 6:], past)
@@ -43,9 +59,10 @@ def test_causality_with_cache(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", VARIANTS)
 @pytest.mark.parametrize("past_len", [0, 1, 5, 15])
-def test_cache_equivalence(device, past_len):
-    model = make(device=device)
+def test_cache_equivalence(device, name, past_len):
+    model = make(variant(name), device)
     idx = torch.randint(VOCAB, (3, 16), device=device)
     full, _ = model(idx)
     past = None
@@ -131,11 +148,11 @@ def left_pad(rows: list[torch.Tensor], device: str) -> tuple[torch.Tensor, torch
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("positional", ["learned", "sinusoidal"])
-def test_padded_rows_give_the_logits_of_each_row_alone(device, positional):
+@pytest.mark.parametrize("name", VARIANTS)
+def test_padded_rows_give_the_logits_of_each_row_alone(device, name):
     """Prefill of left-padded rows of different lengths, then cached steps: every real column's
     logits are those of the row run alone; padding never shifts a row's positions."""
-    model = make(ModelConfig(**{**vars(TINY), "positional": positional}), device)
+    model = make(variant(name), device)
     rows = [torch.randint(VOCAB, (n,), device=device) for n in (3, 9, 1, 6)]
     ids, mask, positions = left_pad(rows, device)
     with torch.no_grad():
@@ -155,16 +172,17 @@ def test_padded_rows_give_the_logits_of_each_row_alone(device, positional):
                 torch.testing.assert_close(logits[i], expected[0], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("positional", ["learned", "sinusoidal"])
-def test_position_ids_are_respected(positional):
-    model = make(ModelConfig(**{**vars(TINY), "positional": positional}))
+@pytest.mark.parametrize("name", ["default", "sinusoidal", "rope", "all"])
+def test_position_ids_are_respected(name):
+    model = make(variant(name))
     idx = torch.randint(VOCAB, (2, 6))
     with torch.no_grad():
         plain, past = model(idx)
         explicit, _ = model(idx, None, torch.ones(2, 6, dtype=torch.long), torch.arange(6).repeat(2, 1))
         torch.testing.assert_close(explicit, plain, rtol=1e-5, atol=1e-5)
-        shifted, _ = model(idx, None, None, torch.arange(5, 11).repeat(2, 1))
-        assert not torch.allclose(shifted, plain, atol=1e-3)
+        # Spread out, not merely shifted: rope sees only distances, which a shift keeps.
+        spread, _ = model(idx, None, None, torch.arange(0, 12, 2).repeat(2, 1))
+        assert not torch.allclose(spread, plain, rtol=0, atol=1e-5)  # an untrained model: small effects
         # A row's positions are its own: row 1 at positions 2..7 equals that row after a 2-token cache,
         # whose keys are masked out (the mask marks them padding).
         mask = torch.tensor([[1] * 8, [0, 0] + [1] * 6])
@@ -180,3 +198,52 @@ def test_mask_and_positions_of_the_wrong_shape_are_refused():
         model(idx, None, torch.ones(2, 3, dtype=torch.long))
     with pytest.raises(ValueError, match=r"position_ids has shape \(4,\): must be \(batch, seq\) = \(2, 4\)"):
         model(idx, None, None, torch.arange(4))
+
+
+def test_architecture_options_build_what_they_name():
+    rms = make(variant("rmsnorm"))
+    assert all(isinstance(m, torch.nn.RMSNorm) for m in (rms.transformer.ln_f, rms.transformer.h[0].ln_1))
+    assert not any(isinstance(m, torch.nn.LayerNorm) for m in rms.modules())
+    qk = make(variant("qk_norm")).transformer.h[0].attn
+    assert qk.q_norm.normalized_shape == qk.k_norm.normalized_shape == (TINY.head_dim,)
+    assert make().transformer.h[0].attn.q_norm is None
+    rope = make(variant("rope"))
+    assert "wpe" not in rope.transformer and not hasattr(rope, "wpe_table")
+    assert rope.num_params() == make().num_params() - TINY.context_length * TINY.d_model
+    relu2 = make(variant("relu2")).transformer.h[0].mlp
+    with torch.no_grad():
+        x = torch.randn(2, 32)
+        torch.testing.assert_close(relu2(x), relu2.c_proj(torch.relu(relu2.c_fc(x)) ** 2))
+
+
+def test_swiglu_keeps_the_parameter_count_with_two_thirds_of_the_width():
+    assert variant("swiglu").ff_width == round(2 * 4 * 32 / 3) == 85
+    assert ModelConfig(d_model=32, n_heads=2, d_ff=96, mlp="swiglu").ff_width == 64
+    gelu, swiglu = make(), make(variant("swiglu"))
+    mlp = swiglu.transformer.h[0].mlp
+    assert mlp.c_fc.out_features == 2 * 85 and mlp.c_proj.in_features == 85
+    relative = abs(swiglu.num_params() - gelu.num_params()) / gelu.num_params()
+    assert relative < 0.01
+    with torch.no_grad():
+        x = torch.randn(2, 32)
+        gate, value = mlp.c_fc(x).chunk(2, dim=-1)
+        torch.testing.assert_close(mlp(x), mlp.c_proj(torch.nn.functional.silu(gate) * value))
+
+
+def test_rope_rotates_queries_and_keys_by_position_only():
+    """Rotary positions make attention scores depend on the distance between positions alone:
+    the same tokens shifted to later positions give the same logits (no added position table)."""
+    model = make(variant("rope"))
+    idx = torch.randint(VOCAB, (2, 6))
+    with torch.no_grad():
+        plain, _ = model(idx)
+        shifted, _ = model(idx, None, None, torch.arange(7, 13).repeat(2, 1))
+    torch.testing.assert_close(shifted, plain, rtol=1e-4, atol=1e-4)
+    learned = make()
+    with torch.no_grad():
+        assert not torch.allclose(learned(idx, None, None, torch.arange(7, 13).repeat(2, 1))[0], learned(idx)[0])
+
+
+def test_rope_needs_an_even_head_dimension():
+    with pytest.raises(ValueError, match="rope positions need an even head dimension"):
+        GPT(ModelConfig(d_model=30, n_heads=2, positional="rope"), 10)

@@ -47,7 +47,7 @@ def test_load_records_finds_a_run_made_under_an_earlier_id(tmp_path):
 
     path = ROOT / "research" / "muon" / "muon-fast.yaml"
     (point,) = load_experiment(path).points
-    current, earlier = run_ids(point.config)
+    current, earlier = run_ids(point.config)[:2]  # then the ids of the eras of keys added after data.fallback
     reported = {row["run_id"] for row in csv.DictReader((path.parent / "muon-fast" / "summary.csv").open())}
     assert reported == {earlier}
     run = RunDir(tmp_path / "muon-fast" / earlier)

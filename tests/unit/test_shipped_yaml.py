@@ -15,7 +15,7 @@ EXPERIMENTS = shipped_experiments()
 def test_the_experiments_the_project_documents_are_shipped():
     # experiments/ holds the examples a user copies; the studies behind the defaults are in research/.
     names = {path.stem for path in (ROOT / "experiments").glob("*.yaml")}
-    assert names == {"quick", "default", "fast", "reference", "shape", "search"}
+    assert names == {"quick", "default", "fast", "reference", "shape", "search", "scaling"}
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "experiments").glob("*.yaml")), ids=lambda p: p.stem)
