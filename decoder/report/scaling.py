@@ -18,7 +18,7 @@ from decoder.experiments.grid import Experiment
 from decoder.io import atomic_write, write_json
 from decoder.report.markdown import number, table
 from decoder.report.scaling_plots import per_shape, plot_fit, plot_isoflop
-from decoder.runs import load_records, read_run
+from decoder.runs import DONE, load_records, read_run
 from decoder.scaling_fit import optimal_allocation, parabola_optimum
 from decoder.scaling_study import (LEVEL, SHAPE, StudyFit, budgets, fit_study, heads_axis, main_shapes, study_frame,
                                    unique_tokens)

@@ -54,7 +54,8 @@ def test_scaling_study_predicts_runs_and_reports(tmp_path, small_corpus, capsys,
     assert remade["grid_runs"] == prediction["grid_runs"] and remade["predicted_bpb"] != 99.0
 
     report = (out / "tinyscaling" / "scaling.md").read_text()
-    for part in ("## IsoFLOP curves", "## Heads at fixed N", "## Fitted laws", "## Prediction", "measured − predicted"):
+    for part in ("## IsoFLOP curves", "## Heads at fixed N", "## Fitted laws", "## Prediction", "measured − predicted",
+                 "summed over 15 runs"):
         assert part in report, part
     assert (out / "tinyscaling" / "isoflop.png").stat().st_size > 10_000
     assert (out / "tinyscaling" / "fit.png").is_file()
