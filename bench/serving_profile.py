@@ -33,7 +33,7 @@ COMPONENTS = [  # (component, a substring of one frame of the sample), innermost
     ("Prometheus metrics", "prometheus_client"),
     ("engine delivery to the jobs' queues", "_dispatch (decoder/serve/engine.py"),
     ("JSON encoding of chunks", "json/"),
-    ("SSE framing (sse-starlette)", "sse_starlette"),
+    ("SSE framing (EventStream)", "decoder/serve/answer.py"),
     ("HTTP protocol (uvicorn, h11/httptools)", "uvicorn/protocols"),
     ("HTTP protocol (uvicorn, h11/httptools)", "h11/"),
     ("ASGI stack (anyio, starlette)", "anyio/"),

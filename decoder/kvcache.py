@@ -9,19 +9,25 @@ The operations a scheduler needs, none of which runs the model:
 
 - `left_padded(prompts)`: ids, attention mask and position ids of a prefill of prompts of
   different lengths (padding on the left, so every row's last column is a real token);
-- `BatchCache.concat([a, b])`: rows of both (a new request joins a running batch): each is first
-  left-padded with zero columns to the wider width;
-- `cache.select(rows)`: keep these rows, in this order (finished requests leave), then `trim()`;
-- `cache.trim()`: cut the leading columns that are padding in every row (after the longest row
-  leaves, its extra width would otherwise be carried and attended over for nothing);
+- `BatchCache.concat([a, b])`: rows of both (a new request joins a running batch), each
+  left-padded with zero columns to the wider width, in one copy;
+- `cache.select(rows)`: keep these rows, in this order (finished requests leave), trimmed, in one copy;
+- `cache.overwrite(rows, other)`: write `other`'s rows into these rows in place (a row's window
+  slides): no other row is copied;
+- `cache.trim(min_columns)`: cut the leading columns that are padding in every row (after the
+  longest row leaves, its extra width would otherwise be carried and attended over for nothing);
 - `cache.next_inputs(T)`: attention mask and position ids of T new tokens in every row;
 - `cache.extended(presents, T)`: the cache after such a step.
 
 Context limit: a row can take a step while its position (`lengths`) is below the model's
 context_length; `Runtime.step` refuses a position at or past it. At the limit the scheduler either
 finishes the row (OpenAI's finish_reason "length") or slides it as `decoder.sampling.decode_loop`
-does: prefill the row's last context_length // 2 tokens alone and swap it in with `select` +
-`concat`. The width itself has no limit of its own: after `trim` it is the longest row's length.
+does, to its last context_length // 2 tokens: `decoder.serve.scheduler` prefills all but the last
+of them and `overwrite`s the row's slot (the last is the row's next decode token). The width itself
+has no limit of its own: after `trim` it is the longest row's length.
+
+Every whole-batch copy costs about what the graph's own step costs in copying the cache, so each
+operation makes at most one, and `overwrite` none.
 """
 
 from __future__ import annotations
@@ -52,6 +58,12 @@ def left_padded(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.n
 def positions_of(mask: np.ndarray) -> np.ndarray:
     """Position of each column of a (B, S) mask: the count of real columns before it (0 for padding)."""
     return np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int64)
+
+
+def _leading_padding(mask: np.ndarray) -> int:
+    """How many leading columns of a (B, width) mask are padding in every row."""
+    real_columns = np.flatnonzero(mask.any(axis=0))
+    return int(real_columns[0]) if real_columns.size else mask.shape[1]
 
 
 @dataclass(frozen=True)
@@ -92,33 +104,62 @@ class BatchCache:
 
     def padded_to(self, width: int) -> BatchCache:
         """The same rows with zero (padding) columns prepended up to `width`."""
-        extra = width - self.width
-        if extra < 0:
+        if width < self.width:
             raise ValueError(f"cannot pad a cache of width {self.width} to {width}")
-        if extra == 0:
-            return self
-        past = [np.pad(a, ((0, 0), (0, 0), (extra, 0), (0, 0))) for a in self.past]
-        return BatchCache(past, np.pad(self.mask, ((0, 0), (extra, 0))))
+        return self if width == self.width else BatchCache.concat([self], width)
 
-    def trim(self) -> BatchCache:
-        """Without the leading columns that are padding in every row."""
-        real_columns = np.flatnonzero(self.mask.any(axis=0))
-        start = int(real_columns[0]) if real_columns.size else self.width
-        if start == 0:
+    def trim(self, min_columns: int = 1) -> BatchCache:
+        """Without the leading columns that are padding in every row, if there are at least
+        `min_columns` of them (a trim copies the batch: a column or two is not worth it)."""
+        start = _leading_padding(self.mask)
+        if start == 0 or start < min_columns:
             return self
         return BatchCache([np.ascontiguousarray(a[:, :, start:]) for a in self.past], self.mask[:, start:])
 
     def select(self, rows: Sequence[int]) -> BatchCache:
         """These rows (indices into this batch), in this order, trimmed: how rows leave a batch."""
         rows = np.asarray(rows, dtype=np.int64)
-        return BatchCache([a[rows] for a in self.past], self.mask[rows]).trim()
+        if rows.size == self.batch and (rows == np.arange(self.batch)).all():
+            return self.trim()
+        mask = self.mask[rows]
+        start = _leading_padding(mask)
+        return BatchCache([a[rows, :, start:] for a in self.past], mask[:, start:])  # one gather each
+
+    def overwrite(self, rows: Sequence[int], other: BatchCache) -> BatchCache:
+        """These rows (indices into this batch) replaced, in place, by `other`'s rows in order
+        (right-aligned, zero padding on their left; `other` no wider than this cache). Returns the
+        cache, its arrays changed: the caller must own them (a step's presents are its own)."""
+        if other.batch != len(rows) or other.width > self.width:
+            raise ValueError(f"cannot write {other.batch} rows of width {other.width} into {len(rows)} rows "
+                             f"of a cache of width {self.width}")
+        past = [a if a.flags.writeable else a.copy() for a in self.past]
+        mask = self.mask if self.mask.flags.writeable else self.mask.copy()
+        start = self.width - other.width
+        for a, new in zip(past, other.past):
+            a[rows, :, :start] = 0
+            a[rows, :, start:] = new
+        mask[rows, :start] = 0
+        mask[rows, start:] = other.mask
+        return BatchCache(past, mask)
 
     @staticmethod
-    def concat(caches: Sequence[BatchCache]) -> BatchCache:
-        """The rows of every cache in order, each left-padded to the widest: how rows join a batch."""
+    def concat(caches: Sequence[BatchCache], width: int | None = None) -> BatchCache:
+        """The rows of every cache in order, each left-padded to the widest (or to `width`), in
+        one copy: how rows join a batch."""
         if not caches:
             raise ValueError("concat needs at least one cache")
-        width = max(c.width for c in caches)
-        padded = [c.padded_to(width) for c in caches]
-        past = [np.concatenate(arrays, axis=0) for arrays in zip(*(c.past for c in padded))]
-        return BatchCache(past, np.concatenate([c.mask for c in padded], axis=0))
+        widest = max(c.width for c in caches)
+        width = widest if width is None else width
+        if width < widest:
+            raise ValueError(f"cannot pad a cache of width {widest} to {width}")
+        batch = sum(c.batch for c in caches)
+        past = [np.zeros((batch, a.shape[1], width, a.shape[3]), dtype=a.dtype) for a in caches[0].past]
+        mask = np.zeros((batch, width), dtype=np.int64)
+        row = 0
+        for c in caches:
+            rows, start = slice(row, row + c.batch), width - c.width
+            for out, a in zip(past, c.past):
+                out[rows, :, start:] = a
+            mask[rows, start:] = c.mask
+            row += c.batch
+        return BatchCache(past, mask)

@@ -14,5 +14,5 @@ model card, limits, sampling defaults from `config`), `protocol` the wire format
 validation, `schema` the response models and the OpenAPI document (/openapi.json, /docs), `errors`
 the error objects, `metrics` the Prometheus registry, `page.html` the page at `/`.
 
-Imports fastapi, uvicorn, sse-starlette and prometheus-client (the `serve` extra), never torch.
+Imports fastapi, uvicorn and prometheus-client (the `serve` extra), never torch.
 """

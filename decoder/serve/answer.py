@@ -7,8 +7,13 @@ piece of text of a choice (with logprobs, the entries of the tokens that piece c
 route's wording), a chunk with the choice's finish_reason when it ends, a usage chunk (empty
 choices) if `stream_options.include_usage`, then `data: [DONE]`. A client that disconnects
 mid-stream has its sequences cancelled (they leave the batch at the next step). On shutdown the
-engine ends every response within `shutdown_grace` seconds; sse-starlette's own cut (a second
-later) is only a backstop.
+engine ends every response within `shutdown_grace` seconds; uvicorn's own cut (a moment later) is
+only a backstop.
+
+The events go out as a plain `StreamingResponse` of pre-encoded `data: ...\n\n` bytes
+(`EventStream`): one encode and one send per chunk, with no per-chunk event object or task (the
+event loop's per-token work is what limits a 2-core server at 16 streaming clients; no keep-alive
+comments are sent, as no client of this API needs them: a token or the end comes every step).
 """
 
 from __future__ import annotations
@@ -21,8 +26,8 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Callable
 
 from fastapi import Request
-from fastapi.responses import JSONResponse
-from sse_starlette import EventSourceResponse
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from decoder.serve.engine import Engine, Job
 from decoder.serve.logprobs import Cursor, Scored, eot_entry
@@ -58,17 +63,15 @@ def usage(job: Job, truncated: int = 0) -> dict:
 
 async def respond(request: Request, req: SamplingRequest, job: Job, engine: Engine, served: Served, shape: Shape,
                   choices: Callable[[list[str], list[str | None]], list[dict]], *, truncated: int = 0,
-                  logprobs: bool = False) -> JSONResponse | EventSourceResponse:
+                  logprobs: bool = False) -> JSONResponse | EventStream:
     """The answer to a submitted job: server-sent events in `shape` with stream (each piece's logprobs
     if `logprobs`), else one JSON object whose choices `choices` makes of each choice's text and finish."""
     head = {"id": f"{shape.id_prefix}-{uuid.uuid4().hex}", "object": shape.object, "created": int(time.time()),
             "model": served.model_id}
     if req.stream:
         scorer = _StreamLogprobs(job, shape, served.tokenizer) if logprobs else None
-        return EventSourceResponse(
-            _stream(job, {**head, "object": shape.chunk_object}, shape, req.include_usage, truncated, scorer),
-            sep="\n", shutdown_grace_period=served.config.shutdown_grace + 1,
-            client_close_handler_callable=lambda message: _cancelled(job, engine))
+        return EventStream(_stream(job, {**head, "object": shape.chunk_object}, shape, req.include_usage, truncated,
+                                   scorer), on_disconnect=lambda: cancel(job, engine))
     try:
         collected = await _collect(request, job)
     finally:
@@ -83,9 +86,35 @@ def cancel(job: Job, engine: Engine) -> None:
     engine.wake()
 
 
-async def _cancelled(job: Job, engine: Engine) -> None:
-    """sse-starlette's disconnect callback."""
-    cancel(job, engine)
+class EventStream(StreamingResponse):
+    """Server-sent events from an iterator of event payloads (str), each sent as `data: ...\\n\\n`,
+    while a second task waits for the client to go away and then calls `on_disconnect` and stops."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, payloads: AsyncIterator[str], on_disconnect: Callable[[], None]) -> None:
+        super().__init__(_framed(payloads), headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        self._on_disconnect = on_disconnect
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        streaming = asyncio.ensure_future(self.stream_response(send))
+        watching = asyncio.ensure_future(_disconnected(receive))
+        try:
+            await asyncio.wait({streaming, watching}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watching.cancel()
+            gone = not streaming.done()
+            if gone:  # the client left (or the server is stopping) first
+                streaming.cancel()
+                self._on_disconnect()
+            await asyncio.gather(streaming, watching, return_exceptions=True)
+        if not gone:
+            streaming.result()  # a failure of the stream itself is raised
+
+
+async def _framed(payloads: AsyncIterator[str]) -> AsyncIterator[bytes]:
+    async for payload in payloads:
+        yield b"data: " + payload.encode() + b"\n\n"
 
 
 async def _collect(request: Request, job: Job) -> tuple[list[str], list[str | None]] | JSONResponse:
@@ -99,7 +128,7 @@ async def _collect(request: Request, job: Job) -> tuple[list[str], list[str | No
             finishes[index] = finish if finish is not None else finishes[index]
 
     gathering = asyncio.ensure_future(gather())
-    watching = asyncio.ensure_future(_disconnected(request))
+    watching = asyncio.ensure_future(_disconnected(request.receive))
     try:
         await asyncio.wait({gathering, watching}, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -113,9 +142,9 @@ async def _collect(request: Request, job: Job) -> tuple[list[str], list[str | No
     return ["".join(t) for t in texts], finishes
 
 
-async def _disconnected(request: Request) -> None:
+async def _disconnected(receive: Receive) -> None:
     """Returns when the client has gone away (the body is already read, so only that can arrive)."""
-    while (await request.receive())["type"] != "http.disconnect":
+    while (await receive())["type"] != "http.disconnect":
         pass
 
 
@@ -133,23 +162,23 @@ class _StreamLogprobs:
 
 
 async def _stream(job: Job, head: dict, shape: Shape, include_usage: bool, truncated: int,
-                  scorer: _StreamLogprobs | None) -> AsyncIterator[dict]:
+                  scorer: _StreamLogprobs | None) -> AsyncIterator[str]:
     usage_field = {"usage": None} if include_usage else {}
     try:
         if shape.opening is not None:
             for index in range(len(job.sequences)):
-                yield {"data": json.dumps({**head, "choices": [shape.opening(index)], **usage_field})}
+                yield json.dumps({**head, "choices": [shape.opening(index)], **usage_field})
         async for index, text, finish in job.events():
             if finish == "error":
-                yield {"data": json.dumps(error_body("The engine failed while generating this request",
-                                                     type="server_error", code="engine_error"))}
+                yield json.dumps(error_body("The engine failed while generating this request",
+                                                     type="server_error", code="engine_error"))
                 return
             if text or finish is not None:
                 logprobs = scorer(index, text, finish) if scorer is not None else None
                 choice = shape.piece(index, text, finish, logprobs)
-                yield {"data": json.dumps({**head, "choices": [choice], **usage_field})}
+                yield json.dumps({**head, "choices": [choice], **usage_field})
         if include_usage:
-            yield {"data": json.dumps({**head, "choices": [], "usage": usage(job, truncated)})}
-        yield {"data": "[DONE]"}
+            yield json.dumps({**head, "choices": [], "usage": usage(job, truncated)})
+        yield "[DONE]"
     finally:
         job.cancel()

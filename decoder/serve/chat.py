@@ -23,9 +23,8 @@ from __future__ import annotations
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
-from sse_starlette import EventSourceResponse
 
-from decoder.serve.answer import Shape, respond
+from decoder.serve.answer import EventStream, Shape, respond
 from decoder.serve.completions import build_job, check_capacity
 from decoder.serve.engine import Engine, Job
 from decoder.serve.logprobs import Cursor, chat_logprobs
@@ -69,7 +68,7 @@ def _choices(job: Job, served: Served, logprobs: bool, texts: list[str], finishe
 
 
 async def create_chat_completion(request: Request, engine: Engine,
-                                 served: Served) -> JSONResponse | EventSourceResponse:
+                                 served: Served) -> JSONResponse | EventStream:
     """Answer one POST /v1/chat/completions (see the module docstring)."""
     req = parse_chat_request(await read_body(request, served.config.max_body_bytes))
     served.check_model(req.model)

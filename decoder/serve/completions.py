@@ -19,10 +19,9 @@ import uuid
 import numpy as np
 from fastapi import Request
 from fastapi.responses import JSONResponse
-from sse_starlette import EventSourceResponse
 
 from decoder.sampling import SamplingParams
-from decoder.serve.answer import Shape, respond
+from decoder.serve.answer import EventStream, Shape, respond
 from decoder.serve.engine import Engine, Job
 from decoder.serve.logprobs import Cursor, Entry, Scored, completion_logprobs, eot_entry, mean_logprob
 from decoder.serve.prompts import PromptIds, encode_prompts, score_prompts
@@ -78,7 +77,7 @@ def build_job(req: SamplingRequest, encoded: list[PromptIds], served: Served, *,
     return Job(sequences, prompt_tokens=sum(prompt.seen for prompt in encoded))
 
 
-async def create_completion(request: Request, engine: Engine, served: Served) -> JSONResponse | EventSourceResponse:
+async def create_completion(request: Request, engine: Engine, served: Served) -> JSONResponse | EventStream:
     """Answer one POST /v1/completions (see the module docstring)."""
     req = parse_request(await read_body(request, served.config.max_body_bytes))
     served.check_model(req.model)

@@ -3,18 +3,28 @@
 `Scheduler.step(admitted)` is one iteration; the engine (`decoder.serve.engine`) calls it in a
 worker thread, again and again while there is work:
 
-1. decode: every row that sampled a token last iteration runs it through ONE
+1. slide: each row whose cache filled last iteration starts again from its window's last
+   context_length // 2 tokens, as `decoder.sampling.decode_loop` slides it: all but the last run
+   in one prefill (every such row together) and are written into the rows' own slots of the
+   batch's cache, no other row copied; the last is the row's token to decode, at the position the
+   slid window gives it (the logits are those of the slid window's prefill, up to float rounding);
+2. decode: every row that sampled a token last iteration runs it through ONE
    `model.decode(cache, tokens)` call over the whole batch (rows of different lengths share the
    left-padded cache of `decoder.kvcache`; each row has its own position);
-2. prefill: the sequences admitted this iteration run their prompts in one call (left-padded to
-   the longest), rows whose window slid run theirs in another, and both join the batch's cache;
-3. sample: every row picks its next token from its own logits with its own parameters and its own
+3. prefill: the sequences admitted this iteration run their prompts in one call (left-padded to
+   the longest) and join the batch's cache (one copy);
+4. sample: every row picks its next token from its own logits with its own parameters and its own
    generator (greedy rows: argmax), records the token's log probabilities if it asks for them,
    and its text is decoded and matched against its stop strings;
-4. prune: finished and cancelled rows leave (their slot is free for the next admission); a row
-   whose cache is full (its next position would be context_length) leaves the batch and comes back
-   at the next prefill with its last context_length // 2 tokens, as `decoder.sampling.decode_loop`
-   slides the window.
+5. prune: finished and cancelled rows leave (their slot is free for the next admission; one copy
+   of the rows that stay); a row whose cache is full (its next position would be context_length)
+   slides at the next step; when no other row stays (or the window is one token, context_length
+   < 4) the sliding rows leave the batch instead and come back at the next prefill, which gives
+   their logits in one call.
+
+A copy of the whole batch's cache costs about what the graph's own step costs in copying it, and
+rows slide at different steps (every ~context_length // 2 tokens each), so a slide copies only
+its own row and a trim waits for at least width // 8 all-padding columns.
 
 So a request joins at the next step and leaves when it is done, each with its own length, and the
 greedy text of a request is the text `decoder generate --onnx` gives for it alone: its logits
@@ -117,6 +127,9 @@ class Scheduler:
         self.rows: list[Sequence] = []
         self.cache: BatchCache | None = None
         self.sliding: list[Sequence] = []
+        """Rows out of the batch until the next prefill, their slid window in `window`."""
+        self._full: list[Sequence] = []
+        """Rows (still in `rows`) whose window slides at the next step."""
         self.observe = observe or (lambda seq, now: None)
         """Called with each row as it samples a token (the engine's latency metrics)."""
 
@@ -133,6 +146,7 @@ class Scheduler:
         if len(admitted) > self.free_slots:
             raise ValueError(f"admitted {len(admitted)} sequences into {self.free_slots} free slots")
         events = self._drop_cancelled()
+        self._slide()
         self._decode()
         slid, self.sliding = self.sliding, []
         groups = []
@@ -158,6 +172,18 @@ class Scheduler:
     def _keep(self, keep: list[int]) -> None:
         self.rows = [self.rows[i] for i in keep]
         self.cache = self.cache.select(keep) if keep else None
+
+    def _slide(self) -> None:
+        """Rows whose cache is full restart from all but the last token of their slid window, in
+        one prefill written into their own slots; the last token (`next_token`) decodes next."""
+        full, self._full = self._full, []
+        slots = {id(s): i for i, s in enumerate(self.rows)}
+        full = [s for s in full if id(s) in slots]  # not cancelled meanwhile
+        if not full:
+            return
+        _, cache = self.model.prefill([s.window[:-1] for s in full])
+        self.cache = self.cache.overwrite([slots[id(s)] for s in full], cache)
+        self.cache = self.cache.trim(min_columns=max(1, self.cache.width // 8))
 
     def _decode(self) -> None:
         if not self.rows:
@@ -201,9 +227,13 @@ class Scheduler:
             events.append((seq, text, finish))
             if finish is None and full[i]:
                 seq.window = seq.tokens[-max(1, self.model.context_length // 2):]
-                self.sliding.append(seq)
+                self._full.append(seq)
             elif finish is None:
                 keep.append(i)
+        if self._full and (not keep or len(self._full[0].window) == 1):
+            self.sliding, self._full = self._full, []  # no other row to spare a copy of: one prefill each
+        else:
+            keep = sorted(keep + [self.rows.index(s) for s in self._full])
         if len(keep) < len(self.rows):
             self._keep(keep)
         return events

@@ -2,8 +2,8 @@
 
 Shutdown on SIGTERM (or the first Ctrl-C): uvicorn stops accepting connections and the engine
 drains: new requests get 503, in-flight ones get `shutdown_grace` seconds to finish and are then
-cancelled (each response still ends properly, with finish_reason "cancelled"); sse-starlette and
-uvicorn cut whatever is left a moment later as a backstop. Then the engine stops and the process
+cancelled (each response still ends properly, with finish_reason "cancelled"); uvicorn cuts
+whatever is left a moment later as a backstop. Then the engine stops and the process
 exits 0. uvicorn (>= 0.29) re-raises the signal it caught once it has shut down, which under the
 default SIGTERM disposition would end the process with status 143; a handler installed here for
 the duration only notes the signal.

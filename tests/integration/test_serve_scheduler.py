@@ -97,14 +97,15 @@ def drive(scheduler: Scheduler, arrivals: dict[int, list[Sequence]], max_steps: 
     raise AssertionError("did not finish")
 
 
+@pytest.mark.parametrize("context", [CONTEXT, 3], ids=["slides-in-place", "one-token-window"])
 @pytest.mark.parametrize("max_batch", [1, 3, 16])
-def test_staggered_mixed_requests_match_running_alone(tokenizer, max_batch):
-    model = HashModel(tokenizer)
+def test_staggered_mixed_requests_match_running_alone(tokenizer, max_batch, context):
+    model = HashModel(tokenizer, context)
     rng = np.random.default_rng(0)
     vocab = tokenizer.vocab_size - 1
     texts, finishes, expected, arrivals = {}, {}, {}, {}
     for key in range(24):
-        prompt = rng.integers(0, vocab, size=int(rng.integers(1, CONTEXT + 1))).tolist()
+        prompt = rng.integers(0, vocab, size=int(rng.integers(1, context + 1))).tolist()
         max_tokens = int(rng.integers(1, 30))  # many slide the 12-token window once or twice
         params = [SamplingParams(temperature=0.0), SamplingParams(temperature=0.9, top_k=20),
                   SamplingParams(temperature=0.0, repetition_penalty=1.5, no_repeat_ngram_size=2),
@@ -120,6 +121,30 @@ def test_staggered_mixed_requests_match_running_alone(tokenizer, max_batch):
     assert max(model.calls) <= max_batch
     if max_batch > 1:
         assert max(model.calls) > 1, "sequences never shared a model call"
+
+
+def test_a_sliding_row_keeps_its_slot_and_copies_no_other_row(tokenizer, monkeypatch):
+    model = HashModel(tokenizer)
+    params = SamplingParams(temperature=0.0)
+    texts, finishes = {}, {}
+    rows = [make_sequence(tokenizer, prompt, 40, params, 0, texts, finishes, k)
+            for k, prompt in enumerate([[7] * (CONTEXT - 1), [8]])]
+    scheduler = Scheduler(model, max_batch=2)
+    scheduler.step(rows)
+    scheduler.step([])
+    assert list(scheduler.cache.lengths) == [CONTEXT, 2] and not finishes, "row 0 is full, both run on"
+    other = scheduler.cache.past[0][1].copy()
+
+    def no_copy(*args, **kwargs):
+        raise AssertionError("a slide copied the batch")
+    monkeypatch.setattr(BatchCache, "concat", staticmethod(no_copy))
+    monkeypatch.setattr(BatchCache, "select", no_copy)
+    model.calls.clear()
+    scheduler.step([])
+    assert model.calls == [1, 2], "one prefill of the slid row, then one decode of both"
+    assert scheduler.rows == rows and list(scheduler.cache.lengths) == [CONTEXT // 2, 3]
+    width = scheduler.cache.width
+    np.testing.assert_array_equal(scheduler.cache.past[0][1, :, width - 3:width - 1], other[:, -2:])
 
 
 def test_cancelled_row_leaves_at_the_next_step(tokenizer):
