@@ -1,34 +1,38 @@
 """Export to a Hugging Face folder: `decoder export RUN --format hf --out DIR`.
 
 `transformers.AutoModelForCausalLM.from_pretrained(DIR)` loads the folder as a `GPT2LMHeadModel`
-with the same weights and the same logits (checked at export: `HF_PARITY_TOLERANCE`). It holds:
+(learned or sinusoidal positions) or a `GPTNeoXForCausalLM` (rotary positions, `hf_class`) with the
+same weights and the same logits (checked at export: `HF_PARITY_TOLERANCE`). It holds:
 
-- `config.json`, `generation_config.json` and `model.safetensors` (`save_pretrained`): n_embd,
-  n_layer, n_head, n_inner (the MLP width), n_positions = the context length, vocab_size = the
-  compact vocabulary, layer_norm_epsilon from the model's LayerNorms, activation `gelu_new` (GPT-2's
-  name for the tanh GELU of `decoder.model.MLP`; its formula differs from torch's kernel by float
-  rounding, ~1e-6 in the logits, where the exact GELU would be a real difference), bos/eos/pad =
-  the <|endoftext|> id;
+- `config.json`, `generation_config.json` and `model.safetensors` (`save_pretrained`): widths,
+  blocks, heads, the MLP width, the context length (n_positions / max_position_embeddings),
+  vocab_size = the compact vocabulary, the LayerNorm epsilon, the tanh GELU of `decoder.model.MLP`
+  (GPT-2: `gelu_new`, its formula for it, ~1e-6 from torch's kernel in the logits; GPT-NeoX:
+  `gelu_pytorch_tanh`, torch's kernel itself), bos/eos/pad = the <|endoftext|> id;
 - `tokenizer.json`: the project's tokenizer (`Tokenizer.to_dict`, the file a run folder has). It
   is not a Hugging Face `tokenizers` file: ids come from `decoder.tokenizer` (README.md says how).
   AutoTokenizer fails on it, which is better than what it does without it (build an empty GPT-2
   tokenizer without a word of complaint);
 - `README.md`: what the folder is, how to get ids, the parity figure.
 
-The layouts differ in two places: Hugging Face's GPT-2 stores c_attn, c_proj and c_fc as `Conv1D`,
-whose weight is the transpose of `nn.Linear`'s; and a GPT2LMHeadModel always has learned positions
-and biases. So the variants it has no switch for are written as what they compute: sinusoidal
-positions as the fixed table in `wpe`, a bias-free model with zero biases (fine-tuning the folder
-would then train them). An untied output layer sets `tie_word_embeddings` false. Generation in
-transformers is limited to n_positions tokens in all (prompt included); the project's own decoding
-slides its window instead. The architecture options GPT-2's class cannot compute at all (RMSNorm,
-squared ReLU or SwiGLU MLPs, query/key norm, rotary positions) are refused with the reason
-(`unsupported`).
+GPT-2's layout differs in two places: it stores c_attn, c_proj and c_fc as `Conv1D`, whose weight
+is the transpose of `nn.Linear`'s; and a GPT2LMHeadModel always has learned positions and biases.
+So the variants it has no switch for are written as what they compute: sinusoidal positions as the
+fixed table in `wpe`, a bias-free model with zero biases (fine-tuning the folder would then train
+them). GPT-NeoX (use_parallel_residual false: the same pre-norm block; rotary_pct 1 with the
+model's base; scores scaled by 1/sqrt(head_dim) like SDPA) rotates the halves of each head as
+`decoder.model.rotate` does, and fuses q, k, v per head, so c_attn's rows are regrouped
+(`neox_state_dict`); its MLP and LayerNorms always have biases (zeros for a bias-free model). An
+untied output layer sets `tie_word_embeddings` false. Generation in transformers is limited to
+the context length in all (prompt included); the project's own decoding slides its window
+instead. The options neither class computes (RMSNorm, squared ReLU or SwiGLU MLPs, query/key norm)
+are refused with the reason (`unsupported`).
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import os
 import shutil
@@ -38,7 +42,7 @@ import torch
 
 from decoder.export import ExportError, check_out_dir, move_into_place
 from decoder.io import atomic_write
-from decoder.model import GPT
+from decoder.model import GPT, rotary_table
 from decoder.tokenizer import Tokenizer
 
 HF_CONFIG_FILE = "config.json"
@@ -48,20 +52,28 @@ HF_PARITY_TOLERANCE = 1e-4
 """A folder whose logits differ from the project's model by more than this (max abs) is refused."""
 _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 """Weights Hugging Face's GPT-2 keeps as Conv1D: (in, out), the transpose of nn.Linear's (out, in)."""
+ROPE_BASE = inspect.signature(rotary_table).parameters["base"].default
+"""The rotary base `decoder.model` uses (GPT-NeoX's rotary_emb_base)."""
+
+
+def hf_class(model: GPT) -> str:
+    """The transformers class the folder of `model` is: GPTNeoXForCausalLM for rotary positions,
+    else GPT2LMHeadModel."""
+    return "GPTNeoXForCausalLM" if model.config.positional == "rope" else "GPT2LMHeadModel"
 
 
 def unsupported(model: GPT) -> str | None:
-    """Why GPT2LMHeadModel cannot compute `model` (its architecture options GPT-2 has no switch
-    for, which no weight mapping can stand in for), or None when it can."""
+    """Why `hf_class(model)` cannot compute `model` (its architecture options that class has no
+    switch for, which no weight mapping can stand in for), or None when it can."""
     c = model.config
-    expressible = {"norm": ("layernorm",), "mlp": ("gelu",), "qk_norm": (False,),
-                   "positional": ("learned", "sinusoidal")}
+    expressible = {"norm": ("layernorm",), "mlp": ("gelu",), "qk_norm": (False,)}
     parts = [f"model.{key}={getattr(c, key)!r}" for key, allowed in expressible.items()
              if getattr(c, key) not in allowed]
     if not parts:
         return None
-    return (f"GPT2LMHeadModel cannot express {', '.join(parts)} (it has LayerNorm, the tanh GELU MLP, no "
-            "query/key norm and added positions); export the ONNX bundle instead (decoder export RUN --out BUNDLE)")
+    positions = "rotary positions" if c.positional == "rope" else "added positions"
+    return (f"{hf_class(model)} cannot express {', '.join(parts)} (it has LayerNorm, the tanh GELU MLP, no "
+            f"query/key norm and {positions}); export the ONNX bundle instead (decoder export RUN --out BUNDLE)")
 
 
 def gpt2_config(model: GPT, tokenizer: Tokenizer):
@@ -101,16 +113,70 @@ def gpt2_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return out
 
 
-def to_gpt2(model: GPT, tokenizer: Tokenizer):
-    """A `transformers.GPT2LMHeadModel` (eval mode, CPU) computing what `model` computes."""
-    from transformers import GPT2LMHeadModel
+def neox_config(model: GPT, tokenizer: Tokenizer):
+    """The `transformers.GPTNeoXConfig` of a rope `model`: sequential residuals, rotary over the
+    whole head (rotary_pct 1) with the model's base, torch's own tanh GELU (`gelu_pytorch_tanh`)."""
+    from transformers import GPTNeoXConfig
 
-    hf = GPT2LMHeadModel(gpt2_config(model, tokenizer)).eval()
-    missing, unexpected = hf.load_state_dict(gpt2_state_dict(model), strict=False)
-    missing = [name for name in missing if not (model.config.tie_embeddings and name == "lm_head.weight")]
+    c = model.config
+    eot = tokenizer.eot_id
+    return GPTNeoXConfig(
+        vocab_size=model.vocab_size, hidden_size=c.d_model, num_hidden_layers=c.n_blocks,
+        num_attention_heads=c.n_heads, intermediate_size=c.ff_width, hidden_act="gelu_pytorch_tanh",
+        max_position_embeddings=c.context_length, rotary_pct=1.0, rotary_emb_base=ROPE_BASE,
+        layer_norm_eps=model.transformer.ln_f.eps, use_parallel_residual=False, attention_bias=c.bias,
+        attention_dropout=c.dropout, hidden_dropout=c.dropout, tie_word_embeddings=c.tie_embeddings,
+        bos_token_id=eot, eos_token_id=eot, pad_token_id=eot, architectures=["GPTNeoXForCausalLM"],
+    )
+
+
+def neox_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+    """`model`'s weights under GPTNeoXForCausalLM's names. Its fused query_key_value is laid out
+    per head, (heads, [q, k, v], head_dim), where c_attn is ([q, k, v], heads, head_dim): the rows
+    are regrouped. Both rotate the halves of each head (`decoder.model.rotate`), so q and k need no
+    other change. LayerNorms and MLPs always have biases there: zeros for a bias-free model."""
+    c = model.config
+    ours = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    names = {"ln_1": "input_layernorm", "ln_2": "post_attention_layernorm", "attn.c_attn": "attention.query_key_value",
+             "attn.c_proj": "attention.dense", "mlp.c_fc": "mlp.dense_h_to_4h", "mlp.c_proj": "mlp.dense_4h_to_h"}
+    widths = {"ln_1": c.d_model, "ln_2": c.d_model, "mlp.c_fc": c.ff_width, "mlp.c_proj": c.d_model}
+    out = {"gpt_neox.embed_in.weight": ours["transformer.wte.weight"]}
+    for i in range(c.n_blocks):
+        for part, theirs in names.items():
+            for kind in ("weight", "bias"):
+                tensor = ours.get(f"transformer.h.{i}.{part}.{kind}")
+                if tensor is None:
+                    if kind == "weight" or part not in widths:
+                        continue
+                    tensor = torch.zeros(widths[part])
+                if part == "attn.c_attn":  # rows [3, nh, hs] -> [nh, 3, hs]
+                    tensor = tensor.view(3, c.n_heads, c.head_dim, -1).transpose(0, 1).reshape(tensor.shape)
+                out[f"gpt_neox.layers.{i}.{theirs}.{kind}"] = tensor.contiguous()
+    out["gpt_neox.final_layer_norm.weight"] = ours["transformer.ln_f.weight"]
+    out["gpt_neox.final_layer_norm.bias"] = ours.get("transformer.ln_f.bias", torch.zeros(c.d_model))
+    if not c.tie_embeddings:
+        out["lm_head.weight"] = ours["lm_head.weight"]
+    return out
+
+
+def to_hf(model: GPT, tokenizer: Tokenizer):
+    """A transformers model of class `hf_class(model)` (eval mode, CPU) computing what `model` computes."""
+    import transformers
+
+    rope = model.config.positional == "rope"
+    config = neox_config(model, tokenizer) if rope else gpt2_config(model, tokenizer)
+    hf = getattr(transformers, hf_class(model))(config).eval()
+    state = neox_state_dict(model) if rope else gpt2_state_dict(model)
+    head = next(name for name, m in hf.named_modules() if m is hf.get_output_embeddings()) + ".weight"
+    if "lm_head.weight" in state and head != "lm_head.weight":  # older transformers: embed_out
+        state[head] = state.pop("lm_head.weight")
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    missing = [name for name in missing if not (model.config.tie_embeddings and name == head)]
     if missing or unexpected:
-        raise ExportError(f"the weights do not map onto GPT2LMHeadModel (missing {missing[:3]}, "
+        raise ExportError(f"the weights do not map onto {hf_class(model)} (missing {missing[:3]}, "
                           f"unexpected {unexpected[:3]})")
+    if model.config.tie_embeddings and hf.get_output_embeddings().weight is not hf.get_input_embeddings().weight:
+        raise ExportError(f"{hf_class(model)} did not tie its output layer to the embedding")
     return hf
 
 
@@ -126,22 +192,26 @@ def logits_diff(model: GPT, hf, *, batch: int = 2, seed: int = 0) -> float:
 
 
 def _variant_notes(model: GPT) -> str:
-    """What the README says about parts GPT2LMHeadModel holds differently (empty for plain GPT-2)."""
+    """What the README says about parts the class holds differently (empty for plain GPT-2)."""
     c, notes = model.config, []
-    if c.positional != "learned":
+    if c.positional == "sinusoidal":
         notes.append("- positions: the model's fixed sinusoidal table, stored as `wpe` (fine-tuning would train it)")
     if not c.bias:
-        notes.append("- biases: the model has none; they are stored as zeros (fine-tuning would train them)")
+        notes.append("- biases: the model has none; those the class always has are stored as zeros "
+                     "(fine-tuning would train them)")
     if not c.tie_embeddings:
         notes.append("- output layer: its own weight (`tie_word_embeddings` false)")
-    return "\n\nGPT2LMHeadModel has no switch for some of this model's choices:\n\n" + "\n".join(notes) if notes else ""
+    return (f"\n\n{hf_class(model)} has no switch for some of this model's choices:\n\n" + "\n".join(notes)
+            if notes else "")
 
 
 def _readme(source: str, model: GPT, diff: float) -> str:
     c = model.config
-    return f"""# GPT-2 export of a decoder run
+    family = ("GPT-NeoX (rotary positions over the whole head, sequential residuals)"
+              if c.positional == "rope" else "GPT-2")
+    return f"""# {family} export of a decoder run
 
-Exported by `decoder export {source} --format hf`: a `GPT2LMHeadModel` (transformers) with
+Exported by `decoder export {source} --format hf`: a `{hf_class(model)}` (transformers) with
 {c.n_blocks} blocks, d_model {c.d_model}, {c.n_heads} heads, context {c.context_length} tokens and a
 {model.vocab_size}-token compact vocabulary. Its logits differ from the project's model by at most
 {diff:.2e} (max abs, random ids over the whole context).{_variant_notes(model)}
@@ -165,7 +235,7 @@ out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids),
 print(Tokenizer.load("tokenizer.json").decode(out[0, len(ids):].tolist()))
 ```
 
-Prompt and continuation together may not exceed {c.context_length} tokens (n_positions).
+Prompt and continuation together may not exceed {c.context_length} tokens (the context length).
 """
 
 
@@ -182,10 +252,10 @@ def export_hf(model: GPT, tokenizer: Tokenizer, out_dir: str | Path, *, source: 
     cpu_model = model if next(model.parameters()).device.type == "cpu" else copy.deepcopy(model).cpu()
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     try:
-        hf = to_gpt2(cpu_model.eval(), tokenizer)
+        hf = to_hf(cpu_model.eval(), tokenizer)
         diff = logits_diff(cpu_model, hf)
         if not diff <= HF_PARITY_TOLERANCE:
-            raise ExportError(f"GPT2LMHeadModel logits differ from the model's by {diff:.3g} "
+            raise ExportError(f"{hf_class(cpu_model)} logits differ from the model's by {diff:.3g} "
                               f"(> {HF_PARITY_TOLERANCE}); not exported")
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)

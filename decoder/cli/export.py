@@ -1,6 +1,6 @@
 """`decoder export RUN --out BUNDLE`: an ONNX bundle with KV-cache inputs and outputs, parity-checked
 against PyTorch, for the torch-free runtime (and onnxruntime-genai); `--format hf`: a Hugging Face
-GPT2LMHeadModel folder instead."""
+folder instead (GPT2LMHeadModel, or GPTNeoXForCausalLM for rotary positions)."""
 
 from __future__ import annotations
 
@@ -54,7 +54,8 @@ def _run_hf(args: argparse.Namespace) -> int:
     from decoder.hf import export_hf_folder
 
     folder, diff = export_hf_folder(args.source, args.out)
-    print(f"exported {args.source} -> {folder} (Hugging Face GPT2LMHeadModel)")
+    architecture = json.loads((folder / "config.json").read_text())["architectures"][0]
+    print(f"exported {args.source} -> {folder} (Hugging Face {architecture})")
     print(f"  parity, max abs logits diff vs PyTorch: {diff:.2e}; ids: decoder.tokenizer.Tokenizer.load"
           f"('{folder}/tokenizer.json').encode(text) (see {folder}/README.md)")
     return 0
