@@ -187,6 +187,8 @@ def test_onnxruntime_genai_runs_an_architecture_option_bundle_as_the_runtime_doe
     """genai_config.json still describes the graph (heads, head size, IO names): genai's own cache
     handling gives the runtime's logits at every step for rotary positions, RMSNorm and SwiGLU."""
     og = pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai (the [genai] extra) is not installed")
+    from genaikit import assert_genai_follows_the_runtime
+
     from decoder.genai import open_model
 
     _, tokenizer, config, _ = loaded
@@ -195,16 +197,7 @@ def test_onnxruntime_genai_runs_an_architecture_option_bundle_as_the_runtime_doe
     model = GPT(options, tokenizer.vocab_size).eval()
     bundle = export_model(model, tokenizer, dataclasses.replace(config, model=options), tmp_path / "genai")
     runtime, genai = Runtime(bundle, threads=1), open_model(bundle)
-    prompt = tokenizer.encode("Harding wondered")
-    params = og.GeneratorParams(genai)
-    params.set_search_options(max_length=runtime.context_length, repetition_penalty=1.0, no_repeat_ngram_size=0)
-    generator = og.Generator(genai, params)
-    generator.append_tokens(np.array(prompt, dtype=np.int32))
-    ours, past = runtime.forward(np.array([prompt]), None)
-    for _ in range(runtime.context_length - len(prompt)):
-        np.testing.assert_allclose(np.asarray(generator.get_logits()).reshape(1, -1), ours, rtol=0, atol=1e-4)
-        generator.generate_next_token()
-        ours, past = runtime.forward(np.asarray(generator.get_next_tokens(), dtype=np.int64)[None, :], past)
+    assert_genai_follows_the_runtime(og, genai, runtime, tokenizer.encode("Harding wondered"))
 
 
 def test_parity_check_catches_a_model_that_differs(loaded, runtime):

@@ -9,6 +9,8 @@ import pytest
 
 og = pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai (the [genai] extra) is not installed")
 
+from genaikit import assert_genai_follows_the_runtime  # noqa: E402
+
 from decoder.bundle import GENAI_CONFIG_FILE, BundleError, input_names, output_names, sha256_of  # noqa: E402
 from decoder.genai import INT8_OVERLAY, generate_ids, open_model  # noqa: E402
 from decoder.runtime import Runtime  # noqa: E402
@@ -65,16 +67,7 @@ def test_logits_through_genais_cache_equal_the_runtime(pair):
     are the runtime's with its cache: the prompt at once, then one token per step (the same
     chunks, which int8's dynamic activation scales depend on)."""
     model, runtime = pair
-    prompt = runtime.tokenizer.encode("Harding wondered")
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=runtime.context_length, **NEUTRAL)
-    generator = og.Generator(model, params)
-    generator.append_tokens(np.array(prompt, dtype=np.int32))
-    ours, past = runtime.forward(np.array([prompt]), None)
-    for _ in range(runtime.context_length - len(prompt)):
-        np.testing.assert_allclose(np.asarray(generator.get_logits()).reshape(1, -1), ours, rtol=0, atol=1e-4)
-        generator.generate_next_token()
-        ours, past = runtime.forward(np.asarray(generator.get_next_tokens(), dtype=np.int64)[None, :], past)
+    assert_genai_follows_the_runtime(og, model, runtime, runtime.tokenizer.encode("Harding wondered"))
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)
