@@ -58,13 +58,23 @@ def resolve_workers(text: str | int, points: int, *, gpu: bool | None = None) ->
     return max(1, min(n, points))
 
 
+_SIGNALLED = False  # in a worker: Ctrl-C arrived between points (the parent may not have set _STOP yet)
+
+
 def _init_worker(stop) -> None:
-    # Ctrl-C reaches every process of the group: a worker between points ignores it, a training
-    # point handles it itself (decoder.signals); and the parent sets `stop`, which a point queued
-    # in the worker already reads before it starts, and a running one after every step.
+    # Ctrl-C reaches every process of the group: a worker between points notes it (and starts no
+    # more), a training point handles it itself (decoder.signals); and the parent sets `stop`, which
+    # a point queued in the worker reads before it starts, and a running one after every step. A
+    # worker whose point was interrupted sets `stop` itself, so no worker starts another point in
+    # the moment before the parent has seen the signal.
     global _STOP
     _STOP = stop
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, _note_signal)
+
+
+def _note_signal(signum, frame) -> None:
+    global _SIGNALLED
+    _SIGNALLED = True
 
 
 def _run_in_worker(point, run_dir: Path, force: bool, threads: int):
@@ -73,7 +83,8 @@ def _run_in_worker(point, run_dir: Path, force: bool, threads: int):
     from decoder.data import prepare
     from decoder.experiments.runner import PointOutcome, run_point
 
-    if _STOP.is_set():
+    if _SIGNALLED or _STOP.is_set():
+        _STOP.set()
         return PointOutcome(point, run_dir, "cancelled"), ["not started (stopping)"]
     torch.set_num_threads(threads)
     data = point.config.data
@@ -82,6 +93,8 @@ def _run_in_worker(point, run_dir: Path, force: bool, threads: int):
     messages: list[str] = []
     outcome = run_point(point, run_dir, _DATASETS[data], force=force, quiet=True, say=messages.append,
                         on_step=lambda step, info: _STOP.is_set())
+    if outcome.status == "interrupted":
+        _STOP.set()
     return outcome, messages
 
 

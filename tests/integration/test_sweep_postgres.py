@@ -6,6 +6,7 @@ two workers suggested the same config train it once."""
 
 from __future__ import annotations
 
+import functools
 import signal
 
 import optuna
@@ -26,9 +27,16 @@ def postgres():
         yield url
 
 
+@functools.lru_cache(maxsize=None)
+def _storage(url: str) -> optuna.storages.RDBStorage:
+    """One storage (one connection pool) per database: polling through a new one each time would
+    leave a pool per poll open until garbage collection, past the server's max_connections."""
+    return optuna.storages.RDBStorage(url)
+
+
 def _trials(url: str, name: str):
     try:
-        return optuna.load_study(study_name=name, storage=url).trials
+        return optuna.load_study(study_name=name, storage=_storage(url)).trials
     except KeyError:  # not created yet
         return []
 
