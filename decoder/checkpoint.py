@@ -12,7 +12,7 @@ A checkpoint is one `torch.save`d dict, format 1:
     rng             {"torch": one CPU RNG state per rank, "cuda": one CUDA RNG state per rank or None}
     train_state     the loop's counters (`decoder.train.TrainState` as a dict)
     world_size      processes that trained it (a resume needs the same number)
-    run_id          `decoder.config.run_id` of the config
+    run_id          `decoder.run_ids.run_id` of the config
     val             the last evaluation's figures (val_loss, val_ppl, val_bpb, val_tokens) or None
     train_loss      the logged training loss at that evaluation
     device          the resolved device it trained on ("cpu", "cuda:0", ...)
@@ -53,7 +53,8 @@ import safetensors.torch
 import torch
 
 from decoder import distributed as dist_utils
-from decoder.config import RunConfig, saved_config_from_dict
+from decoder.config import RunConfig
+from decoder.run_ids import saved_config_from_dict
 from decoder.errors import TrainingError, UserError
 from decoder.hardware import resolve_precision
 from decoder.io import atomic_write

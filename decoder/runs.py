@@ -30,7 +30,7 @@ checkpoint it resumes from, so every step appears once):
     elapsed_s       training seconds so far (evaluation and checkpointing excluded)
 
 summary.json:
-    run_id, status     the config's id (`decoder.config.run_id`); completed, early_stopped,
+    run_id, status     the config's id (`decoder.run_ids.run_id`); completed, early_stopped,
                        interrupted or diverged; a sweep rewrites a trial it prunes as pruned
                        (with pruned_at_eval, the evaluation it stopped at)
     error              why a diverged run stopped, else null
@@ -63,7 +63,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from decoder.config import ConfigError, RunConfig, dump_config, load_saved_config
+from decoder.config import ConfigError, RunConfig, dump_config
+from decoder.run_ids import load_saved_config
 from decoder.experiments.grid import SEED_KEY, ExperimentError, load_experiment
 from decoder.io import FileFormatError, atomic_write, read_json, write_json
 from decoder.sweep.search import is_search_file, load_search

@@ -22,7 +22,7 @@ import torch
 
 from decoder import distributed as dist_utils
 from decoder.checkpoint import Checkpointer, CheckpointError, load_model, resume_precision, resume_state
-from decoder.config import RunConfig, run_id
+from decoder.config import RunConfig
 from decoder.data import Dataset, prepare
 from decoder.ema import WeightAverage
 from decoder.errors import TrainingError
@@ -30,6 +30,7 @@ from decoder.evaluate import score_protocols
 from decoder.flops import flops_per_token
 from decoder.generate import write_samples
 from decoder.hardware import cpu_name, resolve_device
+from decoder.run_ids import run_id
 from decoder.runs import RunDir
 from decoder.signals import StopFlag
 from decoder.step import evaluate as evaluate_split

@@ -20,7 +20,7 @@ An experiment file::
                                  # budget (`decoder.experiments.predict`)
 
 Every point is resolved and validated when the file is loaded; all invalid points are reported
-together in one ConfigError. A point's run folder is named by `decoder.config.run_id` of its
+together in one ConfigError. A point's run folder is named by `decoder.run_ids.run_id` of its
 resolved config, so re-running a file finds its folders again (see `decoder.experiments.runner`).
 """
 
@@ -57,14 +57,14 @@ class Point:
 
     @property
     def run_id(self) -> str:
-        from decoder.config import run_id
+        from decoder.run_ids import run_id
 
         return run_id(self.config)
 
     def run_dir(self, folder: Path) -> Path:
         """This point's run folder under an experiment's folder: the one named by `run_id`, or a
-        folder a run of the same config made under an earlier id (`decoder.config.run_ids`)."""
-        from decoder.config import run_ids
+        folder a run of the same config made under an earlier id (`decoder.run_ids.run_ids`)."""
+        from decoder.run_ids import run_ids
 
         current, *earlier = run_ids(self.config)
         if (folder / current).exists():

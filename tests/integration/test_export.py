@@ -187,7 +187,7 @@ def test_onnxruntime_genai_runs_an_architecture_option_bundle_as_the_runtime_doe
     """genai_config.json still describes the graph (heads, head size, IO names): genai's own cache
     handling gives the runtime's logits at every step for rotary positions, RMSNorm and SwiGLU."""
     og = pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai (the [genai] extra) is not installed")
-    from genaikit import assert_genai_follows_the_runtime
+    from genaikit import genai_logits_gap
 
     from decoder.genai import open_model
 
@@ -197,7 +197,7 @@ def test_onnxruntime_genai_runs_an_architecture_option_bundle_as_the_runtime_doe
     model = GPT(options, tokenizer.vocab_size).eval()
     bundle = export_model(model, tokenizer, dataclasses.replace(config, model=options), tmp_path / "genai")
     runtime, genai = Runtime(bundle, threads=1), open_model(bundle)
-    assert_genai_follows_the_runtime(og, genai, runtime, tokenizer.encode("Harding wondered"))
+    assert genai_logits_gap(og, genai, runtime, tokenizer.encode("Harding wondered")) <= 1e-4
 
 
 def test_parity_check_catches_a_model_that_differs(loaded, runtime):

@@ -9,7 +9,7 @@ import pytest
 
 og = pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai (the [genai] extra) is not installed")
 
-from genaikit import assert_genai_follows_the_runtime  # noqa: E402
+from genaikit import genai_logits_gap  # noqa: E402
 
 from decoder.bundle import GENAI_CONFIG_FILE, BundleError, input_names, output_names, sha256_of  # noqa: E402
 from decoder.genai import INT8_OVERLAY, generate_ids, open_model  # noqa: E402
@@ -67,7 +67,7 @@ def test_logits_through_genais_cache_equal_the_runtime(pair):
     are the runtime's with its cache: the prompt at once, then one token per step (the same
     chunks, which int8's dynamic activation scales depend on)."""
     model, runtime = pair
-    assert_genai_follows_the_runtime(og, model, runtime, runtime.tokenizer.encode("Harding wondered"))
+    assert genai_logits_gap(og, model, runtime, runtime.tokenizer.encode("Harding wondered")) <= 1e-4
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)

@@ -153,7 +153,7 @@ def test_a_saved_config_without_a_later_key_means_what_the_run_used(tmp_path):
     # Run folders and checkpoints written before data.fallback existed spelled dropped tokens in
     # bytes; reading them must say so (their baselines, reports and exports depend on it), while a
     # new experiment file without the key gets today's default.
-    from decoder.config import load_saved_config, saved_config_from_dict
+    from decoder.run_ids import load_saved_config, saved_config_from_dict
 
     raw = config_from_dict({"training": {"max_steps": 1}}).to_dict()
     del raw["data"]["fallback"]
@@ -168,7 +168,7 @@ def test_a_saved_config_without_a_later_key_means_what_the_run_used(tmp_path):
 
 
 def test_run_ids_outlive_keys_added_later():
-    from decoder.config import run_id
+    from decoder.run_ids import run_id
 
     def config(**data):
         return config_from_dict({"model": {"d_model": 64}, "data": data, "training": {"max_steps": 10, "lr": 1e-3}})

@@ -9,7 +9,8 @@ import csv
 import pytest
 from tinyconf import ROOT
 
-from decoder.config import read_yaml, run_ids
+from decoder.config import read_yaml
+from decoder.run_ids import run_ids
 from decoder.experiments import load_experiment
 
 STUDIES = sorted(p for p in (ROOT / "research").glob("*/*.yaml"))

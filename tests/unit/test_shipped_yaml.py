@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from tinyconf import ROOT, shipped_experiments
 
-from decoder.config import ADDED_KEYS, RunConfig, read_yaml
+from decoder.config import RunConfig, read_yaml
+from decoder.run_ids import ADDED_KEYS
 from decoder.experiments import load_experiment
 
 EXPERIMENTS = shipped_experiments()
