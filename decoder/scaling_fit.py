@@ -12,6 +12,8 @@ report (`decoder.report.scaling`) reads the runs and draws.
 - `bootstrap`: refits on runs resampled with replacement; percentile intervals of every parameter
   and of any function of the fit (a prediction).
 - `optimal_allocation`: the N (and D = C / 6N) minimising the fitted law at a budget C.
+- `fit_power_law`: y = k x^a by least squares in log-log (approaches 1 and 2 fit N*(C) and L*(C)
+  so, to each budget's optimum); positive wherever it is extrapolated, as a loss must be.
 """
 
 from __future__ import annotations
@@ -162,3 +164,23 @@ def optimal_allocation(law: Law, compute: float, flops_per_param_token: float = 
     d = compute / (flops_per_param_token * grid)
     i = int(np.argmin(law(grid, d)))
     return float(grid[i]), float(d[i])
+
+
+@dataclass(frozen=True)
+class PowerLaw:
+    """y = k x^exponent."""
+
+    k: float
+    exponent: float
+
+    def __call__(self, x):
+        return self.k * np.asarray(x, dtype=float) ** self.exponent
+
+
+def fit_power_law(x, y) -> PowerLaw:
+    """y = k x^a fitted by least squares on log y against log x (two points or more, all positive)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(np.unique(x)) < 2 or (x <= 0).any() or (y <= 0).any():
+        raise ValueError("a power law needs two distinct positive x or more and positive y")
+    exponent, log_k = np.polyfit(np.log(x), np.log(y), 1)
+    return PowerLaw(float(np.exp(log_k)), float(exponent))

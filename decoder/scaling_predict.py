@@ -1,6 +1,7 @@
-"""The prediction step of a scaling study (an experiment with a `predict:` section): fit the
-grid's runs, predict the best shape and its bits per byte at `factor` x the largest budget, write
-the prediction down (runs/<name>/prediction.json, before the point is trained, and kept: a later
+"""The prediction step of a scaling study (an experiment with a `predict:` section): choose the
+method by its holdout on the grid's budgets (`decoder.scaling_holdout`), fit it to the grid's
+runs, predict the best shape and its bits per byte at `factor` x the largest budget, write the
+prediction down (runs/<name>/prediction.json, before the point is trained, and kept: a later
 run reuses it unless --force or the grid's finished runs are no longer the ones it was fitted to),
 then train that shape there with the prediction's seeds.
 """
@@ -8,7 +9,7 @@ then train that shape there with the prediction's seeds.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from decoder.config import config_from_dict
@@ -16,7 +17,10 @@ from decoder.experiments.grid import SEED_KEY, Experiment, ExperimentError, Poin
 from decoder.experiments.predict import BUDGET_KEY
 from decoder.io import read_json, write_json
 from decoder.runs import load_records
-from decoder.scaling_study import SHAPE, budgets, fit_study, predict_shapes, study_frame, unique_tokens
+from decoder import scaling_study
+from decoder.scaling_holdout import choose
+from decoder.scaling_methods import bootstrap, predict_shapes, with_main
+from decoder.scaling_study import LEVEL, SHAPE, budgets, study_frame, unique_tokens
 
 PREDICTION_FILE = "prediction.json"
 
@@ -32,21 +36,25 @@ def grid_runs(experiment: Experiment, runs_dir: str | Path) -> list[str]:
 
 
 def make_prediction(experiment: Experiment, runs_dir: str | Path) -> dict:
-    """Fit the grid's finished runs and predict at factor x its largest budget (the JSON written)."""
+    """Choose the method, fit the grid's finished runs and predict at factor x its largest budget,
+    with the method's bootstrap interval (the JSON written)."""
     records, _ = load_records([experiment.path], runs_dir)
-    frame = study_frame(records)
+    frame = with_main(study_frame(records))
     if frame.empty or len(budgets(frame)) < 2:
         raise ExperimentError(f"{experiment.name}: the prediction needs finished runs at two budgets or more")
-    fit = fit_study(frame, unique_tokens(records))
+    unique = unique_tokens(records)
+    method, held = choose(frame, unique)
+    predictor = method.fit(frame, unique, None)
+    boot = bootstrap(method, predictor, frame, unique, rounds=scaling_study.BOOTSTRAP_ROUNDS)
     budget = experiment.predict.factor * max(budgets(frame))
-    table = predict_shapes(fit, frame, budget)
+    table = predict_shapes(predictor, frame, budget, boot, LEVEL)
     best = table.iloc[0]
-    which, law, _ = fit.primary
     return {
-        "budget": budget, "factor": experiment.predict.factor, "law": which, "params": law.params(),
+        "budget": budget, "factor": experiment.predict.factor, "method": method.name, "params": predictor.params(),
+        "holdout": [asdict(h) for h in held],
         "shape": {k: int(best[k]) for k in SHAPE}, "N": int(best["N"]), "D": float(best["D"]),
         "predicted_bpb": float(best["predicted_bpb"]), "interval": [float(best["low"]), float(best["high"])],
-        "fitted_runs": len(frame), "grid_runs": sorted(frame["run"]), "unique_tokens": fit.unique,
+        "fitted_runs": len(frame), "grid_runs": sorted(frame["run"]), "unique_tokens": unique,
         "candidates": [{**{k: int(r[k]) for k in SHAPE}, "N": int(r["N"]), "predicted_bpb": float(r["predicted_bpb"])}
                        for _, r in table.iterrows()],
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

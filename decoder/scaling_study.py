@@ -51,7 +51,8 @@ class StudyFit:
 
     @property
     def primary(self) -> tuple[str, Law, Bootstrap]:
-        """The law the prediction uses: the data-constrained one where it was fitted."""
+        """The law fit.png shows: the data-constrained one where it was fitted (the prediction's
+        method is chosen by `decoder.scaling_holdout`)."""
         if self.constrained is not None:
             return "data-constrained", self.constrained, self.constrained_boot
         return "L(N, D)", self.law, self.boot
@@ -74,18 +75,6 @@ def fit_study(frame: pd.DataFrame, unique: float, *, rounds: int | None = None) 
 def shapes(frame: pd.DataFrame) -> pd.DataFrame:
     """The distinct shapes of the runs with their N and FLOPs per token, by N."""
     return frame.drop_duplicates(SHAPE)[[*SHAPE, "N", "flops_per_token"]].sort_values("N").reset_index(drop=True)
-
-
-def predict_shapes(fit: StudyFit, frame: pd.DataFrame, budget: float) -> pd.DataFrame:
-    """Every shape's predicted bpb at `budget` (D = budget / its FLOPs per token) by the primary
-    law, with its bootstrap interval; lowest first. The heads-only variants are left out."""
-    _, law, boot = fit.primary
-    out = shapes(frame[main_shapes(frame)])  # a heads-only variant has its shape's N: the same prediction
-    out["D"] = budget / out["flops_per_token"]
-    out["predicted_bpb"] = [float(law(n, d)) for n, d in zip(out["N"], out["D"])]
-    intervals = [boot.interval(lambda lw, n=n, d=d: float(lw(n, d)), LEVEL) for n, d in zip(out["N"], out["D"])]
-    out["low"], out["high"] = [i[0] for i in intervals], [i[1] for i in intervals]
-    return out.sort_values("predicted_bpb").reset_index(drop=True)
 
 
 def main_shapes(frame: pd.DataFrame) -> pd.Series:
@@ -117,4 +106,4 @@ def unique_tokens(records: list[RunRecord]) -> int:
 
 
 __all__ = ["BUDGET_KEY", "StudyFit", "budgets", "fit_study", "heads_axis", "main_shapes",
-           "predict_shapes", "shapes", "study_frame", "unique_tokens"]
+           "shapes", "study_frame", "unique_tokens"]

@@ -4,8 +4,10 @@ isoflop.png, fit.png and prediction.json (the prediction as it was made, when th
 
 scaling.md: each budget's shapes (mean ± sd over seeds) and its optimum (a parabola in log N), the
 heads-only axis, L(N, D) = E + A/N^alpha + B/D^beta and its data-constrained variant with 90%
-bootstrap intervals (runs resampled), the compute-optimal N and D per budget by each law, and the
-prediction made before the prediction point was trained, beside what it measured.
+bootstrap intervals (runs resampled), the compute-optimal N and D per budget by each law, the
+holdout that chooses the prediction method (`decoder.scaling_holdout`) with every method's
+prediction at the measured point, and the prediction made before the prediction point was
+trained, beside what it measured.
 """
 
 from __future__ import annotations
@@ -98,9 +100,10 @@ def _prediction_section(prediction: dict | None, measured: pd.DataFrame) -> list
     if prediction is None:
         return []
     shape = prediction["shape"]
+    method = prediction.get("method") or prediction["law"]  # "law": a prediction made before methods were compared
     lines = ["## Prediction", "",
-             f"Made from {prediction['fitted_runs']} runs ({prediction['time']}), before the point was trained, with "
-             f"the {prediction['law']} law: at {prediction['budget']:.3g} FLOPs ({prediction['factor']:g}x the largest "
+             f"Made from {prediction['fitted_runs']} runs ({prediction['time']}), before the point was trained, by "
+             f"`{method}`: at {prediction['budget']:.3g} FLOPs ({prediction['factor']:g}x the largest "
              f"fitted budget) the best shape is d{shape['d_model']} h{shape['n_heads']} b{shape['n_blocks']} "
              f"(N {number(prediction['N'], 'count')}, D {number(prediction['D'], 'count')}).", ""]
     if measured.empty:
@@ -117,6 +120,14 @@ def _prediction_section(prediction: dict | None, measured: pd.DataFrame) -> list
               table(["shape", "N", "predicted bpb"],
                     [[_shape(c), number(c["N"], "count"), number(c["predicted_bpb"])] for c in prediction["candidates"]]), ""]
     return lines
+
+
+def _method_section(frame: pd.DataFrame, unique: float, measured: pd.DataFrame, rounds: int) -> list[str]:
+    """The holdout that chooses the prediction method and, once the point is measured, every
+    method's prediction there (fitted to the grid only)."""
+    from decoder.scaling_holdout import report
+
+    return ["## Choosing the prediction method", "", *report(frame, measured, unique, rounds)]
 
 
 def _machine(records) -> str:
@@ -150,7 +161,8 @@ def write_scaling_report(experiment: Experiment, folder: Path, *, runs_dir: str 
         points = prediction_points(experiment, prediction)
         predicted_runs = [read_run(p.run_dir(run_folder), experiment.name, p.config) for p in points]
         measured = study_frame(predicted_runs)
-    fit = fit_study(frame, unique_tokens(records))
+    unique = unique_tokens(records)
+    fit = fit_study(frame, unique)
     both = pd.concat([frame.assign(role="grid"), measured.assign(role="prediction")], ignore_index=True)
     atomic_write(folder / "scaling.csv", both.to_csv(index=False))
     if prediction is not None:
@@ -166,6 +178,7 @@ def write_scaling_report(experiment: Experiment, folder: Path, *, runs_dir: str 
             f" Ran on: {_machine(records)}. {_training_time(records + predicted_runs)}", "",
             f"Regenerate: `{command}`", ""]
     text = "\n".join(head + _budget_tables(frame) + _heads_table(frame) + _law_tables(fit, frame)
+                     + _method_section(frame, unique, measured, len(fit.boot.laws))
                      + _prediction_section(prediction, measured))
     atomic_write(folder / "scaling.md", text + "\n")
     return folder

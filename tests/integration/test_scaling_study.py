@@ -35,6 +35,7 @@ def test_scaling_study_predicts_runs_and_reports(tmp_path, small_corpus, capsys,
     assert main(["run", str(path), "--workers", "2", "--quiet", "--runs-dir", str(runs), "--out", str(out)]) == 0
     prediction = json.loads((runs / "tinyscaling" / "prediction.json").read_text())
     assert prediction["budget"] == 6e8 and prediction["fitted_runs"] == 14
+    assert prediction["holdout"] == [] and prediction["method"]  # two budgets: too few to hold one out
     assert prediction["interval"][0] <= prediction["predicted_bpb"] <= prediction["interval"][1]
     assert {c["d_model"] for c in prediction["candidates"]} == {16, 24, 32}
     assert "predicted best shape" in capsys.readouterr().out
@@ -54,7 +55,8 @@ def test_scaling_study_predicts_runs_and_reports(tmp_path, small_corpus, capsys,
     assert remade["grid_runs"] == prediction["grid_runs"] and remade["predicted_bpb"] != 99.0
 
     report = (out / "tinyscaling" / "scaling.md").read_text()
-    for part in ("## IsoFLOP curves", "## Heads at fixed N", "## Fitted laws", "## Prediction", "measured − predicted",
+    for part in ("## IsoFLOP curves", "## Heads at fixed N", "## Fitted laws", "## Choosing the prediction method",
+                 "Too few budgets with an interior minimum for a holdout", "## Prediction", "measured − predicted",
                  "summed over 15 runs"):
         assert part in report, part
     assert (out / "tinyscaling" / "isoflop.png").stat().st_size > 10_000
