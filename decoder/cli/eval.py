@@ -46,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "evaluation mixed with an online n-gram (default static)")
     p.add_argument("--stride", type=int, help="sliding: tokens each window advances (default half the context)")
     p.add_argument("--segment", type=int, help="dynamic, mix: tokens scored between updates, each window's "
-                                               "advance (default the context)")
+                                               "advance (default half the context)")
     p.add_argument("--lr", type=float, help=f"dynamic: plain-SGD learning rate (default {DEFAULT_LR})")
     p.add_argument("--dynamic-lr", type=float, help="mix: the model's dynamic-evaluation learning rate, 0: no "
                                                     f"updates (sliding windows of --segment) (default {DEFAULT_LR})")

@@ -54,7 +54,7 @@ def test_a_text_file_with_each_protocol_and_the_human_readable_output(onnx_run, 
 
 def test_mix_on_the_validation_split_and_a_repeated_text(onnx_run, tmp_path, excerpt_text, capsys):
     split = eval_json(capsys, onnx_run, "--protocol", "mix", "--order", "3")
-    assert split["protocol"] == "mix" and split["order"] == 3 and split["dynamic_lr"] == 0.03
+    assert split["protocol"] == "mix" and split["order"] == 3 and split["dynamic_lr"] == 0.02
     # this tiny model is far worse than the n-gram: the mixture costs a little more than the n-gram alone
     assert split["bits_per_byte"] < min(split["model_bits_per_byte"], split["ngram_bits_per_byte"] + 0.02)
     text = tmp_path / "page.txt"
@@ -64,7 +64,7 @@ def test_mix_on_the_validation_split_and_a_repeated_text(onnx_run, tmp_path, exc
     assert mixed["tokens"] == static["tokens"] and mixed["bits_per_byte"] < 0.7 * static["bits_per_byte"]
     assert main(["eval", str(onnx_run), "--text", str(text), "--protocol", "mix"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("mix protocol (segment 16, dynamic lr 0.03, order 4; context 16) on ")
+    assert out[0].startswith("mix protocol (segment 8, dynamic lr 0.02, order 4; context 16) on ")
     assert [line.split("  ")[0] for line in out[-5:]] == [
         "model alone bpb", "n-gram alone bpb", "model weight", "model seconds", "n-gram seconds"]
 

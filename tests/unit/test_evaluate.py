@@ -66,8 +66,8 @@ def test_protocol_settings_refuse_options_that_do_not_fit(protocol, options, mes
 def test_protocol_defaults():
     assert protocol_settings("static", T)["stride"] == T
     assert protocol_settings("sliding", T)["stride"] == T // 2
-    assert protocol_settings("dynamic", T) == {"protocol": "dynamic", "context_length": T, "segment": T,
-                                               "lr": 0.03, "optimizer": "SGD"}
+    assert protocol_settings("dynamic", T) == {"protocol": "dynamic", "context_length": T, "segment": T // 2,
+                                               "lr": 0.02, "optimizer": "SGD"}
 
 
 def test_words_and_perplexities_follow_lm_eval(setup):

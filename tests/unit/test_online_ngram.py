@@ -113,8 +113,8 @@ def test_the_mixture_weight_is_causal_and_within_log_grid_of_the_best_fixed_weig
 
 
 def test_mix_settings_and_refusals():
-    assert protocol_settings("mix", T) == {"protocol": "mix", "context_length": T, "segment": T,
-                                           "dynamic_lr": 0.03, "order": 4}
+    assert protocol_settings("mix", T) == {"protocol": "mix", "context_length": T, "segment": T // 2,
+                                           "dynamic_lr": 0.02, "order": 4}
     for options, message in [({"order": 0}, "--order=0: must be in [1, 8]"), ({"order": 9}, "--order=9"),
                              ({"dynamic_lr": -0.1}, "--dynamic-lr=-0.1: must be a finite number >= 0"),
                              ({"stride": 4}, "--stride applies to --protocol sliding, not mix"),
