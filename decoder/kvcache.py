@@ -13,7 +13,10 @@ The operations a scheduler needs, none of which runs the model:
   left-padded with zero columns to the wider width, in one copy;
 - `cache.select(rows)`: keep these rows, in this order (finished requests leave), trimmed, in one copy;
 - `cache.overwrite(rows, other)`: write `other`'s rows into these rows in place (a row's window
-  slides): no other row is copied;
+  slides, or a new sequence takes a free slot): no other row is copied;
+- `cache.grown(batch, width)`: free rows appended and padding columns prepended, in one copy (when
+  a joining row finds no free slot, or is longer than the batch is wide);
+- `cache.freed(rows)`: these rows' mask zeroed in place: a free slot (see below);
 - `cache.trim(min_columns)`: cut the leading columns that are padding in every row (after the
   longest row leaves, its extra width would otherwise be carried and attended over for nothing);
 - `cache.next_inputs(T)`: attention mask and position ids of T new tokens in every row;
@@ -25,6 +28,11 @@ finishes the row (OpenAI's finish_reason "length") or slides it as `decoder.samp
 does, to its last context_length // 2 tokens: `decoder.serve.scheduler` prefills all but the last
 of them and `overwrite`s the row's slot (the last is the row's next decode token). The width itself
 has no limit of its own: after `trim` it is the longest row's length.
+
+A free slot is a row whose sequence has left but whose cache stays until a new sequence is
+written over it: its mask is all padding, so at a decode step it attends to nothing but the token
+it is given, at position 0 (its logits are ignored), and it never holds the width that `trim` cuts.
+`freed` must be called again before each step, since a step appends a real column to every row.
 
 Every whole-batch copy costs about what the graph's own step costs in copying the cache, so each
 operation makes at most one, and `overwrite` none.
@@ -106,7 +114,23 @@ class BatchCache:
         """The same rows with zero (padding) columns prepended up to `width`."""
         if width < self.width:
             raise ValueError(f"cannot pad a cache of width {self.width} to {width}")
-        return self if width == self.width else BatchCache.concat([self], width)
+        return self.grown(self.batch, width)
+
+    def grown(self, batch: int, width: int) -> BatchCache:
+        """These rows, then free rows (all padding) up to `batch`, each with zero (padding) columns
+        prepended up to `width`, in one copy; this cache itself when neither grows."""
+        if batch < self.batch or width < self.width:
+            raise ValueError(f"cannot grow a cache of (batch, width) {(self.batch, self.width)} to {(batch, width)}")
+        if (batch, width) == (self.batch, self.width):
+            return self
+        return BatchCache._stacked([self], batch, width)
+
+    def freed(self, rows: Sequence[int]) -> BatchCache:
+        """These rows (indices into this batch) as free slots: their mask zeroed in place (their keys
+        and values stay, masked out, until `overwrite` replaces them). Returns the cache."""
+        mask = self.mask if self.mask.flags.writeable else self.mask.copy()
+        mask[np.asarray(rows, dtype=np.int64)] = 0
+        return self if mask is self.mask else BatchCache(self.past, mask)
 
     def trim(self, min_columns: int = 1) -> BatchCache:
         """Without the leading columns that are padding in every row, if there are at least
@@ -152,7 +176,11 @@ class BatchCache:
         width = widest if width is None else width
         if width < widest:
             raise ValueError(f"cannot pad a cache of width {widest} to {width}")
-        batch = sum(c.batch for c in caches)
+        return BatchCache._stacked(caches, sum(c.batch for c in caches), width)
+
+    @staticmethod
+    def _stacked(caches: Sequence[BatchCache], batch: int, width: int) -> BatchCache:
+        """The rows of every cache in order, right-aligned in `width` columns, then free rows up to `batch`."""
         past = [np.zeros((batch, a.shape[1], width, a.shape[3]), dtype=a.dtype) for a in caches[0].past]
         mask = np.zeros((batch, width), dtype=np.int64)
         row = 0

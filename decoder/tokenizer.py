@@ -13,6 +13,7 @@ words need. Imports numpy and tiktoken only (the torch-free runtime uses this mo
 from __future__ import annotations
 
 import codecs
+import functools
 import json
 import os
 from pathlib import Path
@@ -106,9 +107,10 @@ class Tokenizer:
         extra = sorted(set(kept.tolist()) - set(byte_tt) - {encoding.eot_token})
         return cls(encoding, byte_tt + extra + [encoding.eot_token], min_count, fallback)
 
-    @property
+    @functools.cached_property
     def eot_id(self) -> int:
-        """The model id of <|endoftext|>."""
+        """The model id of <|endoftext|> (computed once: the server's stream decoder asks for it
+        for every token of every stream)."""
         return int(self.to_model_ids(np.array([self.eot_token]))[0])
 
     @property

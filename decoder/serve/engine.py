@@ -223,7 +223,7 @@ class Engine:
                     seq.cancelled = True
 
     def _fail(self, sequences: list[Sequence]) -> list[Event]:
-        self.scheduler.rows, self.scheduler.sliding, self.scheduler.cache = [], [], None
+        self.scheduler.clear()
         return [(seq, "", "error") for seq in sequences]
 
     # --- the event loop ---------------------------------------------------------------------

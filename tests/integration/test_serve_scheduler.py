@@ -13,7 +13,7 @@ import pytest
 
 from decoder.kvcache import BatchCache, left_padded
 from decoder.sampling import SamplingParams, decode_loop
-from decoder.serve.scheduler import Scheduler, Sequence
+from decoder.serve.scheduler import IDLE_STEPS, Scheduler, Sequence
 from decoder.serve.text import TextStream
 from decoder.tokenizer import Tokenizer, get_encoding, text_pieces
 
@@ -181,3 +181,152 @@ def test_admitting_more_than_the_free_slots_is_refused(tokenizer):
     seqs = [make_sequence(tokenizer, [1], 5, params, 0, {}, {}, k) for k in range(2)]
     with pytest.raises(ValueError, match="free slots"):
         scheduler.step(seqs)
+
+
+def step(scheduler: Scheduler, admitted: list[Sequence] = ()) -> None:
+    for seq, text, finish in scheduler.step(list(admitted)):
+        seq.on_event(text, finish)
+
+
+def start_batch(tokenizer, model, max_batch, specs, texts, finishes):
+    """A scheduler whose first step admits one sequence per (prompt, max_tokens, params, seed)."""
+    seqs = [make_sequence(tokenizer, prompt, m, params, seed, texts, finishes, k)
+            for k, (prompt, m, params, seed) in enumerate(specs)]
+    scheduler = Scheduler(model, max_batch=max_batch)
+    step(scheduler, seqs)
+    return scheduler, seqs
+
+
+def run_to_end(scheduler, arrivals=None):
+    drive(scheduler, arrivals or {0: []})
+
+
+def forbid_whole_batch_copies(monkeypatch):
+    def no_copy(*args, **kwargs):
+        raise AssertionError("the batch was copied")
+    monkeypatch.setattr(BatchCache, "_stacked", staticmethod(no_copy))
+    monkeypatch.setattr(BatchCache, "select", no_copy)
+
+
+@pytest.mark.parametrize("params", [SamplingParams(temperature=0.0), SamplingParams(temperature=0.9, top_k=20)],
+                         ids=["greedy", "seeded"])
+def test_a_sequence_written_into_a_freed_slot_sees_nothing_of_the_row_before(tokenizer, monkeypatch, params):
+    model = HashModel(tokenizer, context_length=64)
+    greedy = SamplingParams(temperature=0.0)
+    texts, finishes = {}, {}
+    # The row that leaves is the widest, by too little to trim: its columns lie under the new row's padding.
+    specs = [(list(range(3, 23)), 2, greedy, 0)] + [(list(range(k, k + 19)), 40, greedy, k) for k in range(1, 4)]
+    scheduler, seqs = start_batch(tokenizer, model, 4, specs, texts, finishes)
+    step(scheduler)
+    assert finishes == {0: "length"} and scheduler.slots[0] is None and scheduler.cache.batch == 4
+    assert scheduler.free_slots == 1 and scheduler.rows == seqs[1:]
+    new = make_sequence(tokenizer, [9, 10, 11], 30, params, 5, texts, finishes, "new")
+    forbid_whole_batch_copies(monkeypatch)
+    model.calls.clear()
+    step(scheduler, [new])
+    assert model.calls == [4, 1], "one decode over the 4 slots, one prefill of the new row"
+    assert scheduler.slots[0] is new and scheduler.cache.lengths[0] == 3 and scheduler.cache.width == 22
+    assert (scheduler.cache.past[0][0, :, : scheduler.cache.width - 3] == 0).all(), "the old row's columns are gone"
+    monkeypatch.undo()
+    run_to_end(scheduler)
+    assert texts["new"] == alone(model, [9, 10, 11], 30, params, seed=5)
+    assert all(texts[k] == alone(model, *specs[k][:3], seed=specs[k][3]) for k in range(4))
+
+
+def test_a_prompt_wider_than_the_batch_widens_it_in_a_freed_slot(tokenizer):
+    model = HashModel(tokenizer, context_length=64)
+    greedy = SamplingParams(temperature=0.0)
+    texts, finishes = {}, {}
+    specs = [([4, 5], 1, greedy, 0)] + [([k + 1], 20, greedy, k) for k in range(1, 4)]
+    scheduler, seqs = start_batch(tokenizer, model, 4, specs, texts, finishes)
+    assert finishes == {0: "length"} and scheduler.slots[0] is None
+    prompt = list(range(30, 40))
+    new = make_sequence(tokenizer, prompt, 25, greedy, 0, texts, finishes, "new")
+    step(scheduler, [new])
+    assert scheduler.slots[0] is new and scheduler.cache.batch == 4 and scheduler.cache.width == len(prompt)
+    run_to_end(scheduler)
+    assert texts["new"] == alone(model, prompt, 25, greedy, seed=0)
+    assert all(texts[k] == alone(model, *specs[k][:3], seed=specs[k][3]) for k in range(4))
+
+
+def test_free_slots_stay_until_more_than_a_quarter_of_the_batch_is_free(tokenizer):
+    model = HashModel(tokenizer, context_length=64)
+    greedy = SamplingParams(temperature=0.0)
+    texts, finishes = {}, {}
+    specs = [([k + 1, k + 2, k + 3], 40, greedy, k) for k in range(8)]
+    scheduler, seqs = start_batch(tokenizer, model, 8, specs, texts, finishes)
+    seqs[0].cancelled = seqs[5].cancelled = True
+    step(scheduler)
+    assert scheduler.cache.batch == 8 and scheduler.slots[0] is None and scheduler.slots[5] is None
+    model.calls.clear()
+    step(scheduler)
+    assert model.calls == [8], "two free slots of eight still decode"
+    seqs[3].cancelled = True
+    model.calls.clear()
+    step(scheduler)
+    assert scheduler.cache.batch == 5 and scheduler.slots == [seqs[k] for k in (1, 2, 4, 6, 7)]
+    assert model.calls == [5], "compacted before the decode"
+    assert scheduler.free_slots == 3
+    run_to_end(scheduler)
+    assert all(texts[k] == alone(model, *specs[k][:3], seed=k) for k in (1, 2, 4, 6, 7))
+    assert scheduler.cache is None and scheduler.slots == []
+
+
+def test_a_slot_free_for_longer_than_the_context_decodes_at_position_zero(tokenizer):
+    context = IDLE_STEPS - 3  # the model refuses a position at or past it; windows of 2 slide in place
+    model = HashModel(tokenizer, context)
+    greedy = SamplingParams(temperature=0.0)
+    texts, finishes = {}, {}
+    specs = [([1], 1, greedy, 0)] + [(list(range(1, k % context + 2)), 30, greedy, k) for k in range(1, 8)]
+    scheduler, seqs = start_batch(tokenizer, model, 8, specs, texts, finishes)
+    free_steps = 0
+    while None in scheduler.slots:
+        assert scheduler.cache.lengths[0] <= 1
+        free_steps += 1
+        step(scheduler)
+    assert free_steps == IDLE_STEPS > context, "compacted once the free slot had waited IDLE_STEPS steps"
+    run_to_end(scheduler)
+    assert all(texts[k] == alone(model, *specs[k][:3], seed=k) for k in range(8))
+
+
+def test_a_free_slot_no_sequence_takes_is_compacted_after_idle_steps(tokenizer):
+    model = HashModel(tokenizer, context_length=64)
+    greedy = SamplingParams(temperature=0.0)
+    texts, finishes = {}, {}
+    specs = [([k + 1, k + 2], 40, greedy, k) for k in range(4)]
+    scheduler, seqs = start_batch(tokenizer, model, 4, specs, texts, finishes)
+    seqs[2].cancelled = True
+    for _ in range(IDLE_STEPS - 1):
+        step(scheduler)
+        assert scheduler.cache.batch == 4 and scheduler.slots[2] is None, "one free slot of four stays"
+    admitted = make_sequence(tokenizer, [7], 10, greedy, 0, texts, finishes, "new")
+    step(scheduler, [admitted])  # an admission resets the count
+    assert scheduler.slots[2] is admitted
+    admitted.cancelled = True
+    for _ in range(IDLE_STEPS):
+        assert scheduler.cache.batch == 4
+        step(scheduler)
+    assert scheduler.cache.batch == 3 and scheduler.slots == [seqs[0], seqs[1], seqs[3]]
+    run_to_end(scheduler)
+    assert all(texts[k] == alone(model, *specs[k][:3], seed=k) for k in (0, 1, 3))
+
+
+def test_real_model_greedy_ids_in_a_reused_slot_equal_the_request_alone(onnx_bundle):
+    from decoder.runtime import Runtime
+
+    runtime = Runtime(onnx_bundle, threads=1)
+    tokenizer, greedy = runtime.tokenizer, SamplingParams(temperature=0.0)
+    encode = tokenizer.encode
+    prompts = [encode(t) for t in ("Harding wondered whether the island", "The sea", "Pencroft", "A")]
+    texts, finishes = {}, {}
+    specs = [(prompts[0], 2, greedy, 0)] + [(p, 40, greedy, 0) for p in prompts[1:]]  # 40 tokens slide
+    scheduler, seqs = start_batch(tokenizer, runtime, 4, specs, texts, finishes)
+    step(scheduler)
+    assert scheduler.slots[0] is None
+    new = make_sequence(tokenizer, encode("Harding wondered"), 40, greedy, 0, texts, finishes, "new")
+    step(scheduler, [new])
+    assert scheduler.slots[0] is new
+    run_to_end(scheduler)
+    for seq in [new, *seqs[1:]]:
+        alone_ids = [int(t[0]) for t in runtime.generate_ids(seq.prompt_ids, max_new_tokens=40, params=greedy)]
+        assert seq.tokens[len(seq.prompt_ids):] == [t for t in alone_ids if t != runtime.eot_id]

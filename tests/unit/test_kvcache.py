@@ -1,5 +1,6 @@
 """The batch cache's one-copy operations against the plain numpy they replace: every real column
-lands where the padding rule puts it, padding is zero, and an in-place overwrite touches only its rows."""
+lands where the padding rule puts it, padding is zero, an in-place overwrite touches only its rows, and
+a freed row (a free slot) sees nothing of its past."""
 
 from __future__ import annotations
 
@@ -60,3 +61,31 @@ def test_overwrite_replaces_only_its_rows_and_zeroes_their_padding():
     assert out.trim(min_columns=1) is out, "no leading column is padding in every row"
     with pytest.raises(ValueError, match="cannot write"):
         new.overwrite([0], cache.select([0]))
+
+
+def test_grown_appends_free_rows_and_left_pads_in_one_copy():
+    rng = np.random.default_rng(2)
+    cache = random_cache(rng, [3, 1], 3)
+    grown = cache.grown(4, 5)
+    assert (grown.batch, grown.width) == (4, 5) and grown.lengths.tolist() == [3, 1, 0, 0]
+    assert_same_rows(real_columns(grown)[:2], real_columns(cache))
+    assert all((a[:, :, :2] == 0).all() and (a[2:] == 0).all() for a in grown.past)
+    assert cache.grown(2, 3) is cache and cache.padded_to(3) is cache
+    with pytest.raises(ValueError, match="cannot grow"):
+        cache.grown(1, 5)
+
+
+def test_freed_rows_see_only_the_next_token_and_the_others_keep_theirs():
+    rng = np.random.default_rng(3)
+    cache = random_cache(rng, [4, 2, 3], 4)
+    before = real_columns(cache)
+    out = cache.freed([1])
+    assert out is cache, "in place"
+    assert out.lengths.tolist() == [4, 0, 3]
+    assert_same_rows([before[0], before[2]], [real_columns(out)[0], real_columns(out)[2]])
+    mask, positions = out.next_inputs(1)
+    assert mask[1].tolist() == [0, 0, 0, 0, 1] and positions[:, 0].tolist() == [4, 0, 3]
+    assert cache.freed([0]).trim().width == 3, "free rows hold no width: the last row's 3 columns are left"
+    readonly = random_cache(rng, [2], 2)
+    readonly.mask.flags.writeable = False
+    assert readonly.freed([0]).lengths.tolist() == [0] and readonly.mask.tolist() == [[1, 1]]
