@@ -216,7 +216,7 @@ class TrainingConfig:
                 f"training.grad_accum_steps={self.grad_accum_steps}: must be >= 1 and divide "
                 f"training.batch_size={self.batch_size}"
             )
-        allowed = ("static", "sliding", "dynamic", "mix")  # decoder.protocols.PROTOCOLS
+        allowed = ("static", "sliding", "dynamic", "mix", "knn-mix")  # decoder.protocols.PROTOCOLS
         for name in self.final_protocols or ():
             if name not in allowed:
                 out.append(f"training.final_protocols: {name!r} is not a protocol; allowed {', '.join(allowed)}")

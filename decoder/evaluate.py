@@ -19,6 +19,11 @@ token that occurred is needed from each: a mixture of two proper distributions w
 before the token is seen is proper, and its probability of that token is the same mixture of
 theirs. The model's nats never depend on the n-gram nor the n-gram's on the model, so each is
 computed whole, then mixed token by token.
+
+The knn-mix protocol (`knn_mix_nats_of`) adds a third expert computed whole the same way: a
+kNN-LM over the trained model's hidden states (`decoder.knn`: static weights, the datastore the
+training split and the text positions already scored), mixed with the other two by
+`decoder.online_ngram.mix_experts`.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from decoder.hardware import autocast, resolve_device, resolve_precision, traini
 from decoder.loss import IGNORE_INDEX, linear_cross_entropy
 from decoder.metrics import bits_per_byte
 from decoder.model import GPT
-from decoder.online_ngram import OnlineKneserNey, mix_nats
+from decoder.online_ngram import OnlineKneserNey, mix_experts, mix_nats
 from decoder.protocols import EvalError, Window, figures, windows
 from decoder.step import evaluate
 from decoder.tokenizer import Tokenizer
@@ -151,7 +156,8 @@ def mix_nats_of(model: GPT, tokens: np.ndarray, train: np.ndarray, settings: dic
                 precision: str, fixed_weight: float | None = None) -> dict:
     """The mix protocol's arrays over the predictions of tokens[1:] (see the module docstring):
     "nats" (the mixture's), "model_nats", "ngram_nats", "weight" (the model's lam of each token),
-    "model_seconds", "ngram_seconds" (the n-gram's counts, its scoring and the mixing).
+    "matched" (the n-gram's matched order of each, the mixture's bucket), "model_seconds",
+    "ngram_seconds" (the n-gram's counts, its scoring and the mixing).
     `fixed_weight` replaces the learnt lam by a constant (a test hook: 1.0 is the model alone)."""
     started = time.perf_counter()
     if settings["dynamic_lr"] > 0:
@@ -164,8 +170,25 @@ def mix_nats_of(model: GPT, tokens: np.ndarray, train: np.ndarray, settings: dic
     ngram = OnlineKneserNey(train, model.vocab_size, settings["order"])
     ngram_nats, matched = ngram.score(tokens)
     nats, weight = mix_nats(model_nats, ngram_nats, matched, fixed_weight)
-    return {"nats": nats, "model_nats": model_nats, "ngram_nats": ngram_nats, "weight": weight,
+    return {"nats": nats, "model_nats": model_nats, "ngram_nats": ngram_nats, "weight": weight, "matched": matched,
             "model_seconds": model_seconds, "ngram_seconds": time.perf_counter() - started}
+
+
+def knn_mix_nats_of(model: GPT, tokens: np.ndarray, train: np.ndarray, settings: dict, device: torch.device,
+                    precision: str) -> dict:
+    """The knn-mix protocol's arrays: `mix_nats_of`'s ("nats" there becomes "mix_nats", the two-way
+    mix) plus "knn_nats" (`decoder.knn`, the static model's states) and "nats", "weights" (N, 3) of
+    the three-way mixture (model, n-gram, kNN) bucketed by matched order, with the seconds of the
+    datastore, the search and the mixing."""
+    from decoder.knn import knn_nats
+
+    out = mix_nats_of(model, tokens, train, settings, device, precision)
+    out["mix_nats"] = out.pop("nats")
+    knn = knn_nats(model, train, tokens, settings["neighbours"], settings["knn_temperature"], device, precision)
+    started = time.perf_counter()
+    out["nats"], out["weights"] = mix_experts([out["model_nats"], out["ngram_nats"], knn["nats"]], out["matched"])
+    return {**out, "knn_nats": knn["nats"], "datastore_seconds": knn["datastore_seconds"],
+            "search_seconds": knn["search_seconds"], "mixing_seconds": time.perf_counter() - started}
 
 
 def score(model: GPT, tokenizer: Tokenizer, tokens: np.ndarray, settings: dict, device: torch.device,
@@ -173,7 +196,9 @@ def score(model: GPT, tokenizer: Tokenizer, tokens: np.ndarray, settings: dict, 
     """The figures (`decoder.protocols.figures`) of `tokens` (model ids) under `settings`
     (`decoder.protocols.protocol_settings`), with the seconds the scoring took. The mix protocol
     needs `train`, the training split its n-gram counts start from, and adds the model's and the
-    n-gram's own bits per byte, the mean weight of the model and the seconds of each part."""
+    n-gram's own bits per byte, the mean weight of the model and the seconds of each part; knn-mix
+    (which needs `train` too) adds the kNN expert's and the two-way mix's bits per byte, each
+    expert's mean weight and the seconds of the datastore, the search and the mixing."""
     started = time.perf_counter()
     protocol = settings["protocol"]
     extra: dict = {}
@@ -187,15 +212,20 @@ def score(model: GPT, tokenizer: Tokenizer, tokens: np.ndarray, settings: dict, 
     elif protocol == "dynamic":
         nats = dynamic_nats(model, tokens, settings["segment"], settings["lr"], device, precision)
         result = figures(float(nats.sum()), tokens, tokenizer)
-    elif protocol == "mix":
+    elif protocol in ("mix", "knn-mix"):
         if train is None:
-            raise EvalError("--protocol mix needs the training split its n-gram counts start from")
-        mixed = mix_nats_of(model, tokens, train, settings, device, precision)
+            raise EvalError(f"--protocol {protocol} needs the training split its n-gram counts start from")
+        of = mix_nats_of if protocol == "mix" else knn_mix_nats_of
+        mixed = of(model, tokens, train, settings, device, precision)
         result = figures(float(mixed["nats"].sum()), tokens, tokenizer)
-        extra = {"model_bits_per_byte": bits_per_byte(float(mixed["model_nats"].sum()), result["bytes"]),
-                 "ngram_bits_per_byte": bits_per_byte(float(mixed["ngram_nats"].sum()), result["bytes"]),
-                 "mean_model_weight": float(mixed["weight"].mean()),
-                 "model_seconds": round(mixed["model_seconds"], 3), "ngram_seconds": round(mixed["ngram_seconds"], 3)}
+        bpb = {f"{name}_bits_per_byte": bits_per_byte(float(mixed[f"{name}_nats"].sum()), result["bytes"])
+               for name in ("model", "ngram", "knn", "mix") if f"{name}_nats" in mixed}
+        extra = {**bpb, **{k: round(v, 3) for k, v in mixed.items() if k.endswith("_seconds")}}
+        if protocol == "mix":
+            extra["mean_model_weight"] = float(mixed["weight"].mean())
+        else:
+            means = mixed["weights"].mean(axis=0).tolist()
+            extra.update(zip(("mean_model_weight", "mean_ngram_weight", "mean_knn_weight"), means))
     else:
         raise EvalError(f"protocol={protocol!r}: unknown")
     if device.type == "cuda":

@@ -32,10 +32,13 @@ length is within log(grid size) nats of the best fixed grid weight's in hindsigh
 per bucket: the bucket of a token is the longest n-gram order whose history the counts had seen
 (how much the n-gram knows there). A mixture of two proper distributions with a weight fixed before
 the token is seen is a proper distribution, so the mixed bits are a real code length as well.
+`mix_experts` is the same mixture of any number of experts, its grid the weight vectors of a
+simplex (the knn-mix protocol's three: the model, the n-gram and a kNN-LM, `decoder.knn`).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 
 import numpy as np
@@ -47,6 +50,8 @@ MIN_DISCOUNT = 0.05
 WEIGHT_GRID = np.linspace(0.0, 1.0, 41)[1:-1]
 """lam in 0.025 .. 0.975: the grid of the mixture's Bayesian posterior (both ends left out, so
 neither expert is ever given all the weight)."""
+SIMPLEX_STEPS = 20
+"""`mix_experts`'s grid: weights in multiples of 1/20, every expert's > 0 (171 points for three)."""
 
 
 def _discounts(counts: Counter) -> tuple[float, float, float]:
@@ -179,3 +184,30 @@ def mix_nats(model_nats: np.ndarray, ngram_nats: np.ndarray, buckets: np.ndarray
         mixed[t] = -np.logaddexp(np.log(lam[t]) + m, np.log1p(-lam[t]) + g)
         post += np.logaddexp(log_w + m, log_1w + g)
     return mixed, lam
+
+
+def simplex_grid(n_experts: int, steps: int = SIMPLEX_STEPS) -> np.ndarray:
+    """(G, n_experts): every weight vector of multiples of 1 / steps summing to 1, each weight > 0."""
+    points = [p for p in itertools.product(range(1, steps), repeat=n_experts - 1) if sum(p) < steps]
+    return np.array([(*p, steps - sum(p)) for p in points], dtype=np.float64) / steps
+
+
+def mix_experts(nats_list: list[np.ndarray], buckets: np.ndarray | None = None,
+                steps: int = SIMPLEX_STEPS) -> tuple[np.ndarray, np.ndarray]:
+    """(-ln sum_e w_e p_e of each token, the weights (N, E) used for each): `mix_nats` for any
+    number of experts, w the posterior mean of a Bayesian mixture over `simplex_grid` (uniform
+    prior; one posterior per bucket, updated after each token), so fixed before the token is seen.
+    Two experts with steps 40 are `mix_nats`'s grid, so `mix_nats`'s mixture."""
+    log_p = -np.stack([np.asarray(n, np.float64) for n in nats_list], axis=1)  # (N, E)
+    grid = simplex_grid(log_p.shape[1], steps)
+    log_grid = np.log(grid)
+    buckets = np.zeros(len(log_p), dtype=np.int64) if buckets is None else np.asarray(buckets, np.int64)
+    posterior = np.zeros((int(buckets.max(initial=0)) + 1, len(grid)))  # log, unnormalised
+    mixed, weights = np.empty(len(log_p)), np.empty(log_p.shape)
+    for t, b in enumerate(buckets.tolist()):
+        post = posterior[b]
+        belief = np.exp(post - post.max())
+        weights[t] = belief @ grid / belief.sum()
+        mixed[t] = -np.logaddexp.reduce(np.log(weights[t]) + log_p[t])
+        post += np.logaddexp.reduce(log_grid + log_p[t], axis=1)
+    return mixed, weights

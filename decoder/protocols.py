@@ -20,6 +20,12 @@ in what each prediction sees:
   same ids, its counts the training split's plus every text token already scored, lam a causal
   Bayesian mixture weight learnt from the tokens already scored (`decoder.online_ngram`). PyTorch
   only: `decoder.evaluate.mix_nats_of`.
+- **knn-mix**: the mix plus a third expert, a kNN-LM (Khandelwal et al. 2020, "Generalization
+  through memorization"): p_knn from the `neighbours` stored hidden states nearest the static
+  model's state at the token (softmax of -distance / `knn_temperature`), the datastore the training
+  split's states and the text's own already scored ones (`decoder.knn`); the three experts mixed by
+  a causal Bayesian mixture over a simplex of weights, one posterior per matched n-gram order
+  (`decoder.online_ngram.mix_experts`). PyTorch only.
 
 The figures (`figures`) follow lm-evaluation-harness: bits per byte and byte perplexity over the
 UTF-8 bytes of the predicted tokens (<|endoftext|> counts none, as in `decoder.metrics`), word
@@ -41,7 +47,7 @@ from decoder.metrics import bits_per_byte, perplexity
 from decoder.online_ngram import MAX_ORDER
 from decoder.tokenizer import Tokenizer
 
-PROTOCOLS = ("static", "sliding", "dynamic", "mix")
+PROTOCOLS = ("static", "sliding", "dynamic", "mix", "knn-mix")
 BUNDLE_PROTOCOLS = ("static", "sliding")
 """What an ONNX bundle can run (dynamic evaluation needs gradients: PyTorch)."""
 DEFAULT_LR = 0.02
@@ -53,6 +59,16 @@ DEFAULT_ORDER = 4
 """The mix protocol's n-gram order, chosen on the default model's validation split (so that one
 setting, unlike the mixture weight, was picked on scored text): order 4 mixed 0.004 bpb better
 than 3 and 0.0005 better than 5."""
+DEFAULT_NEIGHBOURS = 64
+DEFAULT_KNN_TEMPERATURE = 30.0
+"""The knn-mix protocol's k and softmax temperature (of squared L2 distances between the main
+job's d_model 192 float32 states), chosen on the main job's validation split (so, like
+DEFAULT_ORDER, settings picked on scored text, not learnt online as the mixture weights are): with
+the dynamic model at segment 64 the three-way mix gave 1.5465 bpb at k 64 and temperature 30,
+1.5481 at k 32, 1.5489 at temperature 100; mixed with the model alone, an early checkpoint's kNN
+expert kept improving up to k 64 and temperature 30 from k 8 and temperature 1."""
+MIXES = ("mix", "knn-mix")
+"""The protocols that mix the model with the online n-gram (and need the training split)."""
 
 
 def default_segment(context: int) -> int:
@@ -96,14 +112,17 @@ def windows(n_tokens: int, context: int, stride: int) -> list[Window]:
 
 
 def protocol_settings(protocol: str, context: int, *, stride: int | None = None, segment: int | None = None,
-                      lr: float | None = None, dynamic_lr: float | None = None, order: int | None = None) -> dict:
+                      lr: float | None = None, dynamic_lr: float | None = None, order: int | None = None,
+                      neighbours: int | None = None, knn_temperature: float | None = None) -> dict:
     """The protocol's settings with defaults filled in (sliding: stride = half the context; dynamic:
     segment = `default_segment`, lr = DEFAULT_LR; mix: segment = `default_segment`, dynamic_lr =
-    DEFAULT_LR, order = DEFAULT_ORDER), after refusing options that do not fit it."""
+    DEFAULT_LR, order = DEFAULT_ORDER; knn-mix: the mix's and neighbours = DEFAULT_NEIGHBOURS,
+    knn_temperature = DEFAULT_KNN_TEMPERATURE), after refusing options that do not fit it."""
     if protocol not in PROTOCOLS:
         raise EvalError(f"protocol={protocol!r}: allowed {', '.join(PROTOCOLS)}")
-    given = {"--stride": (stride, ("sliding",)), "--segment": (segment, ("dynamic", "mix")),
-             "--lr": (lr, ("dynamic",)), "--dynamic-lr": (dynamic_lr, ("mix",)), "--order": (order, ("mix",))}
+    given = {"--stride": (stride, ("sliding",)), "--segment": (segment, ("dynamic", *MIXES)),
+             "--lr": (lr, ("dynamic",)), "--dynamic-lr": (dynamic_lr, MIXES), "--order": (order, MIXES),
+             "--neighbours": (neighbours, ("knn-mix",)), "--knn-temperature": (knn_temperature, ("knn-mix",))}
     for option, (value, needs) in given.items():
         if value is not None and protocol not in needs:
             raise EvalError(f"{option} applies to --protocol {' or '.join(needs)}, not {protocol}")
@@ -115,14 +134,22 @@ def protocol_settings(protocol: str, context: int, *, stride: int | None = None,
             raise EvalError(f"{option}={value}: must be a finite number >= 0")
     if order is not None and not 1 <= order <= MAX_ORDER:
         raise EvalError(f"--order={order}: must be in [1, {MAX_ORDER}]")
+    if neighbours is not None and neighbours < 1:
+        raise EvalError(f"--neighbours={neighbours}: must be >= 1")
+    if knn_temperature is not None and not (knn_temperature > 0 and np.isfinite(knn_temperature)):
+        raise EvalError(f"--knn-temperature={knn_temperature}: must be a finite number > 0")
     settings: dict = {"protocol": protocol, "context_length": context}
     if protocol == "static":
         return {**settings, "stride": context}
     if protocol == "sliding":
         return {**settings, "stride": stride or max(1, context // 2)}
-    if protocol == "mix":
-        return {**settings, "segment": segment or default_segment(context),
-                "dynamic_lr": DEFAULT_LR if dynamic_lr is None else dynamic_lr, "order": order or DEFAULT_ORDER}
+    if protocol in MIXES:
+        settings.update(segment=segment or default_segment(context),
+                        dynamic_lr=DEFAULT_LR if dynamic_lr is None else dynamic_lr, order=order or DEFAULT_ORDER)
+        if protocol == "knn-mix":
+            settings.update(neighbours=neighbours or DEFAULT_NEIGHBOURS, knn_temperature=float(
+                DEFAULT_KNN_TEMPERATURE if knn_temperature is None else knn_temperature))
+        return settings
     return {**settings, "segment": segment or default_segment(context), "lr": DEFAULT_LR if lr is None else lr, "optimizer": "SGD"}
 
 

@@ -8,8 +8,10 @@ run's val_bpb); sliding windows of --stride; dynamic evaluation (--segment, --lr
 each scored segment; PyTorch only); mix (PyTorch only): each token's probability under dynamic
 evaluation (--dynamic-lr, 0: sliding windows; --segment) mixed with an online Kneser-Ney n-gram of
 --order whose counts start from the run's training split and grow with each token once scored,
-under a weight learnt online (`decoder.online_ngram`). A bundle runs static and sliding with
-onnxruntime, no torch needed when --text is given.
+under a weight learnt online (`decoder.online_ngram`); knn-mix (PyTorch only): the mix plus a
+kNN-LM over the model's hidden states of the training split and the text already scored
+(--neighbours, --knn-temperature; `decoder.knn`), the three mixed under weights learnt online. A
+bundle runs static and sliding with onnxruntime, no torch needed when --text is given.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from typing import TYPE_CHECKING
 
 from decoder.cli import UsageError
 from decoder.cli.extras import require
-from decoder.protocols import BUNDLE_PROTOCOLS, DEFAULT_LR, DEFAULT_ORDER, MAX_ORDER, PROTOCOLS
+from decoder.protocols import (BUNDLE_PROTOCOLS, DEFAULT_KNN_TEMPERATURE, DEFAULT_LR, DEFAULT_NEIGHBOURS,
+                               DEFAULT_ORDER, MAX_ORDER, MIXES, PROTOCOLS)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -35,6 +38,12 @@ LINES = (("bits per byte", "bits_per_byte", ".6f"), ("nats per token", "nats_per
 MIX_LINES = (("model alone bpb", "model_bits_per_byte", ".6f"), ("n-gram alone bpb", "ngram_bits_per_byte", ".6f"),
              ("model weight", "mean_model_weight", ".4f"), ("model seconds", "model_seconds", ".2f"),
              ("n-gram seconds", "ngram_seconds", ".2f"))
+KNN_LINES = (("model alone bpb", "model_bits_per_byte", ".6f"), ("n-gram alone bpb", "ngram_bits_per_byte", ".6f"),
+             ("kNN alone bpb", "knn_bits_per_byte", ".6f"), ("mix bpb", "mix_bits_per_byte", ".6f"),
+             ("model weight", "mean_model_weight", ".4f"), ("n-gram weight", "mean_ngram_weight", ".4f"),
+             ("kNN weight", "mean_knn_weight", ".4f"), ("model seconds", "model_seconds", ".2f"),
+             ("n-gram seconds", "ngram_seconds", ".2f"), ("datastore seconds", "datastore_seconds", ".2f"),
+             ("search seconds", "search_seconds", ".2f"), ("mixing seconds", "mixing_seconds", ".2f"))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,15 +52,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protocol", choices=PROTOCOLS, default="static",
                    help="static: consecutive context-length windows, as training evaluates; sliding: windows "
                         "advanced by --stride; dynamic: SGD on each segment after scoring it; mix: dynamic "
-                        "evaluation mixed with an online n-gram (default static)")
+                        "evaluation mixed with an online n-gram; knn-mix: the mix plus a kNN-LM over the model's "
+                        "hidden states (default static)")
     p.add_argument("--stride", type=int, help="sliding: tokens each window advances (default half the context)")
-    p.add_argument("--segment", type=int, help="dynamic, mix: tokens scored between updates, each window's "
+    p.add_argument("--segment", type=int, help="dynamic, mix, knn-mix: tokens scored between updates, each window's "
                                                "advance (default half the context)")
     p.add_argument("--lr", type=float, help=f"dynamic: plain-SGD learning rate (default {DEFAULT_LR})")
-    p.add_argument("--dynamic-lr", type=float, help="mix: the model's dynamic-evaluation learning rate, 0: no "
+    p.add_argument("--dynamic-lr", type=float, help="mix, knn-mix: the model's dynamic-evaluation learning rate, 0: no "
                                                     f"updates (sliding windows of --segment) (default {DEFAULT_LR})")
-    p.add_argument("--order", type=int, help=f"mix: the online n-gram's order, 1..{MAX_ORDER} (default "
+    p.add_argument("--order", type=int, help=f"mix, knn-mix: the online n-gram's order, 1..{MAX_ORDER} (default "
                                              f"{DEFAULT_ORDER})")
+    p.add_argument("--neighbours", type=int, help=f"knn-mix: the kNN expert's k (default {DEFAULT_NEIGHBOURS})")
+    p.add_argument("--knn-temperature", type=float, help="knn-mix: the softmax temperature of the neighbours' "
+                                                         f"squared distances (default {DEFAULT_KNN_TEMPERATURE:g})")
     p.add_argument("--device", default="auto", help="torch device for a run or checkpoint (default auto)")
     p.add_argument("--precision", choices=["fp32", "bf16"],
                    help="torch precision (default: the one the run trained in)")
@@ -94,7 +107,8 @@ def _eval_bundle(args: argparse.Namespace) -> dict:
                          "or checkpoint, not an ONNX bundle")
     meta = read_bundle_json(args.source)
     settings = protocol_settings(args.protocol, int(meta["context_length"]), stride=args.stride,
-                                 segment=args.segment, lr=args.lr, dynamic_lr=args.dynamic_lr, order=args.order)
+                                 segment=args.segment, lr=args.lr, dynamic_lr=args.dynamic_lr, order=args.order,
+                                 neighbours=args.neighbours, knn_temperature=args.knn_temperature)
     tokenizer = Tokenizer.from_dict(meta["tokenizer"])
     tokens = text_tokens(tokenizer, read_text(args.text), args.text) if args.text else _bundle_split(meta, tokenizer)
     return score_bundle(args.source, tokens, settings, threads=args.threads)
@@ -107,21 +121,23 @@ def _eval_model(args: argparse.Namespace) -> dict:
 
     model, tokenizer, config, device, precision = load_scorer(args.source, args.device, args.precision)
     settings = protocol_settings(args.protocol, config.model.context_length, stride=args.stride,
-                                 segment=args.segment, lr=args.lr, dynamic_lr=args.dynamic_lr, order=args.order)
-    train, tokens = splits(config.data, tokenizer) if args.protocol == "mix" or not args.text else (None, None)
+                                 segment=args.segment, lr=args.lr, dynamic_lr=args.dynamic_lr, order=args.order,
+                                 neighbours=args.neighbours, knn_temperature=args.knn_temperature)
+    train, tokens = splits(config.data, tokenizer) if args.protocol in MIXES or not args.text else (None, None)
     if args.text:
         tokens = text_tokens(tokenizer, read_text(args.text), args.text)
     return score(model, tokenizer, tokens, settings, device, precision, train=train)
 
 
 def _print(result: dict, text: str) -> None:
-    settings = {k.replace("_", " "): result[k] for k in ("stride", "segment", "lr", "optimizer", "dynamic_lr", "order")
-                if k in result}
+    settings = {k.replace("_", " "): result[k] for k in ("stride", "segment", "lr", "optimizer", "dynamic_lr", "order",
+                                                         "neighbours", "knn_temperature") if k in result}
     where = result.get("device", "CPU") + (f", {result['precision']}" if "precision" in result else "")
     print(f"{result['protocol']} protocol ({', '.join(f'{k} {v}' for k, v in settings.items())}; context "
           f"{result['context_length']}) on {text}, {result['engine']} ({where})")
-    for label, key, spec in LINES + (MIX_LINES if result["protocol"] == "mix" else ()):
-        print(f"{label:<17} {format(result[key], spec)}")
+    extra = {"mix": MIX_LINES, "knn-mix": KNN_LINES}.get(result["protocol"], ())
+    for label, key, spec in LINES + extra:
+        print(f"{label:<18} {format(result[key], spec)}")
 
 
 def run(args: argparse.Namespace) -> int:

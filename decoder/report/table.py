@@ -26,7 +26,8 @@ REPORT_COLUMNS = (
     "train_loss_at_best", "error", "run_dir",
 )
 _INT_COLUMNS = ("seed", "params_total", "params_non_embedding", "tokens_seen", "steps")
-PROTOCOL_COLUMNS = {"sliding_val_bpb": "sliding", "dynamic_val_bpb": "dynamic", "mix_val_bpb": "mix"}
+PROTOCOL_COLUMNS = {"sliding_val_bpb": "sliding", "dynamic_val_bpb": "dynamic", "mix_val_bpb": "mix",
+                    "knn_mix_val_bpb": "knn-mix"}
 """Bits per byte of the best checkpoint under `training.final_protocols` (static is best_val_bpb);
 summary.csv and summary.md carry a column only when some run has it."""
 

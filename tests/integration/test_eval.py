@@ -69,6 +69,26 @@ def test_mix_on_the_validation_split_and_a_repeated_text(onnx_run, tmp_path, exc
         "model alone bpb", "n-gram alone bpb", "model weight", "model seconds", "n-gram seconds"]
 
 
+def test_knn_mix_prints_its_figures_and_settings(onnx_run, capsys):
+    result = eval_json(capsys, onnx_run, "--protocol", "knn-mix", "--order", "3")
+    assert result["protocol"] == "knn-mix" and result["neighbours"] == 64 and result["knn_temperature"] == 30.0
+    assert result["order"] == 3 and result["segment"] == 8 and result["dynamic_lr"] == 0.02
+    for name in ("model", "ngram", "knn", "mix"):
+        assert 0 < result[f"{name}_bits_per_byte"] < 20
+    assert result["bits_per_byte"] < min(result["model_bits_per_byte"], result["knn_bits_per_byte"])
+    assert all(result[f"{p}_seconds"] > 0 for p in ("model", "ngram", "datastore", "search", "mixing"))
+    tuned = eval_json(capsys, onnx_run, "--protocol", "knn-mix", "--neighbours", "8", "--knn-temperature", "5")
+    assert (tuned["neighbours"], tuned["knn_temperature"]) == (8, 5.0)
+    assert tuned["knn_bits_per_byte"] != result["knn_bits_per_byte"] and tuned["tokens"] == result["tokens"]
+    assert main(["eval", str(onnx_run), "--protocol", "knn-mix", "--neighbours", "8"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("knn-mix protocol (segment 8, dynamic lr 0.02, order 4, neighbours 8, knn temperature "
+                             "30.0; context 16) on ")
+    assert [line.split("  ")[0] for line in out[-12:]] == [
+        "model alone bpb", "n-gram alone bpb", "kNN alone bpb", "mix bpb", "model weight", "n-gram weight",
+        "kNN weight", "model seconds", "n-gram seconds", "datastore seconds", "search seconds", "mixing seconds"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["{missing}"], "no such run folder, checkpoint or bundle"),
     (["{run}", "--text", "{missing}"], "--text"),
@@ -81,6 +101,10 @@ def test_mix_on_the_validation_split_and_a_repeated_text(onnx_run, tmp_path, exc
     (["{run}", "--protocol", "dynamic", "--dynamic-lr", "0.1"], "--dynamic-lr applies to --protocol mix"),
     (["{run}", "--protocol", "mix", "--lr", "0.1"], "--lr applies to --protocol dynamic, not mix"),
     (["{run}", "--text", "{empty}"], "0 token(s); scoring needs at least 2"),
+    (["{run}", "--protocol", "static", "--neighbours", "8"], "--neighbours applies to --protocol knn-mix, not static"),
+    (["{run}", "--protocol", "mix", "--knn-temperature", "5"], "--knn-temperature applies to --protocol knn-mix"),
+    (["{run}", "--protocol", "knn-mix", "--neighbours", "0"], "--neighbours=0: must be >= 1"),
+    (["{bundle}", "--protocol", "knn-mix"], "--protocol knn-mix learns as it scores and needs PyTorch"),
 ])
 def test_bad_input_is_one_line_and_exit_2(onnx_run, onnx_bundle, tmp_path, capsys, args, message):
     (tmp_path / "empty.txt").write_text("")
@@ -105,10 +129,10 @@ def test_a_run_scores_its_final_protocols_and_the_report_shows_them(small_corpus
     from decoder.runs import read_run
     from decoder.train import train
 
-    config = tiny_config(small_corpus, training={"final_protocols": ["static", "sliding", "mix"]})
+    config = tiny_config(small_corpus, training={"final_protocols": ["static", "sliding", "mix", "knn-mix"]})
     summary = train(config, tmp_path / "run", quiet=True)
     protocols = summary["protocols"]
-    assert list(protocols) == ["static", "sliding", "mix"]
+    assert list(protocols) == ["static", "sliding", "mix", "knn-mix"]
     assert protocols["static"]["bits_per_byte"] == summary["best_val_bpb"]
     assert protocols["sliding"]["stride"] == config.model.context_length // 2
     for p in protocols.values():
@@ -116,8 +140,9 @@ def test_a_run_scores_its_final_protocols_and_the_report_shows_them(small_corpus
     assert protocols["sliding"]["bits_per_byte"] != protocols["static"]["bits_per_byte"]
     frame = summary_frame([read_run(tmp_path / "run", "tiny")])
     assert frame.loc[0, "mix_val_bpb"] == protocols["mix"]["bits_per_byte"]
+    assert frame.loc[0, "knn_mix_val_bpb"] == protocols["knn-mix"]["bits_per_byte"]
     text = summary_markdown("tiny", frame, [], [], command="decoder report tiny")
-    assert "| sliding bpb | mix bpb |" in text and "dynamic bpb" not in text
+    assert "| sliding bpb | mix bpb | knn-mix bpb |" in text and "dynamic bpb" not in text
 
 
 def test_a_run_without_final_protocols_has_none(small_corpus, tmp_path):

@@ -122,9 +122,9 @@ def test_mix_settings_and_refusals():
                              ({"segment": 17}, "--segment=17")]:
         with pytest.raises(EvalError, match=message.replace("[", r"\[").replace("]", r"\]")):
             protocol_settings("mix", T, **options)
-    with pytest.raises(EvalError, match="--order applies to --protocol mix, not dynamic"):
+    with pytest.raises(EvalError, match="--order applies to --protocol mix or knn-mix, not dynamic"):
         protocol_settings("dynamic", T, order=3)
-    with pytest.raises(EvalError, match="--dynamic-lr applies to --protocol mix, not sliding"):
+    with pytest.raises(EvalError, match="--dynamic-lr applies to --protocol mix or knn-mix, not sliding"):
         protocol_settings("sliding", T, dynamic_lr=0.0)
 
 
