@@ -158,6 +158,10 @@ class TrainingConfig:
     after every optimizer step with the decay warmed up as min(ema, (1 + n) / (10 + n)) after n
     updates: evaluated, checkpointed as the model (best.pt, model.safetensors, exports) and used for
     the samples, while the optimizer keeps stepping the raw weights (saved too, for exact resume)."""
+    ema_warmup: float = 10.0
+    """The moving average's warm-up constant W: the decay after n updates is min(ema, (1 + n) / (W +
+    n)). The default 10 keeps the decay below 0.99 for 890 updates; a smaller W reaches a high
+    decay sooner (W = 2: 0.995 after 198 updates), so a long average takes effect in a short run."""
     max_steps: int | None = None
     """Budget in optimizer steps. At least one of max_steps / max_tokens / max_seconds / max_flops is required;
     with several, training stops at the first reached."""
@@ -208,7 +212,7 @@ class TrainingConfig:
             "batch_size": ">= 1", "lr": "> 0", "min_lr_ratio": "in [0, 1]", "warmup_steps": ">= 0",
             "warmup_fraction": "in [0, 1) or null", "eval_fraction": "in (0, 1] or null", "weight_decay": ">= 0",
             "beta1": "in [0, 1)", "beta2": "in [0, 1)", "muon_momentum": "in [0, 1)", "eps": "> 0",
-            "grad_clip": ">= 0 (0 disables)", "ema": "in [0, 1) (0 is off)",
+            "grad_clip": ">= 0 (0 disables)", "ema": "in [0, 1) (0 is off)", "ema_warmup": ">= 1",
             "max_steps": "> 0", "max_tokens": "> 0", "max_seconds": "> 0", "max_flops": "> 0", "eval_interval": ">= 1",
             "patience": ">= 1 or null", "log_interval": ">= 1", "num_threads": ">= 1 or null"})
         if self.grad_accum_steps < 1 or (self.batch_size >= 1 and self.batch_size % self.grad_accum_steps):

@@ -2,9 +2,10 @@
 its model while the optimizer steps the raw weights.
 
 After every optimizer step each averaged tensor moves towards the raw one,
-`avg <- avg + (1 - d) (w - avg)`, with the decay warmed up as d = min(ema, (1 + n) / (10 + n))
-after n updates (TensorFlow's `ExponentialMovingAverage(num_updates=...)`), so that a short run is
-not an average dominated by its initial weights. The averaging itself is torch's
+`avg <- avg + (1 - d) (w - avg)`, with the decay warmed up as d = min(ema, (1 + n) / (W + n))
+after n updates (W = training.ema_warmup, 10 by default; TensorFlow's
+`ExponentialMovingAverage(num_updates=...)`), so that a short run is not an average dominated by
+its initial weights. The averaging itself is torch's
 `torch.optim.swa_utils.AveragedModel` (which also counts the updates).
 
 In a checkpoint (`decoder.checkpoint`) the average is the `model` entry, so best.pt,
@@ -22,28 +23,28 @@ from torch.optim.swa_utils import AveragedModel
 
 from decoder.checkpoint import CheckpointError, clean_state_dict
 
-WARMUP = 10
-"""The warm-up's constant: the decay after n updates is min(ema, (1 + n) / (WARMUP + n))."""
+WARMUP = 10.0
+"""training.ema_warmup's default: the decay after n updates is min(ema, (1 + n) / (WARMUP + n))."""
 
 
-def decay_after(updates: int, ema: float) -> float:
-    """The decay of the update that follows `updates` earlier ones."""
-    return min(ema, (1 + updates) / (WARMUP + updates))
+def decay_after(updates: int, ema: float, warmup: float = WARMUP) -> float:
+    """The decay of the update that follows `updates` earlier ones (training.ema_warmup: `warmup`)."""
+    return min(ema, (1 + updates) / (warmup + updates))
 
 
 class WeightAverage:
     """The moving average of `model`'s parameters with decay `ema` (0: off, every method a no-op
     that stands for the raw model)."""
 
-    def __init__(self, model: torch.nn.Module, ema: float) -> None:
-        self.ema = ema
+    def __init__(self, model: torch.nn.Module, ema: float, warmup: float = WARMUP) -> None:
+        self.ema, self.warmup = ema, warmup
         self.averaged: AveragedModel | None = None
         if ema > 0:
             self.averaged = AveragedModel(model, multi_avg_fn=self._average, use_buffers=False)
 
     def _average(self, averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: Any) -> None:
         # AveragedModel copies the weights at its first update (num_averaged 0) and calls this after.
-        weight = 1.0 - decay_after(int(num_averaged), self.ema)
+        weight = 1.0 - decay_after(int(num_averaged), self.ema, self.warmup)
         for avg, now in zip(averaged, current, strict=True):
             avg.lerp_(now, weight)
 

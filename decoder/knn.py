@@ -24,8 +24,9 @@ so p_knn sums to 1 over the vocabulary and no token gets 0 (a real code length, 
 to mix). A query with no usable key (an empty training split, the text's first position) gives the
 uniform distribution.
 
-The search runs in chunks of QUERY_CHUNK queries against the keys they may use (one matmul each,
-memory chunk x keys floats), then `torch.topk`.
+The search is exact: it runs in chunks of QUERY_CHUNK queries, one matmul against the training
+keys and one against the text keys they may use (memory chunk x keys floats), each followed by
+`torch.topk`, and the two lists of neighbours merged.
 """
 
 from __future__ import annotations
@@ -76,33 +77,49 @@ def hidden_states(model: GPT, tokens: np.ndarray, device: torch.device, precisio
     return out
 
 
+def _nearest(q: torch.Tensor, keys: torch.Tensor, key_norms: torch.Tensor, k: int,
+             usable: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k smallest |key|^2 - 2 q.key of each query row (|q|^2 left out: it ranks nothing) and
+    their key indices; `usable` (C, n) masks keys out where False."""
+    d = torch.addmm(key_norms[None, :], q, keys.T, alpha=-2)  # (C, n) in one pass: no temporaries
+    if usable is not None:
+        d.masked_fill_(~usable, float("inf"))
+    return torch.topk(d, min(k, d.shape[1]), dim=1, largest=False)
+
+
 def search(queries: torch.Tensor, train_keys: torch.Tensor, k: int, chunk: int = QUERY_CHUNK,
            check: Check | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(squared L2 distances (Q, k), key indices (Q, k)) of the k nearest usable keys of each
     query, nearest first. The keys are `train_keys` then the queries themselves (the text's own
     positions, index len(train_keys) + j for text position j); query t may use text keys j < t
-    only. Where fewer than k keys are usable the rest are at distance inf."""
+    only. Where fewer than k keys are usable the rest are at distance inf. Each chunk takes the
+    k nearest training keys and the k nearest usable text keys, then the k nearest of those."""
     n_train, n_text = len(train_keys), len(queries)
-    keys = torch.cat([train_keys, queries])
-    key_norms = (keys * keys).sum(1)
-    k_out = min(k, len(keys))
+    train_norms, text_norms = (train_keys * train_keys).sum(1), (queries * queries).sum(1)
+    k_out = min(k, n_train + n_text)
     dists, indices = [], []
     for s in range(0, n_text, chunk):
         q = queries[s : s + chunk]  # (C, d)
-        usable = n_train + s + len(q) - 1  # the last query of the chunk may use text keys < s + C - 1
-        d = key_norms[None, :usable] - 2 * q @ keys[:usable].T + (q * q).sum(1, keepdim=True)  # (C, usable)
-        position = torch.arange(s, s + len(q))[:, None]
-        text = torch.arange(usable - n_train)[None, :]
-        d[:, n_train:] = torch.where(text < position, d[:, n_train:], torch.tensor(float("inf")))
-        dist, index = torch.topk(d, min(k_out, usable), dim=1, largest=False) if usable else (
-            torch.empty(len(q), 0), torch.empty(len(q), 0, dtype=torch.long))
+        found = [_nearest(q, train_keys, train_norms, k_out)] if n_train else []
+        usable = s + len(q) - 1  # the last query of the chunk may use text keys < s + C - 1
+        if usable > 0:
+            position = torch.arange(s, s + len(q))[:, None]
+            dist, index = _nearest(q, queries[:usable], text_norms[:usable], k_out,
+                                   torch.arange(usable)[None, :] < position)
+            found.append((dist, index + n_train))
+        if found:
+            dist, index = torch.cat([d for d, _ in found], 1), torch.cat([i for _, i in found], 1)
+            dist, pick = torch.topk(dist, min(k_out, dist.shape[1]), dim=1, largest=False)
+            dist, index = dist + text_norms[s : s + len(q), None], index.gather(1, pick)
+        else:
+            dist, index = torch.empty(len(q), 0), torch.empty(len(q), 0, dtype=torch.long)
         pad = k_out - dist.shape[1]
         dists.append(torch.nn.functional.pad(dist, (0, pad), value=float("inf")))
         indices.append(torch.nn.functional.pad(index, (0, pad), value=0))
         if check is not None:
             for row in range(len(q)):
-                found = index[row][torch.isfinite(dist[row])]
-                check(s + row, (found[found >= n_train] - n_train).numpy())
+                hit = index[row][torch.isfinite(dist[row])]
+                check(s + row, (hit[hit >= n_train] - n_train).numpy())
     return torch.cat(dists), torch.cat(indices)
 
 

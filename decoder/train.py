@@ -169,7 +169,7 @@ class _Trainer:
 
         self.training = build_training(config, tokenizer.vocab_size, self.device, self.precision, ctx=ctx)
         self.model, self.optimizer = self.training.model, self.training.optimizer
-        self.ema = WeightAverage(self.model, t.ema)  # training.ema: evaluated and saved as the model
+        self.ema = WeightAverage(self.model, t.ema, t.ema_warmup)  # training.ema: evaluated and saved as the model
         self.sampler = batch_sampler(config, self.dataset.train, ctx.rank)
         self.run_id = run_id(config)
         self.checkpointer = Checkpointer(

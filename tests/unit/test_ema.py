@@ -29,6 +29,28 @@ def test_the_average_follows_the_warmed_up_recurrence():
     assert decay_after(0, 0.999) == pytest.approx(0.1) and decay_after(10**6, 0.999) == 0.999
 
 
+def test_a_smaller_warm_up_constant_reaches_the_decay_sooner():
+    assert decay_after(198, 0.995, warmup=2) == pytest.approx(0.995)
+    assert decay_after(197, 0.995, warmup=2) < 0.995
+    assert decay_after(199, 0.995) < 0.96  # the default constant 10: still warming up
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    fast, slow = WeightAverage(model, 0.99, warmup=1.0), WeightAverage(model, 0.99)
+    start = model.weight.detach().clone()
+    for _ in range(3):
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        fast.update(model), slow.update(model)
+    # warm-up 1: decay 0.99 from the second update, so the average stays near the first weights
+    torch.testing.assert_close(fast.evaluated(model).weight, start + 1 + 0.01 * 1 + 0.0199 * 1, rtol=0, atol=1e-5)
+    assert (slow.evaluated(model).weight - start).min() > 1.5
+
+
+def test_the_warm_up_constant_is_validated(small_corpus):
+    with pytest.raises(ConfigError, match="ema_warmup"):
+        tiny_config(small_corpus, training={"ema": 0.9, "ema_warmup": 0.5})
+
+
 def test_off_is_the_raw_model_and_the_checkpoint_format_of_before(small_corpus, tmp_path):
     model = torch.nn.Linear(3, 2)
     off = WeightAverage(model, 0.0)
