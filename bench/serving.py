@@ -2,7 +2,7 @@
 127.0.0.1, side by side with the same server with batching off and with offline batched decoding.
 
     python -m bench.serving BUNDLE_DIR [--clients 1,4,16,64] [--new-tokens 128] [--repeats 3]
-                                       [--out results/serving.md]
+                                       [--engine thread|process|both] [--out results/serving.md]
     python -m bench.serving BUNDLE_DIR --request-rate 1,2,4,inf [--num-prompts 64] [--max-concurrency N]
                                        [--goodput ttft:MS tpot:MS] [--seed 0] [--out FILE]
 
@@ -11,17 +11,21 @@ arrive at seeded Poisson times at each rate, whatever the server's pace, and the
 its figures (`bench.serving_stats`). The first form, closed-loop, follows.
 
 Two servers run for the whole benchmark (`--max-batch` = the largest client count, and
-`--max-batch 1`); at each concurrency level, alternating within each repeat, C clients each send
-`per_client` greedy streaming requests one after another (prompts from a fixed set, 128 new tokens
-each, `stream_options.include_usage` for the exact token count), and the offline bound decodes C
+`--max-batch 1`, both with `--engine`'s engine; `--engine both` adds a third, batched with the
+engine in its own process, beside the thread engine's); at each concurrency level, alternating
+within each repeat, C clients each send `per_client` greedy streaming requests one after another
+(prompts from a fixed set, 128 new tokens each, `stream_options.include_usage` for the exact token
+count), and the offline bound decodes C
 rows in one `Runtime.generate_ids` loop (the same runtime, no HTTP, no scheduler) for as many
 tokens, once with the runtime's default options and once with the server's (fewer threads, no
-spinning: `decoder.serve.server.session_options`), the better of the two being the bound.
+spinning: `decoder.serve.config.session_options`), the better of the two being the bound.
 Reported per level: aggregate generated tokens/s (median of the repeats), time to first
 token and inter-token latency p50/p99 as the clients see them (pooled over the repeats; one SSE
-chunk is one token, up to held-back UTF-8), the server process's CPU time (all threads, user +
-system) per generated token (median of the repeats: steadier than tokens/s on a shared machine,
-and the figure the per-token work outside onnxruntime moves), and the server's peak RSS so far. The load generator
+chunk is one token, up to held-back UTF-8), the server's CPU time (user + system, every thread of
+the server process and of its children: the engine process, and multiprocessing's resource
+tracker, which does next to nothing) per generated token (median of the repeats: steadier than
+tokens/s on a shared machine, and the figure the per-token work outside onnxruntime moves), and
+the peak RSS so far of the server and its children, summed. The load generator
 runs on the same machine as the server, so at high concurrency it takes some of its CPU.
 """
 
@@ -121,8 +125,11 @@ async def run_clients(url: str, clients: int, per_client: int, new_tokens: int) 
 
 
 @contextmanager
-def server(args: argparse.Namespace, max_batch: int) -> Iterator[tuple[str, subprocess.Popen]]:
-    """A `decoder serve` process on a free port of 127.0.0.1, stopped with SIGTERM at the end."""
+def server(args: argparse.Namespace, max_batch: int,
+           engine: str | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A `decoder serve --engine ENGINE` process on a free port of 127.0.0.1, stopped with SIGTERM at
+    the end (ENGINE by default: process with `--engine process`, else thread)."""
+    engine = engine or ("process" if args.engine == "process" else "thread")
     import socket
 
     with socket.socket() as s:
@@ -130,7 +137,7 @@ def server(args: argparse.Namespace, max_batch: int) -> Iterator[tuple[str, subp
         port = s.getsockname()[1]
     command = [sys.executable, "-m", "decoder", "serve", str(args.bundle), "--port", str(port), "--max-batch",
                str(max_batch), "--max-queue", "4096", *(["--threads", str(args.threads)] if args.threads else []),
-               *(["--quantized"] if args.quantized else [])]
+               *(["--quantized"] if args.quantized else []), "--engine", engine]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -148,18 +155,26 @@ def server(args: argparse.Namespace, max_batch: int) -> Iterator[tuple[str, subp
         proc.wait(60)
 
 
+def with_children(pid: int) -> list[int]:
+    """The process and its children (the engine process of `--engine process`), from /proc."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    return [pid, *map(int, children.read_text().split())] if children.exists() else [pid]
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time the process has used so far, from /proc (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time the process and its children have used so far, from /proc (all threads)."""
+    total = 0
+    for p in with_children(pid):
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_mib(pid: int) -> float:
-    """VmHWM (the process's peak resident set) in MiB, from /proc."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """VmHWM (each process's peak resident set) of the process and its children, summed, in MiB, from /proc."""
+    peaks = [int(line.split()[1]) for p in with_children(pid)
+             for line in Path(f"/proc/{p}/status").read_text().splitlines() if line.startswith("VmHWM:")]
+    return sum(peaks) / 1024 if peaks else float("nan")
 
 
 def offline_tokens_per_s(runtime, rows: int, new_tokens: int) -> float:
@@ -190,7 +205,7 @@ def cpu_model() -> str:
 def measure(args: argparse.Namespace) -> dict:
     """{(clients, mode): {tok_s, ttft50, ...}} over every level, mode and repeat."""
     from decoder.runtime import Runtime
-    from decoder.serve.server import session_options
+    from decoder.serve.config import session_options
 
     runtimes = [Runtime(args.bundle, quantized=args.quantized, threads=args.threads),  # the runtime's defaults
                 Runtime(args.bundle, quantized=args.quantized, session_options=session_options(args.threads))]
@@ -198,6 +213,8 @@ def measure(args: argparse.Namespace) -> dict:
     with ExitStack() as stack:
         servers = {"batched": stack.enter_context(server(args, max(args.clients))),
                    "max-batch 1": stack.enter_context(server(args, 1))}
+        if args.engine == "both":
+            servers["batched, process engine"] = stack.enter_context(server(args, max(args.clients), "process"))
         for url, _ in servers.values():  # warm-up outside the timing
             asyncio.run(run_clients(url, 2, 1, 8))
         for runtime in runtimes:
@@ -235,10 +252,13 @@ def markdown(args: argparse.Namespace, results: dict, load_before: tuple[float, 
 
     rows = ["| clients | server | generated tok/s | server CPU (µs/token) | TTFT p50 / p99 (ms) | ITL p50 / p99 (ms) "
             "| peak RSS (MiB) |", "|---:|---|---:|---:|---:|---:|---:|"]
+    batched = f"continuous batching (max batch {max(args.clients)})"
+    labels = {"batched": batched, "max-batch 1": "batching off", "batched, process engine": batched + ", process engine"}
     for c in args.clients:
-        for mode in ("batched", "max-batch 1"):
+        for mode, label in labels.items():
+            if (c, mode) not in results:
+                continue
             r = results[c, mode]
-            label = f"continuous batching (max batch {max(args.clients)})" if mode == "batched" else "batching off"
             rows.append(f"| {c} | {label} | {r['tok_s']:.0f} | {r['cpu_us']:.0f} | "
                         f"{r['ttft50']:.1f} / {r['ttft99']:.1f} | {r['itl50']:.2f} / {r['itl99']:.2f} | {r['rss']:.0f} |")
         rows.append(f"| {c} | offline bound (Runtime.generate_ids, batch {c}) | {results[c, 'offline']['tok_s']:.0f} "
@@ -250,7 +270,8 @@ def markdown(args: argparse.Namespace, results: dict, load_before: tuple[float, 
         f"Command: `{command}`", "",
         f"Model: {args.bundle} ({'model.int8.onnx' if args.quantized else 'model.onnx'}). "
         f"CPU: {cpu_model()}, {os.cpu_count()} cores; onnxruntime {onnxruntime.__version__} "
-        f"({args.threads or 'default'} intra-op threads); Python {platform.python_version()}; "
+        f"({args.threads or 'default'} intra-op threads); engine {args.engine}; "
+        f"Python {platform.python_version()}; "
         f"load average before the run {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}.", "",
         f"Each level: C concurrent streaming clients, each sending max(2, 8 // C) greedy requests of "
         f"{args.new_tokens} new tokens in turn; median of {args.repeats} repeats (tok/s), latencies pooled.", "",
@@ -282,6 +303,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="onnxruntime threads of servers and offline bound")
     p.add_argument("--quantized", action="store_true", help="the bundle's int8 model (servers and offline bound)")
+    p.add_argument("--engine", choices=["thread", "process", "both"], default="thread",
+                   help="the servers' decoder serve --engine; both: thread, plus a batched process-engine server")
     p.add_argument("--out", type=Path, help="write the Markdown table here (default: print it)")
     load = p.add_argument_group("open-loop load (vllm bench serve's figures)")
     load.add_argument("--request-rate", type=rates, default=None,

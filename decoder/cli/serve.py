@@ -14,6 +14,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch", type=int, default=32, help="sequences decoded together (1: no batching)")
     p.add_argument("--max-queue", type=int, default=256,
                    help="sequences (one per prompt and choice) waiting for a slot before requests get 429")
+    p.add_argument("--engine", choices=["thread", "process"], default="thread",
+                   help="run the engine (batched steps, sampling, detokenizing) in a worker thread of the server "
+                        "(default) or in a process of its own, off the HTTP event loop's GIL")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: one core fewer than usable, at least 1)")
     p.add_argument("--shutdown-grace", type=float, default=10.0, metavar="SECONDS",
                    help="on SIGTERM, how long in-flight requests may run on before they are cancelled")
@@ -52,6 +55,6 @@ def run(args: argparse.Namespace) -> int:
     from decoder.serve.server import serve
 
     config = ServeConfig(**values, sampling_defaults=args.sampling_defaults, long_prompts=args.long_prompts,
-                         cors_origins=tuple(args.cors_origins), api_key=api_key)
+                         cors_origins=tuple(args.cors_origins), api_key=api_key, engine=args.engine)
     return serve(args.bundle, host=args.host, port=args.port, quantized=args.quantized, config=config,
                  threads=args.threads, served_model_names=args.served_model_names)

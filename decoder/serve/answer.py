@@ -29,7 +29,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from decoder.serve.engine import Engine, Job
+from decoder.serve.engine import EngineBase, Job
 from decoder.serve.logprobs import Cursor, Scored, eot_entry
 from decoder.serve.protocol import SamplingRequest, error_body
 from decoder.serve.served import Served
@@ -61,7 +61,7 @@ def usage(job: Job, truncated: int = 0) -> dict:
             "total_tokens": job.prompt_tokens + job.completion_tokens, "prompt_tokens_truncated": truncated}
 
 
-async def respond(request: Request, req: SamplingRequest, job: Job, engine: Engine, served: Served, shape: Shape,
+async def respond(request: Request, req: SamplingRequest, job: Job, engine: EngineBase, served: Served, shape: Shape,
                   choices: Callable[[list[str], list[str | None]], list[dict]], *, truncated: int = 0,
                   logprobs: bool = False) -> JSONResponse | EventStream:
     """The answer to a submitted job: server-sent events in `shape` with stream (each piece's logprobs
@@ -81,7 +81,7 @@ async def respond(request: Request, req: SamplingRequest, job: Job, engine: Engi
     return JSONResponse({**head, "choices": choices(*collected), "usage": usage(job, truncated)})
 
 
-def cancel(job: Job, engine: Engine) -> None:
+def cancel(job: Job, engine: EngineBase) -> None:
     job.cancel()
     engine.wake()
 

@@ -9,15 +9,16 @@ POST /tokenize and POST /detokenize (`decoder.serve.tokens`), GET /health, GET /
 to try the model in a browser). Every error is an OpenAI-style error object
 (`decoder.serve.errors`); a client's mistake is answered, never logged as a crash. With
 `config.api_key` the model's routes need it (`decoder.serve.auth`); with `config.cors_origins`
-browsers on those origins may call the API (Starlette's CORSMiddleware). The engine starts and
-stops with the app's lifespan.
+browsers on those origins may call the API (Starlette's CORSMiddleware). The engine (a worker thread,
+or with `config.engine` "process" a process of its own) starts and stops with the app's lifespan.
 """
 
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
+from functools import partial
 from importlib import resources
-from typing import Sequence
+from typing import Callable, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -29,8 +30,9 @@ from decoder.serve import schema, tokens
 from decoder.serve.chat import CHAT_TEMPLATE, create_chat_completion
 from decoder.serve.completions import create_completion
 from decoder.serve.auth import RequireKey
-from decoder.serve.config import ServeConfig, sampling_defaults
-from decoder.serve.engine import Engine
+from decoder.serve.config import ServeConfig, load_runtime, sampling_defaults
+from decoder.serve.engine import Engine, EngineBase
+from decoder.serve.engine_process import ProcessEngine
 from decoder.serve.errors import add_error_handlers
 from decoder.serve.metrics import ServerMetrics
 from decoder.serve.protocol import ChatCompletionRequest, CompletionRequest
@@ -47,15 +49,18 @@ def page_html() -> str:
 
 
 def create_app(runtime: Model, config: ServeConfig = ServeConfig(), *, model_file: str = MODEL_FILE,
-               model_id: str | None = None, served_model_names: Sequence[str] = ()) -> FastAPI:
+               model_id: str | None = None, served_model_names: Sequence[str] = (),
+               engine_model: Callable[[], Model] | None = None) -> FastAPI:
     """An app serving `runtime` (a `decoder.runtime.Runtime`, or any `Model`) under `config`.
 
     The model answers to `served_model_names` (the first is the name responses give) and to its
-    run id (`model_id`, by default the bundle's run id)."""
+    run id (`model_id`, by default the bundle's run id). With `config.engine` "process",
+    `engine_model` (picklable) loads the engine process's copy of the model; by default the
+    runtime's bundle and `model_file` with the server's session options."""
     meta = getattr(runtime, "meta", {})
     model_id = model_id or (meta.get("run") or {}).get("id") or "decoder"
     metrics = ServerMetrics()
-    engine = Engine(Scheduler(runtime, max_batch=config.max_batch), metrics, max_queue=config.max_queue)
+    engine = build_engine(runtime, config, metrics, model_file, engine_model)
     card = {**bundle_card(meta, model_file, runtime.tokenizer, runtime.context_length, model_id),
             "chat_template": CHAT_TEMPLATE}
     defaults = sampling_defaults(config.sampling_defaults, getattr(runtime, "bundle_dir", None))
@@ -85,7 +90,21 @@ def create_app(runtime: Model, config: ServeConfig = ServeConfig(), *, model_fil
     return app
 
 
-def _add_model_routes(app: FastAPI, served: Served, engine: Engine) -> None:
+def build_engine(runtime: Model, config: ServeConfig, metrics: ServerMetrics, model_file: str,
+                 engine_model: Callable[[], Model] | None) -> EngineBase:
+    """The engine `config.engine` names: over `runtime` in a thread, or over `engine_model()` in a process."""
+    if config.engine == "process":
+        if engine_model is None:
+            bundle_dir = getattr(runtime, "bundle_dir", None)
+            if bundle_dir is None:
+                raise ValueError("engine='process' loads the model again in the engine process: give engine_model "
+                                 "for a model without a bundle_dir")
+            engine_model = partial(load_runtime, bundle_dir, model_file)
+        return ProcessEngine(engine_model, metrics, max_batch=config.max_batch, max_queue=config.max_queue)
+    return Engine(Scheduler(runtime, max_batch=config.max_batch), metrics, max_queue=config.max_queue)
+
+
+def _add_model_routes(app: FastAPI, served: Served, engine: EngineBase) -> None:
     @app.post("/v1/completions", openapi_extra=schema.request_body(CompletionRequest),
               responses={200: {"model": schema.Completion, "content": schema.STREAM},
                          **schema.errors(400, 404, 413, 429, 500, 503)})
@@ -129,7 +148,7 @@ def _add_model_routes(app: FastAPI, served: Served, engine: Engine) -> None:
         return tokens.tokenizer_info(served)
 
 
-def _add_service_routes(app: FastAPI, engine: Engine, metrics: ServerMetrics) -> None:
+def _add_service_routes(app: FastAPI, engine: EngineBase, metrics: ServerMetrics) -> None:
     @app.get("/health", response_model=schema.Health, responses={503: {"model": schema.Health}})
     async def health() -> JSONResponse:
         """ok (200) while the server takes requests; draining (503) once it shuts down."""

@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse
 
 from decoder.serve.answer import EventStream, Shape, respond
 from decoder.serve.completions import build_job, check_capacity
-from decoder.serve.engine import Engine, Job
+from decoder.serve.engine import EngineBase, Job
 from decoder.serve.logprobs import Cursor, chat_logprobs
 from decoder.serve.prompts import encode_prompts
 from decoder.serve.protocol import ChatMessage, parse_chat_request, read_body
@@ -67,7 +67,7 @@ def _choices(job: Job, served: Served, logprobs: bool, texts: list[str], finishe
             for i, (seq, text, finish) in enumerate(zip(job.sequences, texts, finishes))]
 
 
-async def create_chat_completion(request: Request, engine: Engine,
+async def create_chat_completion(request: Request, engine: EngineBase,
                                  served: Served) -> JSONResponse | EventStream:
     """Answer one POST /v1/chat/completions (see the module docstring)."""
     req = parse_chat_request(await read_body(request, served.config.max_body_bytes))

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 
 from decoder.sampling import SamplingParams
 from decoder.serve.answer import EventStream, Shape, respond
-from decoder.serve.engine import Engine, Job
+from decoder.serve.engine import EngineBase, Job
 from decoder.serve.logprobs import Cursor, Entry, Scored, completion_logprobs, eot_entry, mean_logprob
 from decoder.serve.prompts import PromptIds, encode_prompts, score_prompts
 from decoder.serve.protocol import APIError, CompletionRequest, SamplingRequest, parse_request, read_body
@@ -77,7 +77,7 @@ def build_job(req: SamplingRequest, encoded: list[PromptIds], served: Served, *,
     return Job(sequences, prompt_tokens=sum(prompt.seen for prompt in encoded))
 
 
-async def create_completion(request: Request, engine: Engine, served: Served) -> JSONResponse | EventStream:
+async def create_completion(request: Request, engine: EngineBase, served: Served) -> JSONResponse | EventStream:
     """Answer one POST /v1/completions (see the module docstring)."""
     req = parse_request(await read_body(request, served.config.max_body_bytes))
     served.check_model(req.model)

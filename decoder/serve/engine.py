@@ -24,7 +24,9 @@ and n = 1); past that `submit` answers 429 with a Retry-After header. A job with
 `drain(grace)` (on SIGTERM) refuses new jobs with 503 and, `grace` seconds later, cancels
 whatever still runs, so every response ends cleanly (finish reason "cancelled"). A step that
 raises (a bug, or onnxruntime failing) is logged, every sequence in flight ends with finish reason
-"error", and the engine carries on with an empty batch.
+"error", and the engine carries on with an empty batch. The event loop's side (`EngineBase`), the
+queue's `take` and `run_step` are shared with the engine in a process of its own
+(`decoder.serve.engine_process`).
 """
 
 from __future__ import annotations
@@ -74,21 +76,93 @@ class Job:
             yield index, text, finish
 
 
-class Engine:
-    """Owns the scheduler and its worker thread; see the module docstring."""
+def unavailable() -> APIError:
+    return APIError(503, "The server is shutting down", type="server_error", code="unavailable",
+                    headers={"Retry-After": str(RETRY_AFTER_S)})
 
-    def __init__(self, scheduler: Scheduler, metrics: ServerMetrics, *, max_queue: int) -> None:
+
+def queue_full(queued: int) -> APIError:
+    return APIError(429, f"The server is busy ({queued} sequences queued); retry shortly", type="server_error",
+                    code="queue_full", headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+def take(waiting: deque[Sequence], free: int) -> tuple[list[Sequence], list[Event]]:
+    """(the first `free` waiting sequences, first come first served; the cancelled waiting ones,
+    ended now), both taken out of `waiting`."""
+    dropped: list[Event] = [(seq, "", "cancelled") for seq in waiting if seq.cancelled]
+    if dropped:
+        kept = [seq for seq in waiting if not seq.cancelled]
+        waiting.clear()
+        waiting.extend(kept)
+    return [waiting.popleft() for _ in range(min(free, len(waiting)))], dropped
+
+
+def run_step(scheduler: Scheduler, admitted: list[Sequence]) -> list[Event]:
+    """One scheduler step; if it raises, the error is logged and every sequence in flight ends
+    with finish reason "error" (the scheduler carries on with an empty batch)."""
+    try:
+        return scheduler.step(admitted)
+    except Exception:
+        log.exception("engine step failed; ending every sequence in flight with finish_reason 'error'")
+        failed = list(dict.fromkeys([*scheduler.rows, *scheduler.sliding, *admitted]))
+        scheduler.clear()
+        return [(seq, "", "error") for seq in failed]
+
+
+class EngineBase:
+    """What the engines share, on the event loop's side: each in-flight sequence's job, the request
+    gauges, and the metrics of admissions and ends (`_dispatch`)."""
+
+    def __init__(self, metrics: ServerMetrics, *, max_queue: int) -> None:
         if max_queue < 0:
             raise ValueError(f"max_queue={max_queue}: must be >= 0")
-        self.scheduler = scheduler
         self.metrics = metrics
         self.max_queue = max_queue
         self.jobs_waiting = 0
         self.jobs_running = 0
+        self._jobs: dict[Sequence, tuple[Job, int]] = {}
+
+    def _dispatch(self, admitted: list[Sequence], events: list[Event], taken_at: float) -> None:
+        for seq in admitted:
+            job, _ = self._jobs[seq]
+            self.metrics.prompt_tokens.inc(len(seq.prompt_ids))
+            if not job.started:
+                job.started = True
+                self.metrics.queue_time.observe(taken_at - job.arrived)
+                self.jobs_waiting -= 1
+                self.jobs_running += 1
+        for seq, text, finish in events:
+            job, index = self._jobs[seq]
+            if finish is not None:
+                self._finish(seq, job, finish)
+            job.queue.put_nowait((index, text, finish))
+
+    def _finish(self, seq: Sequence, job: Job, reason: str) -> None:
+        del self._jobs[seq]
+        self.metrics.finished.labels(reason).inc()
+        job.open -= 1
+        if job.open:
+            return
+        self.metrics.request_latency.observe(time.perf_counter() - job.arrived)
+        if job.started:
+            self.jobs_running -= 1
+        else:
+            self.jobs_waiting -= 1
+
+    def _update_gauges(self) -> None:
+        self.metrics.running.set(self.jobs_running)
+        self.metrics.waiting.set(self.jobs_waiting)
+
+
+class Engine(EngineBase):
+    """Owns the scheduler and its worker thread; see the module docstring."""
+
+    def __init__(self, scheduler: Scheduler, metrics: ServerMetrics, *, max_queue: int) -> None:
+        super().__init__(metrics, max_queue=max_queue)
+        self.scheduler = scheduler
         self._waiting: deque[Sequence] = deque()
         self._lock = threading.Lock()  # guards _waiting
         self._wake = threading.Event()
-        self._jobs: dict[Sequence, tuple[Job, int]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -149,14 +223,11 @@ class Engine:
     def submit(self, job: Job) -> None:
         """Queue a job, or raise APIError 503 (not running) / 429 (queue full)."""
         if not self.accepting:
-            raise APIError(503, "The server is shutting down", type="server_error", code="unavailable",
-                           headers={"Retry-After": str(RETRY_AFTER_S)})
+            raise unavailable()
         with self._lock:
             queued = len(self._waiting) + len(job.sequences) - self.scheduler.free_slots
             if queued > self.max_queue:
-                raise APIError(429, f"The server is busy ({len(self._waiting)} sequences queued); retry shortly",
-                               type="server_error", code="queue_full",
-                               headers={"Retry-After": str(RETRY_AFTER_S)})
+                raise queue_full(len(self._waiting))
             for index, seq in enumerate(job.sequences):
                 self._jobs[seq] = (job, index)
                 self._waiting.append(seq)
@@ -181,11 +252,7 @@ class Engine:
             self._cancel_all_after_deadline()
             admitted, dropped = self._take()
             taken_at = time.perf_counter()
-            try:
-                events = self.scheduler.step(admitted)
-            except Exception:
-                log.exception("engine step failed; ending every sequence in flight with finish_reason 'error'")
-                events = self._fail(list(dict.fromkeys([*self.scheduler.rows, *self.scheduler.sliding, *admitted])))
+            events = run_step(self.scheduler, admitted)
             sampled = sum(finish != "cancelled" for _, _, finish in events)
             if sampled:
                 self.metrics.batch_size.observe(sampled)
@@ -207,24 +274,14 @@ class Engine:
                 self._loop.call_soon_threadsafe(self._deliver)
 
     def _take(self) -> tuple[list[Sequence], list[Event]]:
-        """(sequences for the free slots, first come first served; cancelled waiting ones, ended now)."""
         with self._lock:
-            dropped: list[Event] = [(seq, "", "cancelled") for seq in self._waiting if seq.cancelled]
-            if dropped:
-                self._waiting = deque(seq for seq in self._waiting if not seq.cancelled)
-            free = self.scheduler.free_slots
-            admitted = [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
-        return admitted, dropped
+            return take(self._waiting, self.scheduler.free_slots)
 
     def _cancel_all_after_deadline(self) -> None:
         if self._drain_deadline is not None and time.monotonic() >= self._drain_deadline:
             with self._lock:
                 for seq in [*self.scheduler.rows, *self.scheduler.sliding, *self._waiting]:
                     seq.cancelled = True
-
-    def _fail(self, sequences: list[Sequence]) -> list[Event]:
-        self.scheduler.clear()
-        return [(seq, "", "error") for seq in sequences]
 
     # --- the event loop ---------------------------------------------------------------------
 
@@ -234,34 +291,3 @@ class Engine:
         while self._outbox:
             self._dispatch(*self._outbox.popleft())
         self._update_gauges()
-
-    def _dispatch(self, admitted: list[Sequence], events: list[Event], taken_at: float) -> None:
-        for seq in admitted:
-            job, _ = self._jobs[seq]
-            self.metrics.prompt_tokens.inc(len(seq.prompt_ids))
-            if not job.started:
-                job.started = True
-                self.metrics.queue_time.observe(taken_at - job.arrived)
-                self.jobs_waiting -= 1
-                self.jobs_running += 1
-        for seq, text, finish in events:
-            job, index = self._jobs[seq]
-            if finish is not None:
-                self._finish(seq, job, finish)
-            job.queue.put_nowait((index, text, finish))
-
-    def _finish(self, seq: Sequence, job: Job, reason: str) -> None:
-        del self._jobs[seq]
-        self.metrics.finished.labels(reason).inc()
-        job.open -= 1
-        if job.open:
-            return
-        self.metrics.request_latency.observe(time.perf_counter() - job.arrived)
-        if job.started:
-            self.jobs_running -= 1
-        else:
-            self.jobs_waiting -= 1
-
-    def _update_gauges(self) -> None:
-        self.metrics.running.set(self.jobs_running)
-        self.metrics.waiting.set(self.jobs_waiting)

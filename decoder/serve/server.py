@@ -13,34 +13,18 @@ from __future__ import annotations
 
 import signal
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
-import onnxruntime as ort
 import uvicorn
 
 from decoder.bundle import INT8_MODEL_FILE, MODEL_FILE
-from decoder.runtime import Runtime, cpu_session_options, default_threads
 from decoder.serve.app import create_app
-from decoder.serve.config import ServeConfig
+from decoder.serve.config import ServeConfig, load_runtime
 
 UVICORN_MARGIN_S = 2.0
 """uvicorn's own deadline is the grace plus this, so responses end first, cleanly."""
-
-
-def session_options(threads: int | None = None) -> ort.SessionOptions:
-    """onnxruntime options as the server runs them, measured on 2 AMD EPYC cores (machine shared)
-    with the default-size model, A/B in one run:
-
-    - intra-op threads: one core fewer than the process may use (at least 1), by default. The
-      event loop (one socket send per token per stream) needs a core: 16 streaming clients got
-      1124 / 963 / 865 tok/s with one thread and 1375 / 872 / 587 with two, alternating (two win
-      only while nothing else runs on the machine);
-    - no spinning between ops (onnxruntime's threads busy-wait by default, taking the cores the
-      event loop needs): 1.4x (1 client) and 1.6x (16 clients) the tokens/s."""
-    options = cpu_session_options(threads or max(1, default_threads() - 1))
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return options
 
 
 class _Server(uvicorn.Server):
@@ -61,8 +45,9 @@ def serve(bundle_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000, 
     """Serve the bundle until stopped; returns the exit status (0 after SIGTERM). The model answers
     to its run id and to `served_model_names` (responses give the first of these)."""
     model_file = INT8_MODEL_FILE if quantized else MODEL_FILE
-    runtime = Runtime(bundle_dir, model_file=model_file, session_options=session_options(threads))
-    app = create_app(runtime, config, model_file=model_file, served_model_names=served_model_names)
+    runtime = load_runtime(bundle_dir, model_file, threads)
+    app = create_app(runtime, config, model_file=model_file, served_model_names=served_model_names,
+                     engine_model=partial(load_runtime, bundle_dir, model_file, threads))
     server = _Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
                                     timeout_graceful_shutdown=config.shutdown_grace + UVICORN_MARGIN_S),
                      app.state.engine, config.shutdown_grace)
