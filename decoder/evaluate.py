@@ -42,7 +42,7 @@ from decoder.loss import IGNORE_INDEX, linear_cross_entropy
 from decoder.metrics import bits_per_byte
 from decoder.model import GPT
 from decoder.online_ngram import OnlineKneserNey, mix_experts, mix_nats
-from decoder.protocols import EvalError, Window, figures, windows
+from decoder.protocols import DEFAULT_LR, EvalError, Window, figures, windows
 from decoder.step import evaluate
 from decoder.tokenizer import Tokenizer
 
@@ -140,7 +140,7 @@ def dynamic_nats(model: GPT, tokens: np.ndarray, segment: int, lr: float, device
         nats = _token_nats(learner, x, y, device, precision)[0, w.skip : w.length]
         if not torch.isfinite(nats).all():
             raise EvalError(f"--lr={lr}: dynamic evaluation diverged after {w.start + w.skip} of {len(tokens) - 1} "
-                            "tokens (the loss became infinite or NaN); use a smaller --lr (default 0.03)")
+                            f"tokens (the loss became infinite or NaN); use a smaller --lr (default {DEFAULT_LR})")
         out[w.start + w.skip : w.start + w.length] = nats.detach().cpu().double().numpy()
         if trace:
             trace("score", w.scored)
@@ -153,12 +153,18 @@ def dynamic_nats(model: GPT, tokens: np.ndarray, segment: int, lr: float, device
 
 
 def mix_nats_of(model: GPT, tokens: np.ndarray, train: np.ndarray, settings: dict, device: torch.device,
-                precision: str, fixed_weight: float | None = None) -> dict:
+                precision: str, fixed_weight: float | None = None, shared: dict | None = None) -> dict:
     """The mix protocol's arrays over the predictions of tokens[1:] (see the module docstring):
     "nats" (the mixture's), "model_nats", "ngram_nats", "weight" (the model's lam of each token),
     "matched" (the n-gram's matched order of each, the mixture's bucket), "model_seconds",
     "ngram_seconds" (the n-gram's counts, its scoring and the mixing).
-    `fixed_weight` replaces the learnt lam by a constant (a test hook: 1.0 is the model alone)."""
+    `fixed_weight` replaces the learnt lam by a constant (a test hook: 1.0 is the model alone).
+    `shared`, a dict kept across calls on the same model and text, reuses the model's and the
+    n-gram's arrays (with the seconds they took) for the same segment, lr and order (the mix and
+    knn-mix of one run's end share them)."""
+    key = (settings["segment"], settings["dynamic_lr"], settings["order"])
+    if shared is not None and key in shared and fixed_weight is None:
+        return dict(shared[key])
     started = time.perf_counter()
     if settings["dynamic_lr"] > 0:
         model_nats = dynamic_nats(model, tokens, settings["segment"], settings["dynamic_lr"], device, precision)
@@ -170,19 +176,22 @@ def mix_nats_of(model: GPT, tokens: np.ndarray, train: np.ndarray, settings: dic
     ngram = OnlineKneserNey(train, model.vocab_size, settings["order"])
     ngram_nats, matched = ngram.score(tokens)
     nats, weight = mix_nats(model_nats, ngram_nats, matched, fixed_weight)
-    return {"nats": nats, "model_nats": model_nats, "ngram_nats": ngram_nats, "weight": weight, "matched": matched,
-            "model_seconds": model_seconds, "ngram_seconds": time.perf_counter() - started}
+    out = {"nats": nats, "model_nats": model_nats, "ngram_nats": ngram_nats, "weight": weight, "matched": matched,
+           "model_seconds": model_seconds, "ngram_seconds": time.perf_counter() - started}
+    if shared is not None and fixed_weight is None:
+        shared[key] = dict(out)
+    return out
 
 
 def knn_mix_nats_of(model: GPT, tokens: np.ndarray, train: np.ndarray, settings: dict, device: torch.device,
-                    precision: str) -> dict:
+                    precision: str, shared: dict | None = None) -> dict:
     """The knn-mix protocol's arrays: `mix_nats_of`'s ("nats" there becomes "mix_nats", the two-way
     mix) plus "knn_nats" (`decoder.knn`, the static model's states) and "nats", "weights" (N, 3) of
     the three-way mixture (model, n-gram, kNN) bucketed by matched order, with the seconds of the
-    datastore, the search and the mixing."""
+    datastore, the search and the mixing (`shared`: as `mix_nats_of`'s)."""
     from decoder.knn import knn_nats
 
-    out = mix_nats_of(model, tokens, train, settings, device, precision)
+    out = mix_nats_of(model, tokens, train, settings, device, precision, shared=shared)
     out["mix_nats"] = out.pop("nats")
     knn = knn_nats(model, train, tokens, settings["neighbours"], settings["knn_temperature"], device, precision)
     started = time.perf_counter()
@@ -192,13 +201,15 @@ def knn_mix_nats_of(model: GPT, tokens: np.ndarray, train: np.ndarray, settings:
 
 
 def score(model: GPT, tokenizer: Tokenizer, tokens: np.ndarray, settings: dict, device: torch.device,
-          precision: str, train: np.ndarray | None = None) -> dict:
+          precision: str, train: np.ndarray | None = None, shared: dict | None = None) -> dict:
     """The figures (`decoder.protocols.figures`) of `tokens` (model ids) under `settings`
     (`decoder.protocols.protocol_settings`), with the seconds the scoring took. The mix protocol
     needs `train`, the training split its n-gram counts start from, and adds the model's and the
     n-gram's own bits per byte, the mean weight of the model and the seconds of each part; knn-mix
     (which needs `train` too) adds the kNN expert's and the two-way mix's bits per byte, each
-    expert's mean weight and the seconds of the datastore, the search and the mixing."""
+    expert's mean weight and the seconds of the datastore, the search and the mixing. `shared`
+    (see `mix_nats_of`) lets the mixes of one model and text reuse the model's and the n-gram's
+    arrays; "seconds" is then the sum of the parts, what the protocol costs on its own."""
     started = time.perf_counter()
     protocol = settings["protocol"]
     extra: dict = {}
@@ -216,7 +227,7 @@ def score(model: GPT, tokenizer: Tokenizer, tokens: np.ndarray, settings: dict, 
         if train is None:
             raise EvalError(f"--protocol {protocol} needs the training split its n-gram counts start from")
         of = mix_nats_of if protocol == "mix" else knn_mix_nats_of
-        mixed = of(model, tokens, train, settings, device, precision)
+        mixed = of(model, tokens, train, settings, device, precision, shared=shared)
         result = figures(float(mixed["nats"].sum()), tokens, tokenizer)
         bpb = {f"{name}_bits_per_byte": bits_per_byte(float(mixed[f"{name}_nats"].sum()), result["bytes"])
                for name in ("model", "ngram", "knn", "mix") if f"{name}_nats" in mixed}
@@ -230,8 +241,11 @@ def score(model: GPT, tokenizer: Tokenizer, tokens: np.ndarray, settings: dict, 
         raise EvalError(f"protocol={protocol!r}: unknown")
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - started
+    if protocol in ("mix", "knn-mix") and shared:
+        seconds = sum(v for k, v in mixed.items() if k.endswith("_seconds"))
     return {**result, **settings, **extra, "engine": "torch", "device": str(device), "precision": precision,
-            "seconds": round(time.perf_counter() - started, 3)}
+            "seconds": round(seconds, 3)}
 
 
 def score_protocols(model: GPT, tokenizer: Tokenizer, train: np.ndarray, val: np.ndarray, names, device: torch.device,
@@ -239,13 +253,15 @@ def score_protocols(model: GPT, tokenizer: Tokenizer, train: np.ndarray, val: np
     """{protocol: its `score` with default settings} of the validation split, for the end of a
     training run (`training.final_protocols`); the mix's n-gram counts start from `train`. The
     model is scored with the training attention kernel of its device and precision, so "static"
-    is the training loop's val_bpb."""
+    is the training loop's val_bpb. The mix and knn-mix share the model's and the n-gram's arrays,
+    each reporting the seconds it would take alone."""
     from decoder.protocols import protocol_settings
 
     model.to(device).set_attention_backend(training_attention_backend(device.type, model.config.context_length, precision))
     context = model.config.context_length
-    out = {}
+    out, shared = {}, {}
     for name in dict.fromkeys(names):
-        result = score(model, tokenizer, val, protocol_settings(name, context), device, precision, train=train)
+        result = score(model, tokenizer, val, protocol_settings(name, context), device, precision, train=train,
+                       shared=shared)
         out[name] = {k: v for k, v in result.items() if k not in ("engine", "device", "precision", "context_length")}
     return out

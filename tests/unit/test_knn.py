@@ -10,7 +10,7 @@ from tinyconf import tiny_config
 
 from decoder.config import DataConfig
 from decoder.data import prepare
-from decoder.evaluate import knn_mix_nats_of, score
+from decoder.evaluate import knn_mix_nats_of, score, score_protocols
 from decoder.knn import hidden_states, knn_distribution, knn_nats, knn_target_nats, search
 from decoder.model import GPT
 from decoder.online_ngram import WEIGHT_GRID, mix_experts, mix_nats, simplex_grid
@@ -162,3 +162,17 @@ def test_knn_mix_scores_a_repeat_below_each_expert_alone(setup):
     assert min(result[f"{part}_seconds"] for part in ("model", "ngram", "datastore", "search", "mixing")) > 0
     with pytest.raises(EvalError, match="--protocol knn-mix needs the training split"):
         score(model, tokenizer, text, settings, CPU, "fp32")
+
+
+def test_the_runs_end_shares_the_mixes_arrays_and_reports_each_protocols_own_cost(setup):
+    model, tokenizer, train, val = setup
+    text = val[:160]
+    together = score_protocols(model, tokenizer, train, text, ["mix", "knn-mix"], CPU, "fp32")
+    for name in ("mix", "knn-mix"):
+        alone = score(model, tokenizer, text, protocol_settings(name, T), CPU, "fp32", train=train)
+        assert together[name]["bits_per_byte"] == alone["bits_per_byte"]
+    knn_mix = together["knn-mix"]
+    assert knn_mix["mix_bits_per_byte"] == together["mix"]["bits_per_byte"]
+    parts = sum(knn_mix[f"{part}_seconds"] for part in ("model", "ngram", "datastore", "search", "mixing"))
+    assert knn_mix["seconds"] == pytest.approx(parts, abs=2e-3)  # its cost alone, the reused parts included
+    assert knn_mix["model_seconds"] == together["mix"]["model_seconds"]  # reused, not recomputed
