@@ -11,7 +11,7 @@ from tinyconf import tiny_config
 from decoder.config import DataConfig
 from decoder.data import prepare
 from decoder.evaluate import knn_mix_nats_of, score, score_protocols
-from decoder.knn import hidden_states, knn_distribution, knn_nats, knn_target_nats, search
+from decoder.knn import hidden_states, knn_distribution, knn_nats, knn_target_nats, principal_projection, search
 from decoder.model import GPT
 from decoder.online_ngram import WEIGHT_GRID, mix_experts, mix_nats, simplex_grid
 from decoder.protocols import EvalError, protocol_settings
@@ -176,3 +176,18 @@ def test_the_runs_end_shares_the_mixes_arrays_and_reports_each_protocols_own_cos
     parts = sum(knn_mix[f"{part}_seconds"] for part in ("model", "ngram", "datastore", "search", "mixing"))
     assert knn_mix["seconds"] == pytest.approx(parts, abs=2e-3)  # its cost alone, the reused parts included
     assert knn_mix["model_seconds"] == together["mix"]["model_seconds"]  # reused, not recomputed
+
+
+def test_the_principal_projection_keeps_the_distances_of_states_in_its_subspace():
+    torch.manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(8, 2)).Q  # a 2-D subspace of R^8, shifted off the origin
+    states = torch.randn(500, 2) * torch.tensor([3.0, 1.0]) @ basis.T + 5.0
+    project = principal_projection(states, 2)
+    keys = project(states)
+    assert keys.shape == (500, 2)
+    exact = "donot_use_mm_for_euclid_dist"
+    torch.testing.assert_close(torch.cdist(keys, keys, compute_mode=exact), torch.cdist(states, states, compute_mode=exact),
+                               rtol=1e-4, atol=1e-4)
+    assert keys[:, 0].var() > keys[:, 1].var()  # the leading direction first
+    off = project(states + 0.5 * torch.linalg.qr(torch.randn(8, 8)).Q[:, :1].T)  # a move outside is cut down
+    assert torch.cdist(off[:1], keys[:1]) < 0.5
