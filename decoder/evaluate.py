@@ -243,7 +243,7 @@ def score(model: GPT, tokenizer: Tokenizer, tokens: np.ndarray, settings: dict, 
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - started
     if protocol in ("mix", "knn-mix") and shared:
-        seconds = sum(v for k, v in mixed.items() if k.endswith("_seconds"))
+        seconds = sum(v for k, v in extra.items() if k.endswith("_seconds"))  # the parts as reported
     return {**result, **settings, **extra, "engine": "torch", "device": str(device), "precision": precision,
             "seconds": round(seconds, 3)}
 
