@@ -24,7 +24,7 @@ latest.pt and best.pt hold the same dict (best.pt: as it was at the best evaluat
 before the Checkpointer have fewer keys (best.pt lacked optimizer, sampler, rng and world_size;
 latest.pt lacked train_loss; neither had device or precision): `load_checkpoint` fills the missing
 ones with None (world_size 1), so both load, and a latest.pt of either age resumes.
-`resume_state` and `resume_precision` decide what a run folder resumes from and in which precision.
+`decoder.resume` decides what a run folder resumes from and in which precision.
 
 Safe to open: a checkpoint holds only tensors, plain containers (dict, list, tuple), numbers,
 strings, booleans and None (`plain` checks every save), and `load_checkpoint` reads it with
@@ -55,8 +55,7 @@ import torch
 from decoder import distributed as dist_utils
 from decoder.config import RunConfig
 from decoder.run_ids import saved_config_from_dict
-from decoder.errors import TrainingError, UserError
-from decoder.hardware import resolve_precision
+from decoder.errors import UserError
 from decoder.io import atomic_write
 from decoder.model import GPT
 from decoder.runs import RunDir
@@ -67,7 +66,6 @@ CHECKPOINT_FORMAT = 1
 # Keys a checkpoint of format 1 may lack (older files), with what a missing one means.
 _OPTIONAL = {"optimizer": None, "sampler": None, "rng": None, "world_size": 1, "run_id": None, "val": None,
              "train_loss": None, "device": None, "precision": None}
-_RESUME_KEYS = ("optimizer", "sampler", "rng")
 _multiarray = (getattr(np, "_core", None) or np.core).multiarray  # numpy 2 renamed numpy.core
 BEST_WEIGHTS_FILE = "model.safetensors"
 """The best weights alone, in the run's checkpoints/ folder next to best.pt (safetensors)."""
@@ -235,66 +233,6 @@ def load_model(path: str | Path, map_location: str = "cpu") -> tuple[GPT, Tokeni
     meta = {k: v for k, v in state.items() if k in ("train_state", "run_id", "val")}
     meta["path"] = str(path)
     return model, tokenizer, config, meta
-
-
-def load_resumable(run: RunDir) -> dict | None:
-    """The checkpoint to resume `run` from: latest.pt; when that is damaged or missing, the one
-    before it (with a warning); None when the folder has neither."""
-    if run.latest.is_file():
-        try:
-            return _resumable(run.latest)
-        except CheckpointError as exc:
-            if not run.previous.is_file():
-                raise
-            reason = str(exc)
-    elif run.previous.is_file():
-        reason = f"{run.latest}: missing"
-    else:
-        return None
-    state = _resumable(run.previous)
-    dist_utils.warn(f"{reason}; resuming from the checkpoint before it, {run.previous} "
-                    f"(step {state['train_state']['step']})")
-    return state
-
-
-def _resumable(path: Path) -> dict:
-    state = load_checkpoint(path)
-    missing = [k for k in _RESUME_KEYS if state[k] is None]
-    if missing:
-        raise CheckpointError(f"{path}: has no {', '.join(missing)} state, so training cannot resume from it")
-    return state
-
-
-def resume_state(run: RunDir, config: RunConfig, world_size: int, resume: bool) -> dict | None:
-    """The checkpoint a run of `config` in `run` starts from (None: a fresh run); raises TrainingError
-    for a folder that does not fit (a run there without `resume`, another config, another world size)."""
-    if not resume:
-        if run.has_checkpoint():
-            raise TrainingError(f"{run.path}: already holds a run; pass --resume to continue it, or use another folder")
-        return None
-    saved = load_resumable(run)
-    if saved is None:
-        return None
-    if saved["config"] != config.to_dict():
-        raise TrainingError(f"{run.path}: the saved config differs from this one; resume needs the same config")
-    if saved["world_size"] != world_size:
-        raise TrainingError(
-            f"{run.latest}: saved by {saved['world_size']} process(es), resumed with {world_size}; "
-            f"resume with the same number (torchrun --nproc_per_node={saved['world_size']})"
-        )
-    return saved
-
-
-def resume_precision(requested: str, device: torch.device, saved: dict | None) -> str:
-    """The precision to train in: `requested` resolved here, except that a resumed 'auto' run keeps
-    the precision it was trained in (another machine may resolve 'auto' differently)."""
-    here = resolve_precision(requested, device)
-    kept = saved and saved["precision"]
-    if requested != "auto" or not kept or kept == here:
-        return here
-    dist_utils.warn(f"training.precision 'auto' resolves to {here} on this machine, but the run was trained "
-                    f"in {kept}; keeping {kept}")
-    return resolve_precision(kept, device)
 
 
 class Checkpointer:

@@ -21,7 +21,8 @@ from typing import Callable
 import torch
 
 from decoder import distributed as dist_utils
-from decoder.checkpoint import Checkpointer, CheckpointError, load_model, resume_precision, resume_state
+from decoder.checkpoint import Checkpointer, CheckpointError, load_model
+from decoder.resume import resume_precision, resume_state
 from decoder.config import RunConfig
 from decoder.data import Dataset, prepare
 from decoder.ema import WeightAverage

@@ -29,7 +29,8 @@ from decoder.serve.completions import build_job, check_capacity
 from decoder.serve.engine import EngineBase, Job
 from decoder.serve.logprobs import Cursor, chat_logprobs
 from decoder.serve.prompts import encode_prompts
-from decoder.serve.protocol import ChatMessage, parse_chat_request, read_body
+from decoder.serve.parsing import parse_chat_request, read_body
+from decoder.serve.protocol import ChatMessage
 from decoder.serve.served import Served
 
 ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}

@@ -25,7 +25,8 @@ from decoder.serve.answer import EventStream, Shape, respond
 from decoder.serve.engine import EngineBase, Job
 from decoder.serve.logprobs import Cursor, Entry, Scored, completion_logprobs, eot_entry, mean_logprob
 from decoder.serve.prompts import PromptIds, encode_prompts, score_prompts
-from decoder.serve.protocol import APIError, CompletionRequest, SamplingRequest, parse_request, read_body
+from decoder.serve.parsing import parse_request, read_body
+from decoder.serve.protocol import APIError, CompletionRequest, SamplingRequest
 from decoder.serve.scheduler import Sequence
 from decoder.serve.served import Served
 from decoder.serve.text import TextStream

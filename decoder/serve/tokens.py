@@ -8,7 +8,8 @@ from fastapi import Request
 from pydantic import BaseModel
 
 from decoder.serve.logprobs import EOT_TEXT, token_text
-from decoder.serve.protocol import STRICT, APIError, parse_as, read_body
+from decoder.serve.parsing import parse_as, read_body
+from decoder.serve.protocol import STRICT, APIError
 from decoder.serve.served import Served
 
 
