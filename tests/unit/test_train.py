@@ -166,10 +166,10 @@ def test_resume_falls_back_to_the_previous_checkpoint_when_latest_is_damaged(sma
 
 def test_resume_keeps_the_saved_precision_when_auto_resolves_differently(small_corpus, tmp_path, monkeypatch, capsys):
     config = tiny_config(small_corpus, training={"max_steps": 6, "precision": "auto"})
-    monkeypatch.setattr("decoder.checkpoint.resolve_precision", lambda p, device: "fp32" if p == "auto" else p)
+    monkeypatch.setattr("decoder.resume.resolve_precision", lambda p, device: "fp32" if p == "auto" else p)
     train(config, tmp_path / "run", quiet=True, on_step=lambda step, m: step == 3)
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")["precision"] == "fp32"
-    monkeypatch.setattr("decoder.checkpoint.resolve_precision", lambda p, device: "bf16" if p == "auto" else p)
+    monkeypatch.setattr("decoder.resume.resolve_precision", lambda p, device: "bf16" if p == "auto" else p)
     capsys.readouterr()
     summary = train(config, tmp_path / "run", quiet=True, resume=True)
     assert "training.precision 'auto' resolves to bf16 on this machine" in capsys.readouterr().err
