@@ -105,7 +105,7 @@ class _Child:
             pass  # the server is gone: the next read ends the loop
 
     def _wire(self, event: Event) -> tuple:
-        """An event as the server mirrors it (see the module docstring)."""
+        """An event as the server mirrors it (`decoder.serve.engine_process`'s docstring lists the fields)."""
         seq, text, finish = event
         i = self.ids[seq]
         tokens_sent, entries_sent = self.sent.get(i, (0, 0))
