@@ -78,8 +78,7 @@ def run(args: argparse.Namespace) -> int:
     if not is_rank0():  # under torchrun rank 0 reports
         return 1 if counts.get("failed") else 0
     print(f"{experiment.name}: {len(outcomes)} points: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
-    folder = write_report([args.experiment], runs_dir=args.runs_dir, out=args.out,
-                          command=f"decoder report {args.experiment}")
+    folder = write_report([args.experiment], runs_dir=args.runs_dir, out=args.out)
     print(f"report: {folder}/summary.md")
     if counts.get("interrupted"):
         return 130

@@ -60,8 +60,6 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_report:
         from decoder.report import write_report
 
-        storage = f" --storage {args.storage}" if args.storage else ""
-        folder = write_report([args.experiment], runs_dir=args.runs_dir, out=args.out, storage=args.storage,
-                              command=f"decoder report {args.experiment}{storage}")
+        folder = write_report([args.experiment], runs_dir=args.runs_dir, out=args.out, storage=args.storage)
         print(f"report: {folder}/summary.md")
     return status

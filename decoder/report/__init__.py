@@ -28,11 +28,25 @@ from decoder.sweep.search import is_search_file, load_search
 __all__ = ["REPORT_COLUMNS", "write_report"]
 
 
+def report_command(sources: list[str | Path], *, out: str | Path = "results", name: str | None = None,
+                   storage: str | None = None) -> str:
+    """The `decoder report` command that rebuilds this report (the Regenerate line of its files)."""
+    parts = ["decoder report", *map(str, sources)]
+    if name:
+        parts += ["--name", name]
+    if Path(out) != Path("results"):
+        parts += ["--out", str(out)]
+    if storage:
+        parts += ["--storage", storage]
+    return " ".join(parts)
+
+
 def write_report(sources: list[str | Path], *, runs_dir: str | Path = "runs", out: str | Path = "results",
-                 name: str | None = None, command: str | None = None, storage: str | None = None) -> Path:
+                 name: str | None = None, storage: str | None = None) -> Path:
     """Write summary.csv/.md, the plots and samples.md for `sources` under out/<name>/; for a
     search file also its study's trials, best config and plots (`decoder.sweep.report`), read from
     `storage` (default: the SQLite file under runs_dir)."""
+    command = report_command(sources, out=out, name=name, storage=storage)
     records, names = load_records(sources, runs_dir)
     if not records:
         raise ExperimentError(f"{', '.join(map(str, sources))}: no runs to report")
@@ -41,7 +55,6 @@ def write_report(sources: list[str | Path], *, runs_dir: str | Path = "runs", ou
         raise ExperimentError(f"--name {name!r}: use letters, digits, '.', '_' or '-' (a folder name)")
     folder = Path(out) / name
     folder.mkdir(parents=True, exist_ok=True)
-    command = command or "decoder report " + " ".join(map(str, sources))
     frame = summary_frame(records)
     keys = varied_keys(records)
     bases = baselines(records)

@@ -19,7 +19,7 @@ from decoder.cli import main
 from decoder.config import ConfigError
 from decoder.experiments import experiment_from_dict, load_experiment
 from decoder.experiments.runner import parse_shard, point_state, run_experiment
-from decoder.report import REPORT_COLUMNS, write_report
+from decoder.report import REPORT_COLUMNS, report_command, write_report
 from decoder.report.table import memorisation, ngram_set, repeated_spans
 
 REAL_TRAIN = decoder.train.train
@@ -415,3 +415,11 @@ def test_repeated_spans_counts_loops_within_the_window_only():
     far = np.concatenate([np.arange(8), np.arange(100, 200), np.arange(8)])  # the same 8 tokens 108 apart
     assert repeated_spans(far) == 0 and repeated_spans(far, window=200) == 1
     assert repeated_spans(np.arange(7)) is None  # shorter than one span
+
+
+def test_the_regenerate_line_names_the_report_folder_and_options_it_was_written_with():
+    assert report_command(["experiments/quick.yaml"]) == "decoder report experiments/quick.yaml"
+    assert report_command(["research/q/a.yaml"], out="research/q") == \
+        "decoder report research/q/a.yaml --out research/q"
+    assert report_command(["a.yaml", "b.yaml"], out="results/", name="ab", storage="sqlite:///s.db") == \
+        "decoder report a.yaml b.yaml --name ab --storage sqlite:///s.db"
