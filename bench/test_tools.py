@@ -42,3 +42,26 @@ def test_step_ab_arms_each_train(precision):
     assert set(steps) == {"nanoGPT", "decoder, logits loss", "decoder", "decoder, muon"}
     for name, step in steps.items():
         step()
+
+
+def test_mixers_variants_are_the_protocols_mixture_and_proper():
+    import numpy as np
+
+    from bench.mixers import cache_nats, discounted_mix, gradient_mix
+    from decoder.online_ngram import mix_experts
+
+    rng = np.random.default_rng(0)
+    experts = [rng.uniform(0.1, 6.0, 300) for _ in range(3)]
+    buckets = rng.integers(0, 3, 300)
+    # without forgetting the discounted mixture is the protocol's own
+    assert np.allclose(discounted_mix(experts, buckets, 1.0), mix_experts(experts, buckets)[0])
+    assert not np.allclose(discounted_mix(experts, buckets, 0.9), mix_experts(experts, buckets)[0])
+    # a mixture's probability of a token lies between its experts' (weights fixed before the token)
+    for mixed in (discounted_mix(experts, buckets, 0.99), gradient_mix(experts, buckets, 0.05)):
+        stacked = np.stack(experts)
+        assert np.all(mixed >= stacked.min(0) - 1e-9) and np.all(mixed <= stacked.max(0) + 1e-9)
+    # the cache: after "a b a", b's probability is its decayed share of the tokens before it
+    tokens = np.array([0, 1, 0, 1])
+    nats = cache_nats(tokens, 4, 0.5)
+    seen = 0.5 / (1 + 0.5 + 0.25)  # weights 1 (the last a), 0.5 (the b), 0.25 (the first a)
+    assert np.isclose(nats[2], -np.log(0.95 * seen + 0.05 / 4))

@@ -174,8 +174,9 @@ def knn_target_nats(dists: torch.Tensor, values: torch.Tensor, targets: torch.Te
 def knn_nats(model: GPT, train: np.ndarray, tokens: np.ndarray, neighbours: int, temperature: float,
              device: torch.device, precision: str) -> dict:
     """The kNN expert over the predictions of tokens[1:]: "nats" (-ln p_knn of each token),
-    "datastore_seconds" (the training split's keys), "search_seconds" (the text's states, the
-    search and p_knn)."""
+    "dists" (Q, k) the squared distances of each query's neighbours, nearest first, "hits" (Q, k)
+    whether each neighbour's value is the token that followed, "datastore_seconds" (the training
+    split's keys), "search_seconds" (the text's states, the search and p_knn)."""
     started = time.perf_counter()
     T, dims = model.config.context_length, max(1, round(KEY_DIMS * model.config.d_model))
     train_keys = hidden_states(model, train, device, precision, stride=T) if len(train) >= 2 else \
@@ -188,4 +189,5 @@ def knn_nats(model: GPT, train: np.ndarray, tokens: np.ndarray, neighbours: int,
     values = torch.from_numpy(np.concatenate([np.asarray(train[1:], np.int64), np.asarray(tokens[1:], np.int64)]))
     targets = torch.from_numpy(np.asarray(tokens[1:], np.int64))
     nats = knn_target_nats(dists, values[indices], targets, model.vocab_size, temperature)
-    return {"nats": nats, "datastore_seconds": datastore_seconds, "search_seconds": time.perf_counter() - started}
+    return {"nats": nats, "dists": dists, "hits": values[indices] == targets[:, None],
+            "datastore_seconds": datastore_seconds, "search_seconds": time.perf_counter() - started}
