@@ -10,6 +10,11 @@ median over timed steps after a warm-up, and prints its tokens/s and the tokens 
 sampling, logging and the like take the rest; measure it as a real run's tokens_seen / (tokens/s x
 max_seconds)). Paste the budgets into a grid's `zip`.
 
+With `--rounds N` the points are timed side by side instead: N rounds, each timing every point once
+(the order rotated from round to round), then each point's median tokens/s and the median over the
+rounds of its ratio to the first point's, which is what a comparison of two configs' speeds should
+quote on a machine whose speed drifts.
+
 Run alone on the machine:  python -m bench.budget research/recipe/recipe-budget.yaml --seconds 600
 """
 
@@ -58,11 +63,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="time the points side by side in this many rounds (see above)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     experiment = load_experiment(args.experiment)
     print(f"# {torch.get_num_threads()} threads, {args.seconds:g} s, efficiency {args.efficiency:g}")
+    if args.rounds > 1:
+        side_by_side(experiment.points, args)
+        return
     print("| point | precision | tokens/s | max_tokens |")
     print("|---|---|---|---|")
     for point in experiment.points:
@@ -70,6 +80,22 @@ def main() -> None:
         budget = round(rate * args.seconds * args.efficiency, -4)
         print(f"| {settings_label(point.settings) or 'base'} | {point.config.training.precision} | {rate:,.0f} | "
               f"{budget:,.0f} |", flush=True)
+
+
+def side_by_side(points, args) -> None:
+    """Every point timed once a round for args.rounds rounds, the order rotated each round; prints
+    the medians and each point's median per-round ratio to the first point."""
+    rates: list[list[float]] = [[] for _ in points]
+    for r in range(args.rounds):
+        for i in [(r + j) % len(points) for j in range(len(points))]:
+            rates[i].append(step_tokens_per_s(points[i].config, warmup=args.warmup, steps=args.steps))
+        print(f"# round {r + 1}: " + ", ".join(f"{rate[-1]:,.0f}" for rate in rates), flush=True)
+    print(f"| point | precision | median tokens/s | ratio to the first point (median of {args.rounds} rounds) |")
+    print("|---|---|---|---|")
+    for point, rate in zip(points, rates):
+        ratio = statistics.median(a / b for a, b in zip(rate, rates[0]))
+        print(f"| {settings_label(point.settings) or 'base'} | {point.config.training.precision} | "
+              f"{statistics.median(rate):,.0f} | {ratio:.3f} |")
 
 
 if __name__ == "__main__":

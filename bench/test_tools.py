@@ -65,3 +65,27 @@ def test_mixers_variants_are_the_protocols_mixture_and_proper():
     nats = cache_nats(tokens, 4, 0.5)
     seen = 0.5 / (1 + 0.5 + 0.25)  # weights 1 (the last a), 0.5 (the b), 0.25 (the first a)
     assert np.isclose(nats[2], -np.log(0.95 * seen + 0.05 / 4))
+
+
+def test_budget_side_by_side_times_every_point_each_round(tmp_path, monkeypatch, capsys):
+    import argparse
+
+    import yaml
+
+    from bench.budget import side_by_side
+    from decoder.experiments.grid import load_experiment
+
+    monkeypatch.setenv("DECODER_CACHE_DIR", str(tmp_path))
+    spec = {"name": "speed", "base": {
+        "model": {"d_model": 32, "n_heads": 2, "n_blocks": 1, "context_length": 16},
+        "data": {"corpus": str(EXCERPT), "tokenizer": "gpt2"},
+        "training": {"batch_size": 4, "max_tokens": 10_000, "precision": "fp32", "num_threads": 1}},
+        "grid": {"model.d_model": [16, 32]}}
+    path = tmp_path / "speed.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    side_by_side(load_experiment(path).points, argparse.Namespace(rounds=3, warmup=1, steps=1))
+    lines = capsys.readouterr().out.splitlines()
+    assert sum(line.startswith("# round") for line in lines) == 3
+    rows = [line.split(" | ") for line in lines if line.startswith("| model.d_model=")]
+    assert [row[0] for row in rows] == ["| model.d_model=16", "| model.d_model=32"]
+    assert rows[0][3] == "1.000 |" and float(rows[1][3].rstrip(" |")) > 0
