@@ -35,7 +35,7 @@ from decoder.evaluate import load_scorer, mix_nats_of, splits
 from decoder.hardware import autocast
 from decoder.knn import knn_nats, knn_target_nats
 from decoder.metrics import bits_per_byte
-from decoder.online_ngram import OnlineKneserNey, mix_experts, simplex_grid
+from decoder.online_ngram import OnlineKneserNey, mix_experts
 from decoder.protocols import protocol_settings, windows
 
 ENTROPY_EDGES = (1.0, 2.0, 3.0, 4.0)
@@ -43,23 +43,6 @@ ENTROPY_EDGES = (1.0, 2.0, 3.0, 4.0)
 CACHE_FLOOR = 0.05
 """The unigram cache's probability mass spread uniformly over the vocabulary."""
 OGD_FLOOR = 0.02
-
-
-def discounted_mix(nats_list: list[np.ndarray], buckets: np.ndarray, decay: float, steps: int = 20) -> np.ndarray:
-    """`decoder.online_ngram.mix_experts` with the log posterior multiplied by `decay` before each
-    update (decay 1: mix_experts itself)."""
-    log_p = -np.stack(nats_list, axis=1)
-    grid = simplex_grid(log_p.shape[1], steps)
-    log_grid = np.log(grid)
-    posterior = np.zeros((int(buckets.max(initial=0)) + 1, len(grid)))
-    out = np.empty(len(log_p))
-    for t, b in enumerate(buckets.tolist()):
-        post = posterior[b]
-        belief = np.exp(post - post.max())
-        out[t] = -np.logaddexp.reduce(np.log(belief @ grid / belief.sum()) + log_p[t])
-        post *= decay
-        post += np.logaddexp.reduce(log_grid + log_p[t], axis=1)
-    return out
 
 
 def gradient_mix(nats_list: list[np.ndarray], buckets: np.ndarray, lr: float) -> np.ndarray:
@@ -129,7 +112,7 @@ def main() -> None:
     row("knn-mix: the protocol's mixture", lambda: mix_experts(experts, matched)[0])
     row("the same on a grid of 1/10", lambda: mix_experts(experts, matched, steps=10)[0])
     for decay in (float(x) for x in args.decays.split(",")):
-        row(f"forgetting, decay {decay}", lambda: discounted_mix(experts, matched, decay))
+        row(f"forgetting, decay {decay}", lambda: mix_experts(experts, matched, decay=decay)[0])
     entropy = np.digitize(model_entropy(model, val, settings["segment"], device, precision), ENTROPY_EDGES)
     row("buckets: matched order x model entropy (5 bins)",
         lambda: mix_experts(experts, matched * (len(ENTROPY_EDGES) + 1) + entropy)[0])

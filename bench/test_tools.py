@@ -47,17 +47,16 @@ def test_step_ab_arms_each_train(precision):
 def test_mixers_variants_are_the_protocols_mixture_and_proper():
     import numpy as np
 
-    from bench.mixers import cache_nats, discounted_mix, gradient_mix
+    from bench.mixers import cache_nats, gradient_mix
     from decoder.online_ngram import mix_experts
 
     rng = np.random.default_rng(0)
     experts = [rng.uniform(0.1, 6.0, 300) for _ in range(3)]
     buckets = rng.integers(0, 3, 300)
-    # without forgetting the discounted mixture is the protocol's own
-    assert np.allclose(discounted_mix(experts, buckets, 1.0), mix_experts(experts, buckets)[0])
-    assert not np.allclose(discounted_mix(experts, buckets, 0.9), mix_experts(experts, buckets)[0])
-    # a mixture's probability of a token lies between its experts' (weights fixed before the token)
-    for mixed in (discounted_mix(experts, buckets, 0.99), gradient_mix(experts, buckets, 0.05)):
+    # forgetting changes the mixture; either way a mixture's probability of a token lies between its
+    # experts' (weights fixed before the token)
+    assert not np.allclose(mix_experts(experts, buckets, decay=0.9)[0], mix_experts(experts, buckets)[0])
+    for mixed in (mix_experts(experts, buckets, decay=0.99)[0], gradient_mix(experts, buckets, 0.05)):
         stacked = np.stack(experts)
         assert np.all(mixed >= stacked.min(0) - 1e-9) and np.all(mixed <= stacked.max(0) + 1e-9)
     # the cache: after "a b a", b's probability is its decayed share of the tokens before it

@@ -193,11 +193,13 @@ def simplex_grid(n_experts: int, steps: int = SIMPLEX_STEPS) -> np.ndarray:
 
 
 def mix_experts(nats_list: list[np.ndarray], buckets: np.ndarray | None = None,
-                steps: int = SIMPLEX_STEPS) -> tuple[np.ndarray, np.ndarray]:
+                steps: int = SIMPLEX_STEPS, decay: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """(-ln sum_e w_e p_e of each token, the weights (N, E) used for each): `mix_nats` for any
     number of experts, w the posterior mean of a Bayesian mixture over `simplex_grid` (uniform
     prior; one posterior per bucket, updated after each token), so fixed before the token is seen.
-    Two experts with steps 40 are `mix_nats`'s grid, so `mix_nats`'s mixture."""
+    Two experts with steps 40 are `mix_nats`'s grid, so `mix_nats`'s mixture. `decay` < 1 raises
+    the bucket's posterior to that power before each update (a discounted mixture, which can track
+    a drifting weight; `python -m bench.mixers` measures it, the protocols keep 1)."""
     log_p = -np.stack([np.asarray(n, np.float64) for n in nats_list], axis=1)  # (N, E)
     grid = simplex_grid(log_p.shape[1], steps)
     log_grid = np.log(grid)
@@ -209,5 +211,7 @@ def mix_experts(nats_list: list[np.ndarray], buckets: np.ndarray | None = None,
         belief = np.exp(post - post.max())
         weights[t] = belief @ grid / belief.sum()
         mixed[t] = -np.logaddexp.reduce(np.log(weights[t]) + log_p[t])
+        if decay != 1.0:
+            post *= decay
         post += np.logaddexp.reduce(log_grid + log_p[t], axis=1)
     return mixed, weights
