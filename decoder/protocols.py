@@ -13,7 +13,9 @@ in what each prediction sees:
 - **dynamic** (Krause et al. 2018, "Dynamic evaluation of neural sequence models"): the sliding
   windows with stride = segment, scored in order, each followed by one gradient step on the
   tokens it just scored, so the model keeps learning from text it has already been charged for
-  (as every adaptive compressor does). PyTorch only: `decoder.evaluate.dynamic_nats`.
+  (as every adaptive compressor does). The step's `rule`: "rms" (the default), each parameter's
+  gradient divided by its root mean square over training windows, as Krause et al. normalise it;
+  or "sgd", plain SGD. PyTorch only: `decoder.evaluate.dynamic_nats`.
 - **mix**: each token coded by p = lam p_model + (1 - lam) p_ngram: the model's probability under
   the windows of stride `segment` (dynamic evaluation's, with its updates, when `dynamic_lr` > 0;
   sliding windows when 0) mixed with an online interpolated Kneser-Ney n-gram of `order` over the
@@ -50,11 +52,14 @@ from decoder.tokenizer import Tokenizer
 PROTOCOLS = ("static", "sliding", "dynamic", "mix", "knn-mix")
 BUNDLE_PROTOCOLS = ("static", "sliding")
 """What an ONNX bundle can run (dynamic evaluation needs gradients: PyTorch)."""
-DEFAULT_LR = 0.02
-"""Dynamic evaluation's plain-SGD learning rate, with DEFAULT_SEGMENT. Chosen on the main job's
-validation split (so, like DEFAULT_ORDER, a setting picked on scored text): at segment 32 on the
-main job's model lr 0.02 / 0.03 / 0.05 gave 1.6152 / 1.6197 / 1.6434 bpb (segment 64, lr 0.03:
-1.6345)."""
+DYNAMIC_RULES = ("rms", "sgd")
+"""Dynamic evaluation's update rules (`decoder.evaluate.dynamic_nats`); the first is the default."""
+DEFAULT_LRS = {"rms": 1e-4, "sgd": 0.02}
+"""Dynamic evaluation's learning rate for each rule, at the default segment. Chosen on the main
+job's validation split (so, like DEFAULT_ORDER, settings picked on scored text). sgd: at segment 32
+lr 0.02 / 0.03 / 0.05 gave 1.6152 / 1.6197 / 1.6434 bpb (segment 64, lr 0.03: 1.6345). rms, on
+the main job's model at the slow class's budget (sgd lr 0.02: 1.6107): lr 5e-5 / 1e-4 / 2e-4 gave
+1.6044 / 1.5875 / 1.5905 bpb, lr 3e-4 with epsilon 1 x the mean: 1.5942 (`RMS_EPSILON`)."""
 DEFAULT_ORDER = 4
 """The mix protocol's n-gram order, chosen on the default model's validation split (so that one
 setting, unlike the mixture weight, was picked on scored text): order 4 mixed 0.004 bpb better
@@ -113,15 +118,18 @@ def windows(n_tokens: int, context: int, stride: int) -> list[Window]:
 
 def protocol_settings(protocol: str, context: int, *, stride: int | None = None, segment: int | None = None,
                       lr: float | None = None, dynamic_lr: float | None = None, order: int | None = None,
-                      neighbours: int | None = None, knn_temperature: float | None = None) -> dict:
+                      neighbours: int | None = None, knn_temperature: float | None = None,
+                      rule: str | None = None) -> dict:
     """The protocol's settings with defaults filled in (sliding: stride = half the context; dynamic:
-    segment = `default_segment`, lr = DEFAULT_LR; mix: segment = `default_segment`, dynamic_lr =
-    DEFAULT_LR, order = DEFAULT_ORDER; knn-mix: the mix's and neighbours = DEFAULT_NEIGHBOURS,
-    knn_temperature = DEFAULT_KNN_TEMPERATURE), after refusing options that do not fit it."""
+    segment = `default_segment`, rule = the first of DYNAMIC_RULES, lr = DEFAULT_LRS[rule]; mix:
+    segment = `default_segment`, the same rule, dynamic_lr = DEFAULT_LRS[rule], order =
+    DEFAULT_ORDER; knn-mix: the mix's and neighbours = DEFAULT_NEIGHBOURS, knn_temperature =
+    DEFAULT_KNN_TEMPERATURE), after refusing options that do not fit it."""
     if protocol not in PROTOCOLS:
         raise EvalError(f"protocol={protocol!r}: allowed {', '.join(PROTOCOLS)}")
     given = {"--stride": (stride, ("sliding",)), "--segment": (segment, ("dynamic", *MIXES)),
-             "--lr": (lr, ("dynamic",)), "--dynamic-lr": (dynamic_lr, MIXES), "--order": (order, MIXES),
+             "--lr": (lr, ("dynamic",)), "--rule": (rule, ("dynamic", *MIXES)),
+             "--dynamic-lr": (dynamic_lr, MIXES), "--order": (order, MIXES),
              "--neighbours": (neighbours, ("knn-mix",)), "--knn-temperature": (knn_temperature, ("knn-mix",))}
     for option, (value, needs) in given.items():
         if value is not None and protocol not in needs:
@@ -132,6 +140,9 @@ def protocol_settings(protocol: str, context: int, *, stride: int | None = None,
     for option, value in (("--lr", lr), ("--dynamic-lr", dynamic_lr)):
         if value is not None and not (value >= 0 and np.isfinite(value)):
             raise EvalError(f"{option}={value}: must be a finite number >= 0")
+    if rule is not None and rule not in DYNAMIC_RULES:
+        raise EvalError(f"--rule={rule!r}: allowed {', '.join(DYNAMIC_RULES)}")
+    rule = rule or DYNAMIC_RULES[0]
     if order is not None and not 1 <= order <= MAX_ORDER:
         raise EvalError(f"--order={order}: must be in [1, {MAX_ORDER}]")
     if neighbours is not None and neighbours < 1:
@@ -144,13 +155,14 @@ def protocol_settings(protocol: str, context: int, *, stride: int | None = None,
     if protocol == "sliding":
         return {**settings, "stride": stride or max(1, context // 2)}
     if protocol in MIXES:
-        settings.update(segment=segment or default_segment(context),
-                        dynamic_lr=DEFAULT_LR if dynamic_lr is None else dynamic_lr, order=order or DEFAULT_ORDER)
+        settings.update(segment=segment or default_segment(context), rule=rule,
+                        dynamic_lr=DEFAULT_LRS[rule] if dynamic_lr is None else dynamic_lr, order=order or DEFAULT_ORDER)
         if protocol == "knn-mix":
             settings.update(neighbours=neighbours or DEFAULT_NEIGHBOURS, knn_temperature=float(
                 DEFAULT_KNN_TEMPERATURE if knn_temperature is None else knn_temperature))
         return settings
-    return {**settings, "segment": segment or default_segment(context), "lr": DEFAULT_LR if lr is None else lr, "optimizer": "SGD"}
+    return {**settings, "segment": segment or default_segment(context), "rule": rule,
+            "lr": DEFAULT_LRS[rule] if lr is None else lr}
 
 
 def read_text(path: str | Path) -> str:

@@ -4,8 +4,9 @@ definitions), the counts behind them, the protocol and the seconds taken.
 
 The text is the run's validation split unless --text names a UTF-8 file (scored as given). The
 protocols (`decoder.protocols`): static, the training loop's own evaluation (so it reproduces the
-run's val_bpb); sliding windows of --stride; dynamic evaluation (--segment, --lr: plain SGD after
-each scored segment; PyTorch only); mix (PyTorch only): each token's probability under dynamic
+run's val_bpb); sliding windows of --stride; dynamic evaluation (--segment, --lr, --rule: a
+gradient step after each scored segment, normalised by the run's training-split gradient
+statistics with rms, plain SGD with sgd; PyTorch only); mix (PyTorch only): each token's probability under dynamic
 evaluation (--dynamic-lr, 0: sliding windows; --segment) mixed with an online Kneser-Ney n-gram of
 --order whose counts start from the run's training split and grow with each token once scored,
 under a weight learnt online (`decoder.online_ngram`); knn-mix (PyTorch only): the mix plus a
@@ -23,14 +24,15 @@ from typing import TYPE_CHECKING
 
 from decoder.cli import UsageError
 from decoder.cli.extras import require
-from decoder.protocols import (BUNDLE_PROTOCOLS, DEFAULT_KNN_TEMPERATURE, DEFAULT_LR, DEFAULT_NEIGHBOURS,
-                               DEFAULT_ORDER, MAX_ORDER, MIXES, PROTOCOLS)
+from decoder.protocols import (BUNDLE_PROTOCOLS, DEFAULT_KNN_TEMPERATURE, DEFAULT_LRS, DEFAULT_NEIGHBOURS,
+                               DEFAULT_ORDER, DYNAMIC_RULES, MAX_ORDER, MIXES, PROTOCOLS)
 
 if TYPE_CHECKING:
     import numpy as np
 
     from decoder.tokenizer import Tokenizer
 
+_LRS = ", ".join(f"{rule} {lr:g}" for rule, lr in DEFAULT_LRS.items())
 LINES = (("bits per byte", "bits_per_byte", ".6f"), ("nats per token", "nats_per_token", ".6f"),
          ("token perplexity", "token_perplexity", ".4f"), ("byte perplexity", "byte_perplexity", ".6f"),
          ("word perplexity", "word_perplexity", ".4f"), ("tokens", "tokens", ","), ("bytes", "bytes", ","),
@@ -51,15 +53,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text", metavar="FILE", help="UTF-8 text to score (default: the run's validation split)")
     p.add_argument("--protocol", choices=PROTOCOLS, default="static",
                    help="static: consecutive context-length windows, as training evaluates; sliding: windows "
-                        "advanced by --stride; dynamic: SGD on each segment after scoring it; mix: dynamic "
+                        "advanced by --stride; dynamic: a gradient step on each segment after scoring it; mix: dynamic "
                         "evaluation mixed with an online n-gram; knn-mix: the mix plus a kNN-LM over the model's "
                         "hidden states (default static)")
     p.add_argument("--stride", type=int, help="sliding: tokens each window advances (default half the context)")
     p.add_argument("--segment", type=int, help="dynamic, mix, knn-mix: tokens scored between updates, each window's "
                                                "advance (default half the context)")
-    p.add_argument("--lr", type=float, help=f"dynamic: plain-SGD learning rate (default {DEFAULT_LR})")
+    p.add_argument("--rule", choices=DYNAMIC_RULES,
+                   help="dynamic, mix, knn-mix: the update after each segment: rms, each parameter's gradient "
+                        "divided by its root mean square over training windows (Krause et al. 2018; needs the "
+                        "run's training split); sgd, plain SGD (default rms)")
+    p.add_argument("--lr", type=float, help=f"dynamic: the update's learning rate (default: {_LRS})")
     p.add_argument("--dynamic-lr", type=float, help="mix, knn-mix: the model's dynamic-evaluation learning rate, 0: no "
-                                                    f"updates (sliding windows of --segment) (default {DEFAULT_LR})")
+                                                    f"updates (sliding windows of --segment) (default: {_LRS})")
     p.add_argument("--order", type=int, help=f"mix, knn-mix: the online n-gram's order, 1..{MAX_ORDER} (default "
                                              f"{DEFAULT_ORDER})")
     p.add_argument("--neighbours", type=int, help=f"knn-mix: the kNN expert's k (default {DEFAULT_NEIGHBOURS})")
@@ -108,7 +114,7 @@ def _eval_bundle(args: argparse.Namespace) -> dict:
     meta = read_bundle_json(args.source)
     settings = protocol_settings(args.protocol, int(meta["context_length"]), stride=args.stride,
                                  segment=args.segment, lr=args.lr, dynamic_lr=args.dynamic_lr, order=args.order,
-                                 neighbours=args.neighbours, knn_temperature=args.knn_temperature)
+                                 neighbours=args.neighbours, knn_temperature=args.knn_temperature, rule=args.rule)
     tokenizer = Tokenizer.from_dict(meta["tokenizer"])
     tokens = text_tokens(tokenizer, read_text(args.text), args.text) if args.text else _bundle_split(meta, tokenizer)
     return score_bundle(args.source, tokens, settings, threads=args.threads)
@@ -122,15 +128,16 @@ def _eval_model(args: argparse.Namespace) -> dict:
     model, tokenizer, config, device, precision = load_scorer(args.source, args.device, args.precision)
     settings = protocol_settings(args.protocol, config.model.context_length, stride=args.stride,
                                  segment=args.segment, lr=args.lr, dynamic_lr=args.dynamic_lr, order=args.order,
-                                 neighbours=args.neighbours, knn_temperature=args.knn_temperature)
-    train, tokens = splits(config.data, tokenizer) if args.protocol in MIXES or not args.text else (None, None)
+                                 neighbours=args.neighbours, knn_temperature=args.knn_temperature, rule=args.rule)
+    needs_train = args.protocol in MIXES or settings.get("rule") == "rms" and args.protocol == "dynamic"
+    train, tokens = splits(config.data, tokenizer) if needs_train or not args.text else (None, None)
     if args.text:
         tokens = text_tokens(tokenizer, read_text(args.text), args.text)
     return score(model, tokenizer, tokens, settings, device, precision, train=train)
 
 
 def _print(result: dict, text: str) -> None:
-    settings = {k.replace("_", " "): result[k] for k in ("stride", "segment", "lr", "optimizer", "dynamic_lr", "order",
+    settings = {k.replace("_", " "): result[k] for k in ("stride", "segment", "rule", "lr", "dynamic_lr", "order",
                                                          "neighbours", "knn_temperature") if k in result}
     where = result.get("device", "CPU") + (f", {result['precision']}" if "precision" in result else "")
     print(f"{result['protocol']} protocol ({', '.join(f'{k} {v}' for k, v in settings.items())}; context "

@@ -38,7 +38,10 @@ def test_a_text_file_with_each_protocol_and_the_human_readable_output(onnx_run, 
     text.write_text(excerpt_text[:3000] * 2, encoding="utf-8")  # its second half repeats the first
     checkpoint = onnx_run / "checkpoints" / "best.pt"
     static = eval_json(capsys, checkpoint, "--text", text)
-    dynamic = eval_json(capsys, checkpoint, "--text", text, "--protocol", "dynamic", "--segment", "8", "--lr", "0.05")
+    dynamic = eval_json(capsys, checkpoint, "--text", text, "--protocol", "dynamic", "--segment", "8", "--rule", "sgd",
+                        "--lr", "0.05")
+    rms = eval_json(capsys, checkpoint, "--text", text, "--protocol", "dynamic", "--segment", "8", "--lr", "1e-3")
+    assert rms["rule"] == "rms" and rms["tokens"] == static["tokens"] and rms["bits_per_byte"] < static["bits_per_byte"]
     tokenizer = load_model(onnx_run)[1]
     first = tokenizer.encode(text.read_text(encoding="utf-8"))[0]  # context only: its bytes are not scored
     assert dynamic["tokens"] == static["tokens"]
@@ -54,7 +57,7 @@ def test_a_text_file_with_each_protocol_and_the_human_readable_output(onnx_run, 
 
 def test_mix_on_the_validation_split_and_a_repeated_text(onnx_run, tmp_path, excerpt_text, capsys):
     split = eval_json(capsys, onnx_run, "--protocol", "mix", "--order", "3")
-    assert split["protocol"] == "mix" and split["order"] == 3 and split["dynamic_lr"] == 0.02
+    assert split["protocol"] == "mix" and split["order"] == 3 and split["dynamic_lr"] == 1e-4
     # this tiny model is far worse than the n-gram: the mixture costs a little more than the n-gram alone
     assert split["bits_per_byte"] < min(split["model_bits_per_byte"], split["ngram_bits_per_byte"] + 0.02)
     text = tmp_path / "page.txt"
@@ -64,7 +67,7 @@ def test_mix_on_the_validation_split_and_a_repeated_text(onnx_run, tmp_path, exc
     assert mixed["tokens"] == static["tokens"] and mixed["bits_per_byte"] < 0.7 * static["bits_per_byte"]
     assert main(["eval", str(onnx_run), "--text", str(text), "--protocol", "mix"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("mix protocol (segment 8, dynamic lr 0.02, order 4; context 16) on ")
+    assert out[0].startswith("mix protocol (segment 8, rule rms, dynamic lr 0.0001, order 4; context 16) on ")
     assert [line.split("  ")[0] for line in out[-5:]] == [
         "model alone bpb", "n-gram alone bpb", "model weight", "model seconds", "n-gram seconds"]
 
@@ -72,7 +75,7 @@ def test_mix_on_the_validation_split_and_a_repeated_text(onnx_run, tmp_path, exc
 def test_knn_mix_prints_its_figures_and_settings(onnx_run, capsys):
     result = eval_json(capsys, onnx_run, "--protocol", "knn-mix", "--order", "3")
     assert result["protocol"] == "knn-mix" and result["neighbours"] == 64 and result["knn_temperature"] == 30.0
-    assert result["order"] == 3 and result["segment"] == 8 and result["dynamic_lr"] == 0.02
+    assert result["order"] == 3 and result["segment"] == 8 and result["dynamic_lr"] == 1e-4
     for name in ("model", "ngram", "knn", "mix"):
         assert 0 < result[f"{name}_bits_per_byte"] < 20
     assert result["bits_per_byte"] < min(result["model_bits_per_byte"], result["knn_bits_per_byte"])
@@ -82,8 +85,8 @@ def test_knn_mix_prints_its_figures_and_settings(onnx_run, capsys):
     assert tuned["knn_bits_per_byte"] != result["knn_bits_per_byte"] and tuned["tokens"] == result["tokens"]
     assert main(["eval", str(onnx_run), "--protocol", "knn-mix", "--neighbours", "8"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("knn-mix protocol (segment 8, dynamic lr 0.02, order 4, neighbours 8, knn temperature "
-                             "30.0; context 16) on ")
+    assert out[0].startswith("knn-mix protocol (segment 8, rule rms, dynamic lr 0.0001, order 4, neighbours 8, knn "
+                             "temperature 30.0; context 16) on ")
     assert [line.split("  ")[0] for line in out[-12:]] == [
         "model alone bpb", "n-gram alone bpb", "kNN alone bpb", "mix bpb", "model weight", "n-gram weight",
         "kNN weight", "model seconds", "n-gram seconds", "datastore seconds", "search seconds", "mixing seconds"]

@@ -1,5 +1,6 @@
 """Evaluation protocols on a tiny model: the window plans, static = the training loop's evaluation,
-sliding with stride = context = static, dynamic evaluation's causality and that it learns a repeat."""
+sliding with stride = context = static, dynamic evaluation's causality and that it learns a repeat
+under both update rules, and the rms rule's gradient statistics."""
 
 import math
 
@@ -10,7 +11,7 @@ from tinyconf import tiny_config
 
 from decoder.config import DataConfig
 from decoder.data import prepare
-from decoder.evaluate import dynamic_nats, score, sliding_nats
+from decoder.evaluate import dynamic_nats, gradient_rms, score, sliding_nats
 from decoder.model import GPT
 from decoder.protocols import EvalError, count_words, figures, protocol_settings, windows
 from decoder.step import evaluate
@@ -56,6 +57,8 @@ def test_stride_equal_to_context_is_static_windows():
     ("sliding", {"lr": 0.1}, "--lr applies to --protocol dynamic"),
     ("dynamic", {"lr": -1.0}, "--lr=-1.0: must be a finite number >= 0"),
     ("dynamic", {"lr": math.nan}, "--lr=nan"),
+    ("dynamic", {"rule": "adam"}, "--rule='adam': allowed rms, sgd"),
+    ("sliding", {"rule": "sgd"}, "--rule applies to --protocol dynamic or mix or knn-mix"),
     ("beam", {}, "protocol='beam': allowed static, sliding, dynamic"),
 ])
 def test_protocol_settings_refuse_options_that_do_not_fit(protocol, options, message):
@@ -67,7 +70,8 @@ def test_protocol_defaults():
     assert protocol_settings("static", T)["stride"] == T
     assert protocol_settings("sliding", T)["stride"] == T // 2
     assert protocol_settings("dynamic", T) == {"protocol": "dynamic", "context_length": T, "segment": T // 2,
-                                               "lr": 0.02, "optimizer": "SGD"}
+                                               "rule": "rms", "lr": 1e-4}
+    assert protocol_settings("dynamic", T, rule="sgd")["lr"] == 0.02
 
 
 def test_words_and_perplexities_follow_lm_eval(setup):
@@ -104,8 +108,38 @@ def test_dynamic_with_lr_zero_is_sliding_with_stride_segment_and_leaves_the_mode
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+@pytest.fixture(scope="module")
+def rms(setup):
+    """The rms rule's statistics of the tiny model, from its validation tokens' far end."""
+    model, _, tokens = setup
+    return gradient_rms(model, tokens[200:], 5, CPU, "fp32", n_windows=8)
+
+
+def rule_options(rule: str, rms: list[torch.Tensor], lr: float) -> dict:
+    """(lr, rms) for `dynamic_nats` under `rule`, at an lr of the same effect for both."""
+    return {"lr": lr, "rms": None} if rule == "sgd" else {"lr": lr / 200, "rms": rms}
+
+
+def test_gradient_rms_is_each_parameters_root_mean_square_gradient_and_leaves_the_model(setup):
+    model, _, tokens = setup
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rms = gradient_rms(model, tokens, 5, CPU, "fp32", n_windows=2)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()) and not model.training
+    squares = [torch.zeros_like(p) for p in model.parameters()]
+    for start in (0, len(tokens) - T - 1):  # the two windows: the split's first and last
+        model.zero_grad()
+        x = torch.from_numpy(tokens[start : start + T].astype(np.int64))[None]
+        y = torch.from_numpy(tokens[start + 1 : start + 1 + T].astype(np.int64))[None]
+        torch.nn.functional.cross_entropy(model.lm_head(model.hidden(x)[0])[0, -5:], y[0, -5:]).backward()
+        squares = [s + p.grad**2 for s, p in zip(squares, model.parameters())]
+    model.zero_grad(set_to_none=True)
+    for got, square in zip(rms, squares):
+        torch.testing.assert_close(got, torch.sqrt(square / 2), rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("rule", ["sgd", "rms"])
 @pytest.mark.parametrize("segment", [1, 5, T])
-def test_dynamic_never_scores_a_token_with_weights_that_saw_it(setup, segment):
+def test_dynamic_never_scores_a_token_with_weights_that_saw_it(setup, rms, segment, rule):
     model, _, tokens = setup
     scored, seen, events = set(), set(), []
 
@@ -118,17 +152,19 @@ def test_dynamic_never_scores_a_token_with_weights_that_saw_it(setup, segment):
             assert set(positions) - {0} <= scored, "an update saw a token not yet scored"
             seen.update(positions)
 
-    dynamic_nats(model, tokens[:60], segment, 0.1, CPU, "fp32", trace)
+    dynamic_nats(model, tokens[:60], segment, device=CPU, precision="fp32", trace=trace,
+                 **rule_options(rule, rms, 0.1))
     assert scored == set(range(1, 60)) and events[:2] == ["score", "update"]
     assert events.count("update") == len(windows(60, T, segment))
 
 
-def test_dynamic_evaluation_learns_a_repeated_text(setup):
+@pytest.mark.parametrize("rule", ["sgd", "rms"])
+def test_dynamic_evaluation_learns_a_repeated_text(setup, rms, rule):
     model, _, tokens = setup
     half = tokens[:128]
     text = np.concatenate([half, half])
     static = sliding_nats(model, text, T, CPU, "fp32")
-    dynamic = dynamic_nats(model, text, T, 0.03, CPU, "fp32")
+    dynamic = dynamic_nats(model, text, T, device=CPU, precision="fp32", **rule_options(rule, rms, 0.03))
     repeat = slice(len(half) - 1, None)  # predictions of the second half's tokens
     first = slice(0, len(half) - 1)
     assert dynamic[repeat].mean() < static[repeat].mean() - 0.1
@@ -142,3 +178,11 @@ def test_dynamic_evaluation_that_diverges_stops_with_a_one_line_error_not_nan(se
     model, _, tokens = setup
     with pytest.raises(EvalError, match=r"--lr=1000000\.0: dynamic evaluation diverged after \d+ of \d+ tokens"):
         dynamic_nats(model, tokens, 8, 1e6, CPU, "fp32")
+
+
+def test_the_rms_rule_without_a_training_split_is_a_one_line_error(setup):
+    model, tokenizer, tokens = setup
+    with pytest.raises(EvalError, match="--rule rms takes its gradient statistics from the training split"):
+        score(model, tokenizer, tokens, protocol_settings("dynamic", T), CPU, "fp32")
+    sgd = score(model, tokenizer, tokens[:80], protocol_settings("dynamic", T, rule="sgd"), CPU, "fp32")
+    assert sgd["rule"] == "sgd" and np.isfinite(sgd["bits_per_byte"])

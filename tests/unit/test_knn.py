@@ -128,7 +128,7 @@ def test_the_mixture_of_proper_experts_is_proper_causal_and_near_the_best_weight
 
 def test_knn_mix_settings_and_refusals():
     assert protocol_settings("knn-mix", T) == {"protocol": "knn-mix", "context_length": T, "segment": T // 2,
-                                               "dynamic_lr": 0.02, "order": 4, "neighbours": 64,
+                                               "rule": "rms", "dynamic_lr": 1e-4, "order": 4, "neighbours": 64,
                                                "knn_temperature": 30.0}
     assert protocol_settings("knn-mix", T, neighbours=8, knn_temperature=5, order=3)["knn_temperature"] == 5.0
     for protocol, options, message in [

@@ -12,7 +12,7 @@ from tinyconf import tiny_config
 from decoder.baseline import KneserNey
 from decoder.config import DataConfig
 from decoder.data import prepare
-from decoder.evaluate import dynamic_nats, mix_nats_of, score, sliding_nats
+from decoder.evaluate import dynamic_nats, gradient_rms, mix_nats_of, score, sliding_nats
 from decoder.model import GPT
 from decoder.online_ngram import WEIGHT_GRID, OnlineKneserNey, mix_nats
 from decoder.protocols import EvalError, protocol_settings
@@ -114,7 +114,8 @@ def test_the_mixture_weight_is_causal_and_within_log_grid_of_the_best_fixed_weig
 
 def test_mix_settings_and_refusals():
     assert protocol_settings("mix", T) == {"protocol": "mix", "context_length": T, "segment": T // 2,
-                                           "dynamic_lr": 0.02, "order": 4}
+                                           "rule": "rms", "dynamic_lr": 1e-4, "order": 4}
+    assert protocol_settings("mix", T, rule="sgd")["dynamic_lr"] == 0.02
     for options, message in [({"order": 0}, "--order=0: must be in [1, 8]"), ({"order": 9}, "--order=9"),
                              ({"dynamic_lr": -0.1}, "--dynamic-lr=-0.1: must be a finite number >= 0"),
                              ({"stride": 4}, "--stride applies to --protocol sliding, not mix"),
@@ -128,13 +129,14 @@ def test_mix_settings_and_refusals():
         protocol_settings("sliding", T, dynamic_lr=0.0)
 
 
-@pytest.mark.parametrize("dynamic_lr", [0.0, 0.05])
-def test_a_weight_fixed_at_one_is_the_model_alone(setup, dynamic_lr):
+@pytest.mark.parametrize(("dynamic_lr", "rule"), [(0.0, "sgd"), (0.05, "sgd"), (2e-4, "rms")])
+def test_a_weight_fixed_at_one_is_the_model_alone(setup, dynamic_lr, rule):
     model, _, train, val = setup
     tokens = val[:200]
-    settings = protocol_settings("mix", T, segment=8, dynamic_lr=dynamic_lr)
+    settings = protocol_settings("mix", T, segment=8, dynamic_lr=dynamic_lr, rule=rule)
     mixed = mix_nats_of(model, tokens, train, settings, CPU, "fp32", fixed_weight=1.0)
-    alone = dynamic_nats(model, tokens, 8, dynamic_lr, CPU, "fp32") if dynamic_lr else \
+    rms = gradient_rms(model, train, 8, CPU, "fp32") if rule == "rms" else None
+    alone = dynamic_nats(model, tokens, 8, dynamic_lr, CPU, "fp32", rms=rms) if dynamic_lr else \
         sliding_nats(model, tokens, 8, CPU, "fp32")
     np.testing.assert_allclose(mixed["nats"], alone, rtol=1e-12)
     np.testing.assert_array_equal(mixed["model_nats"], alone)
@@ -142,7 +144,7 @@ def test_a_weight_fixed_at_one_is_the_model_alone(setup, dynamic_lr):
 
 def test_the_mix_is_causal(setup):
     model, _, train, val = setup
-    settings = protocol_settings("mix", T, segment=8, dynamic_lr=0.05)
+    settings = protocol_settings("mix", T, segment=8, dynamic_lr=1e-3)  # the default rule, rms
     text = val[:120].copy()
     base = mix_nats_of(model, text, train, settings, CPU, "fp32")["nats"]
     text[70:] = text[:50]
