@@ -88,3 +88,24 @@ def test_budget_side_by_side_times_every_point_each_round(tmp_path, monkeypatch,
     rows = [line.split(" | ") for line in lines if line.startswith("| model.d_model=")]
     assert [row[0] for row in rows] == ["| model.d_model=16", "| model.d_model=32"]
     assert rows[0][3] == "1.000 |" and float(rows[1][3].rstrip(" |")) > 0
+
+
+def test_dynamic_rules_grid_and_the_decay_pulls_back_to_the_trained_weights(tmp_path):
+    import numpy as np
+    import torch
+
+    from bench.dynamic_rules import settings
+    from decoder.evaluate import dynamic_nats, gradient_rms
+    from decoder.config import ModelConfig
+    from decoder.model import GPT
+
+    grid = settings(["rms", "sgd"], [1e-4, 2e-4], [0.02], [0.1], [0.0, 0.01], [32])
+    assert [p["rule"] for p in grid] == ["rms"] * 4 + ["sgd"] and grid[-1] == {"rule": "sgd", "segment": 32, "lr": 0.02}
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(d_model=32, n_heads=2, n_blocks=1, context_length=16), 50).eval()
+    tokens = np.random.default_rng(0).integers(0, 50, 200)
+    rms = gradient_rms(model, tokens, 8, torch.device("cpu"), "fp32", n_windows=4)
+    run = {d: dynamic_nats(model, tokens, 8, 1e-2, torch.device("cpu"), "fp32", rms=rms, decay=d) for d in (0.0, 1.0)}
+    # the decay only acts after a step: the first window (scored before any step) agrees, later ones do not
+    np.testing.assert_array_equal(run[0.0][:16], run[1.0][:16])
+    assert not np.allclose(run[0.0], run[1.0])

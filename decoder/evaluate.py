@@ -12,8 +12,8 @@ momentum, no weight decay and no decay back to the trained weights. The step fol
   same loss: a window's last `segment` tokens; `gradient_rms`) and epsilon RMS_EPSILON times the
   mean rms over the parameter tensors. A parameter the training text moves little (the embedding
   of a rare name) takes a larger step than one it moves a lot. Their decay back to the trained
-  weights is left out: on the main job's model it scored 1.5881 bpb at lambda 0.001 and 1.5903 at
-  0.01 against 1.5875 without (one book: the text keeps being the same text).
+  weights is off by default: on the main job's model it scored 1.5881 bpb at lambda 0.001 against
+  1.5875 without (`python -m bench.dynamic_rules`; one book: the text stays the same text).
 - "sgd": plain SGD, p -= lr * g.
 
 So no token is ever scored by weights that have seen it: an update after window k saw tokens up
@@ -168,15 +168,20 @@ def gradient_rms(model: GPT, train: np.ndarray, segment: int, device: torch.devi
 
 
 def dynamic_nats(model: GPT, tokens: np.ndarray, segment: int, lr: float, device: torch.device, precision: str,
-                 trace: Trace | None = None, rms: list[torch.Tensor] | None = None) -> np.ndarray:
+                 trace: Trace | None = None, rms: list[torch.Tensor] | None = None, epsilon: float = RMS_EPSILON,
+                 decay: float = 0.0) -> np.ndarray:
     """Nats of every prediction under dynamic evaluation (see the module docstring): the "rms" rule
-    with `rms` (`gradient_rms` of the same model), plain SGD without; `model` is left as it was.
-    `trace` sees what each step scored and what each update saw."""
+    with `rms` (`gradient_rms` of the same model; `epsilon` relative to its mean; `decay`, Krause et
+    al.'s lambda, pulls each parameter back towards its trained value by lambda times its rms over
+    the mean, at most 1, after each step), plain SGD without; `model` is left as it was. `trace`
+    sees what each step scored and what each update saw."""
     learner = copy.deepcopy(model).eval()
     params = list(learner.parameters())
     if rms is not None:
-        epsilon = RMS_EPSILON * float(sum(r.mean() for r in rms) / len(rms))
-        scales = [lr / (r + epsilon) for r in rms]
+        mean = float(sum(r.mean() for r in rms) / len(rms))
+        scales = [lr / (r + epsilon * mean) for r in rms]
+        pulls = [torch.clamp(decay * r / mean, max=1.0) for r in rms] if decay > 0 else None
+        trained = [p.detach().clone() for p in params] if decay > 0 else None
     rule = "sgd" if rms is None else "rms"
     data = torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64))
     out = np.zeros(len(tokens) - 1)
@@ -197,6 +202,8 @@ def dynamic_nats(model: GPT, tokens: np.ndarray, segment: int, lr: float, device
                 torch._foreach_add_(params, [p.grad for p in params], alpha=-lr)
             else:
                 torch._foreach_sub_(params, torch._foreach_mul([p.grad for p in params], scales))
+                if pulls is not None:
+                    torch._foreach_add_(params, torch._foreach_mul(torch._foreach_sub(trained, params), pulls))
         if trace:
             trace("update", range(w.start, w.start + 1 + w.length))
     return out
