@@ -59,7 +59,7 @@ DEFAULT_LRS = {"rms": 1e-4, "sgd": 0.02}
 job's validation split (so, like DEFAULT_ORDER, settings picked on scored text). sgd: at segment 32
 lr 0.02 / 0.03 / 0.05 gave 1.6152 / 1.6197 / 1.6434 bpb (segment 64, lr 0.03: 1.6345). rms, on
 the main job's model at the slow class's budget (sgd lr 0.02: 1.6107): lr 5e-5 / 1e-4 / 2e-4 gave
-1.6044 / 1.5875 / 1.5905 bpb, lr 3e-4 with epsilon 1 x the mean: 1.5942 (`RMS_EPSILON`)."""
+1.6044 / 1.5875 / 1.5905 bpb (research/dynamic-evaluation/, `python -m bench.dynamic_rules`)."""
 DEFAULT_ORDER = 4
 """The mix protocol's n-gram order, chosen on the default model's validation split (so that one
 setting, unlike the mixture weight, was picked on scored text): order 4 mixed 0.004 bpb better
