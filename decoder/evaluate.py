@@ -91,8 +91,8 @@ def splits(data: DataConfig, tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarr
     dataset = prepare(data)
     if dataset.tokenizer.to_dict() != tokenizer.to_dict():
         raise EvalError(f"the tokenizer rebuilt from corpus {data.corpus!r} differs from the model's, so its "
-                        "splits cannot be rebuilt; score a file with --text instead (not --protocol mix: its "
-                        "n-gram needs the training split)")
+                        "splits cannot be rebuilt; score a file with --text instead (with --protocol static, "
+                        "sliding, or dynamic --rule sgd: the mixes and the rms rule need the training split)")
     return dataset.train, dataset.val
 
 

@@ -186,3 +186,13 @@ def test_the_rms_rule_without_a_training_split_is_a_one_line_error(setup):
         score(model, tokenizer, tokens, protocol_settings("dynamic", T), CPU, "fp32")
     sgd = score(model, tokenizer, tokens[:80], protocol_settings("dynamic", T, rule="sgd"), CPU, "fp32")
     assert sgd["rule"] == "sgd" and np.isfinite(sgd["bits_per_byte"])
+
+
+def test_splits_of_another_corpus_are_refused_naming_what_still_works(setup, tmp_path):
+    from decoder.evaluate import splits
+
+    _, tokenizer, _ = setup
+    other = tmp_path / "other.txt"
+    other.write_text("An entirely different little text, " * 40, encoding="utf-8")
+    with pytest.raises(EvalError, match=r"differs from the model's.*dynamic --rule sgd: the mixes and the rms rule"):
+        splits(DataConfig(corpus=str(other), tokenizer="gpt2"), tokenizer)
