@@ -145,3 +145,19 @@ def test_generate_onnxruntime(benchmark, timing, tokenizer, onnx_bundle, onnx_en
     assert out.shape == (batch, NEW_TOKENS)
     if expected is not None:
         np.testing.assert_array_equal(out, expected, err_msg=f"{engine} and {other} disagree on greedy ids")
+
+
+def test_scheduler_overhead_times_both_loops_through_one_runtime(onnx_bundle):
+    import math
+
+    from bench.scheduler_overhead import Timed, measure, offline, scheduled
+    from decoder.serve.config import load_runtime
+
+    runtime = load_runtime(onnx_bundle, "model.onnx", 1)
+    timer = Timed(runtime)
+    assert offline(runtime, 2, 6) == 6 and timer.calls == 6  # one prefill, then a decode per token
+    steps = scheduled(runtime, 2, 6)
+    assert 1 <= steps <= 6 and timer.calls >= 6 + steps  # every scheduler step ran the graph
+    result = measure(runtime, timer, 2, 4, rounds=1)
+    assert set(result) == {"scheduler", "offline"}
+    assert all(math.isfinite(v) and v > 0 for row in result.values() for v in row)
