@@ -6,9 +6,10 @@ same weights and the same logits (checked at export: `HF_PARITY_TOLERANCE`). It 
 
 - `config.json`, `generation_config.json` and `model.safetensors` (`save_pretrained`): widths,
   blocks, heads, the MLP width, the context length (n_positions / max_position_embeddings),
-  vocab_size = the compact vocabulary, the LayerNorm epsilon, the tanh GELU of `decoder.model.MLP`
-  (GPT-2: `gelu_new`, its formula for it, ~1e-6 from torch's kernel in the logits; GPT-NeoX:
-  `gelu_pytorch_tanh`, torch's kernel itself), bos/eos/pad = the <|endoftext|> id;
+  vocab_size = the compact vocabulary, the LayerNorm epsilon, the activation of `decoder.model.MLP`
+  (`ACTIVATIONS`: the tanh GELU, in GPT-2 `gelu_new`, its formula for it, ~1e-6 from torch's kernel
+  in the logits, in GPT-NeoX `gelu_pytorch_tanh`, torch's kernel itself; the squared ReLU,
+  `relu2`, in both), bos/eos/pad = the <|endoftext|> id;
 - `tokenizer.json`: the project's tokenizer (`Tokenizer.to_dict`, the file a run folder has). It
   is not a Hugging Face `tokenizers` file: ids come from `decoder.tokenizer` (README.md says how).
   AutoTokenizer fails on it, which is better than what it does without it (build an empty GPT-2
@@ -62,17 +63,21 @@ def hf_class(model: GPT) -> str:
     return "GPTNeoXForCausalLM" if model.config.positional == "rope" else "GPT2LMHeadModel"
 
 
+ACTIVATIONS = {"gelu": ("gelu_new", "gelu_pytorch_tanh"), "relu2": ("relu2", "relu2")}
+"""model.mlp -> the transformers activation names that compute it: (GPT-2's, GPT-NeoX's)."""
+
+
 def unsupported(model: GPT) -> str | None:
     """Why `hf_class(model)` cannot compute `model` (its architecture options that class has no
     switch for, which no weight mapping can stand in for), or None when it can."""
     c = model.config
-    expressible = {"norm": ("layernorm",), "mlp": ("gelu",), "qk_norm": (False,)}
+    expressible = {"norm": ("layernorm",), "mlp": tuple(ACTIVATIONS), "qk_norm": (False,)}
     parts = [f"model.{key}={getattr(c, key)!r}" for key, allowed in expressible.items()
              if getattr(c, key) not in allowed]
     if not parts:
         return None
     positions = "rotary positions" if c.positional == "rope" else "added positions"
-    return (f"{hf_class(model)} cannot express {', '.join(parts)} (it has LayerNorm, the tanh GELU MLP, no "
+    return (f"{hf_class(model)} cannot express {', '.join(parts)} (it has LayerNorm, a tanh GELU or squared-ReLU MLP, no "
             f"query/key norm and {positions}); export the ONNX bundle instead (decoder export RUN --out BUNDLE)")
 
 
@@ -84,7 +89,7 @@ def gpt2_config(model: GPT, tokenizer: Tokenizer):
     eot = tokenizer.eot_id
     return GPT2Config(
         vocab_size=model.vocab_size, n_positions=c.context_length, n_embd=c.d_model, n_layer=c.n_blocks,
-        n_head=c.n_heads, n_inner=c.ff_width, activation_function="gelu_new",
+        n_head=c.n_heads, n_inner=c.ff_width, activation_function=ACTIVATIONS[c.mlp][0],
         layer_norm_epsilon=model.transformer.ln_f.eps, resid_pdrop=c.dropout, embd_pdrop=c.dropout,
         attn_pdrop=c.dropout, tie_word_embeddings=c.tie_embeddings, bos_token_id=eot, eos_token_id=eot,
         pad_token_id=eot, architectures=["GPT2LMHeadModel"],
@@ -115,14 +120,14 @@ def gpt2_state_dict(model: GPT) -> dict[str, torch.Tensor]:
 
 def neox_config(model: GPT, tokenizer: Tokenizer):
     """The `transformers.GPTNeoXConfig` of a rope `model`: sequential residuals, rotary over the
-    whole head (rotary_pct 1) with the model's base, torch's own tanh GELU (`gelu_pytorch_tanh`)."""
+    whole head (rotary_pct 1) with the model's base, the MLP's activation (`ACTIVATIONS`)."""
     from transformers import GPTNeoXConfig
 
     c = model.config
     eot = tokenizer.eot_id
     return GPTNeoXConfig(
         vocab_size=model.vocab_size, hidden_size=c.d_model, num_hidden_layers=c.n_blocks,
-        num_attention_heads=c.n_heads, intermediate_size=c.ff_width, hidden_act="gelu_pytorch_tanh",
+        num_attention_heads=c.n_heads, intermediate_size=c.ff_width, hidden_act=ACTIVATIONS[c.mlp][1],
         max_position_embeddings=c.context_length, rotary_pct=1.0, rotary_emb_base=ROPE_BASE,
         layer_norm_eps=model.transformer.ln_f.eps, use_parallel_residual=False, attention_bias=c.bias,
         attention_dropout=c.dropout, hidden_dropout=c.dropout, tie_word_embeddings=c.tie_embeddings,

@@ -115,11 +115,12 @@ def test_readme_snippet_gets_the_ids(hf_dir, loaded):
 
 
 @pytest.mark.parametrize("variant", [dict(positional="sinusoidal"), dict(tie_embeddings=False), dict(bias=False),
-                                     dict(positional="sinusoidal", tie_embeddings=False, bias=False, d_ff=48)],
-                         ids=["sinusoidal", "untied", "bias-free", "all"])
+                                     dict(positional="sinusoidal", tie_embeddings=False, bias=False, d_ff=48),
+                                     dict(mlp="relu2")],
+                         ids=["sinusoidal", "untied", "bias-free", "all", "relu2"])
 def test_variants_are_written_as_what_they_compute(tmp_path, loaded, variant):
     """Sinusoidal positions as the fixed table in wpe, no biases as zero biases, an untied head
-    with tie_word_embeddings false: the same logits."""
+    with tie_word_embeddings false, the squared-ReLU MLP as transformers' relu2: the same logits."""
     from transformers import AutoModelForCausalLM
 
     _, tokenizer, config, _ = loaded
@@ -139,7 +140,6 @@ def test_variants_are_written_as_what_they_compute(tmp_path, loaded, variant):
 @pytest.mark.parametrize("option, shown", [
     (dict(norm="rmsnorm"), "GPT2LMHeadModel cannot express model.norm='rmsnorm'"),
     (dict(mlp="swiglu"), "GPT2LMHeadModel cannot express model.mlp='swiglu'"),
-    (dict(mlp="relu2"), "GPT2LMHeadModel cannot express model.mlp='relu2'"),
     (dict(qk_norm=True), "GPT2LMHeadModel cannot express model.qk_norm=True"),
     (dict(positional="rope", norm="rmsnorm"), "GPTNeoXForCausalLM cannot express model.norm='rmsnorm'"),
     (dict(positional="rope", mlp="swiglu", qk_norm=True),
@@ -220,7 +220,8 @@ def test_rope_greedy_generation_gives_our_ids(rope_model, rope_hf, loaded, promp
     assert ours == theirs
 
 
-@pytest.mark.parametrize("variant", [dict(bias=False), dict(tie_embeddings=False)], ids=["bias-free", "untied"])
+@pytest.mark.parametrize("variant", [dict(bias=False), dict(tie_embeddings=False), dict(mlp="relu2")],
+                         ids=["bias-free", "untied", "relu2"])
 def test_rope_variants_are_written_as_what_they_compute(tmp_path, loaded, variant):
     from transformers import AutoModelForCausalLM
 
