@@ -199,12 +199,13 @@ def dynamic_nats(model: GPT, tokens: np.ndarray, segment: int, lr: float, device
         learner.zero_grad(set_to_none=True)
         nats.mean().backward()
         with torch.no_grad():
-            if rms is None:
-                torch._foreach_add_(params, [p.grad for p in params], alpha=-lr)
-            else:
-                torch._foreach_sub_(params, torch._foreach_mul([p.grad for p in params], scales))
+            for i, p in enumerate(params):
+                if rms is None:
+                    p.add_(p.grad, alpha=-lr)
+                    continue
+                p.sub_(p.grad * scales[i])
                 if pulls is not None:
-                    torch._foreach_add_(params, torch._foreach_mul(torch._foreach_sub(trained, params), pulls))
+                    p.add_((trained[i] - p) * pulls[i])
         if trace:
             trace("update", range(w.start, w.start + 1 + w.length))
     return out
