@@ -6,8 +6,8 @@ The text is the run's validation split unless --text names a UTF-8 file (scored 
 protocols (`decoder.protocols`): static, the training loop's own evaluation (so it reproduces the
 run's val_bpb); sliding windows of --stride; dynamic evaluation (--segment, --lr, --rule: a
 gradient step after each scored segment, normalised by the run's training-split gradient
-statistics with rms, plain SGD with sgd; PyTorch only); mix (PyTorch only): each token's probability under dynamic
-evaluation (--dynamic-lr, 0: sliding windows; --segment) mixed with an online Kneser-Ney n-gram of
+statistics with rms, plain SGD with sgd; PyTorch only); mix (PyTorch only): each token's
+probability under dynamic evaluation (--dynamic-lr, 0: sliding windows; --segment) mixed with an online Kneser-Ney n-gram of
 --order whose counts start from the run's training split and grow with each token once scored,
 under a weight learnt online (`decoder.online_ngram`); knn-mix (PyTorch only): the mix plus a
 kNN-LM over the model's hidden states of the training split and the text already scored
@@ -53,8 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text", metavar="FILE", help="UTF-8 text to score (default: the run's validation split)")
     p.add_argument("--protocol", choices=PROTOCOLS, default="static",
                    help="static: consecutive context-length windows, as training evaluates; sliding: windows "
-                        "advanced by --stride; dynamic: a gradient step on each segment after scoring it; mix: dynamic "
-                        "evaluation mixed with an online n-gram; knn-mix: the mix plus a kNN-LM over the model's "
+                        "advanced by --stride; dynamic: a gradient step on each segment after scoring it; mix: "
+                        "dynamic evaluation mixed with an online n-gram; knn-mix: the mix plus a kNN-LM over the model's "
                         "hidden states (default static)")
     p.add_argument("--stride", type=int, help="sliding: tokens each window advances (default half the context)")
     p.add_argument("--segment", type=int, help="dynamic, mix, knn-mix: tokens scored between updates, each window's "
@@ -129,7 +129,7 @@ def _eval_model(args: argparse.Namespace) -> dict:
     settings = protocol_settings(args.protocol, config.model.context_length, stride=args.stride,
                                  segment=args.segment, lr=args.lr, dynamic_lr=args.dynamic_lr, order=args.order,
                                  neighbours=args.neighbours, knn_temperature=args.knn_temperature, rule=args.rule)
-    needs_train = args.protocol in MIXES or settings.get("rule") == "rms" and args.protocol == "dynamic"
+    needs_train = args.protocol in MIXES or (args.protocol == "dynamic" and settings["rule"] == "rms")
     train, tokens = splits(config.data, tokenizer) if needs_train or not args.text else (None, None)
     if args.text:
         tokens = text_tokens(tokenizer, read_text(args.text), args.text)
