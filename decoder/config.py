@@ -153,6 +153,11 @@ class TrainingConfig:
     """Adam/AdamW denominator epsilon."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value; 0 disables clipping."""
+    input_noise: float = 0.0
+    """Unigram noising of the inputs (Xie et al. 2017, "Data noising as smoothing in neural network
+    language models"): each input token of a training window, not its targets, is replaced with this
+    probability by a token drawn from the training split's unigram distribution (the token at a
+    uniformly drawn position of the split). 0 is off. Evaluation never noises."""
     ema: float = 0.0
     """Exponential moving average of the weights with this decay (e.g. 0.999; 0 is off), updated
     after every optimizer step with the decay warmed up as min(ema, (1 + n) / (10 + n)) after n
@@ -212,7 +217,7 @@ class TrainingConfig:
             "batch_size": ">= 1", "lr": "> 0", "min_lr_ratio": "in [0, 1]", "warmup_steps": ">= 0",
             "warmup_fraction": "in [0, 1) or null", "eval_fraction": "in (0, 1] or null", "weight_decay": ">= 0",
             "beta1": "in [0, 1)", "beta2": "in [0, 1)", "muon_momentum": "in [0, 1)", "eps": "> 0",
-            "grad_clip": ">= 0 (0 disables)", "ema": "in [0, 1) (0 is off)", "ema_warmup": ">= 1",
+            "grad_clip": ">= 0 (0 disables)", "input_noise": "in [0, 1)", "ema": "in [0, 1) (0 is off)", "ema_warmup": ">= 1",
             "max_steps": "> 0", "max_tokens": "> 0", "max_seconds": "> 0", "max_flops": "> 0", "eval_interval": ">= 1",
             "patience": ">= 1 or null", "log_interval": ">= 1", "num_threads": ">= 1 or null"})
         if self.grad_accum_steps < 1 or (self.batch_size >= 1 and self.batch_size % self.grad_accum_steps):

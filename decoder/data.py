@@ -171,17 +171,20 @@ class BatchSampler:
     """Training windows of context_length + 1 tokens (input and shifted target).
 
     'random': offsets drawn uniformly. 'sliding': every stride-1 window once per epoch in shuffled
-    order (the reference notebook's scheme). Its state (generator, epoch, position) is saved in
+    order (the reference notebook's scheme). With `input_noise` > 0, each input token (never a
+    target) is replaced with that probability by the token at a uniformly drawn position of the
+    split: a draw from its unigram distribution (`TrainingConfig.input_noise`). Its state (generator, epoch, position) is saved in
     checkpoints so a resumed run draws exactly the batches an uninterrupted one would.
     """
 
-    def __init__(self, tokens: np.ndarray, context_length: int, batch_size: int, mode: str, seed: int) -> None:
+    def __init__(self, tokens: np.ndarray, context_length: int, batch_size: int, mode: str, seed: int,
+                 input_noise: float = 0.0) -> None:
         if len(tokens) < context_length + 1:
             raise DataError(
                 f"training split has {len(tokens)} tokens, fewer than context_length + 1 = {context_length + 1}"
             )
         self.tokens = torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64))
-        self.T, self.B, self.mode = context_length, batch_size, mode
+        self.T, self.B, self.mode, self.input_noise = context_length, batch_size, mode, input_noise
         self.n_windows = len(tokens) - context_length
         self.generator = torch.Generator().manual_seed(seed)
         self.epoch, self.position = 0, 0
@@ -206,7 +209,12 @@ class BatchSampler:
         """(x, y), each (B, T) int64 on the CPU."""
         offsets = self._offsets()
         windows = torch.stack([self.tokens[o : o + self.T + 1] for o in offsets.tolist()])
-        return windows[:, :-1], windows[:, 1:]
+        x, y = windows[:, :-1], windows[:, 1:]
+        if self.input_noise > 0:
+            noised = torch.rand(x.shape, generator=self.generator) < self.input_noise
+            draws = torch.randint(len(self.tokens), x.shape, generator=self.generator)
+            x = torch.where(noised, self.tokens[draws], x)
+        return x, y
 
     def state_dict(self) -> dict:
         return {

@@ -13,7 +13,7 @@ ADDED_KEYS: dict[tuple[str, str], Any] = {("training", "muon_momentum"): 0.95, (
                                           ("training", "final_protocols"): None, ("training", "max_flops"): None,
                                           ("model", "norm"): "layernorm", ("model", "mlp"): "gelu",
                                           ("model", "qk_norm"): False, ("training", "ema"): 0.0,
-                                          ("training", "ema_warmup"): 10.0}
+                                          ("training", "ema_warmup"): 10.0, ("training", "input_noise"): 0.0}
 """Keys added after runs were saved without them, and the value that reproduces what those runs did.
 A saved config lacking one means that value, not today's default (which may differ); and a config
 holding that value is hashed without the key (`run_id`), so the ids of runs made before it existed,

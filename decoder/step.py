@@ -215,4 +215,4 @@ def batch_sampler(config: RunConfig, train_tokens: np.ndarray, rank: int = 0) ->
     by training.seed and the rank (each rank draws its own batches)."""
     t = config.training
     return BatchSampler(train_tokens, config.model.context_length, t.batch_size // t.grad_accum_steps,
-                        config.data.windows, seed=t.seed + 1000003 * rank)
+                        config.data.windows, seed=t.seed + 1000003 * rank, input_noise=t.input_noise)

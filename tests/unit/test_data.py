@@ -85,6 +85,38 @@ def test_sampler_windows_and_resumable_state(mode):
         assert (xa == xb).all()
 
 
+def test_input_noise_replaces_inputs_only_at_its_rate_by_unigram_draws_and_resumes():
+    clean = BatchSampler(np.arange(100), context_length=8, batch_size=64, mode="random", seed=3)
+    noisy = BatchSampler(np.arange(100), context_length=8, batch_size=64, mode="random", seed=3, input_noise=0.25)
+    x0, y0 = clean.next_batch()
+    x1, y1 = noisy.next_batch()
+    assert (y1 == y0).all()  # the same windows (drawn first), targets never noised
+    changed = (x1 != x0).float().mean().item()
+    assert 0.18 < changed < 0.32  # 0.25, less the draws that hit the token already there (1%)
+
+    split = np.concatenate([np.zeros(100, dtype=np.int64), np.arange(1, 101)])  # token 0 is half the split
+    plain = BatchSampler(split, context_length=8, batch_size=256, mode="random", seed=0)
+    noised = BatchSampler(split, context_length=8, batch_size=256, mode="random", seed=0, input_noise=0.5)
+    xp, _ = plain.next_batch()
+    xn, _ = noised.next_batch()
+    replaced = xn[(xn != xp) & (xp != 0)]  # a replaced nonzero token: 0 with probability ~100/199
+    assert len(replaced) > 200 and 0.4 < (replaced == 0).float().mean().item() < 0.6
+
+    for _ in range(5):
+        noisy.next_batch()
+    resumed = BatchSampler(np.arange(100), context_length=8, batch_size=64, mode="random", seed=99, input_noise=0.25)
+    resumed.load_state_dict(noisy.state_dict())
+    for _ in range(3):
+        assert all((a == b).all() for a, b in zip(noisy.next_batch(), resumed.next_batch()))
+
+
+def test_input_noise_is_a_checked_training_key():
+    from decoder.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError, match="input_noise"):
+        config_from_dict({"training": {"max_steps": 1, "input_noise": 1.0}})
+
+
 def test_sliding_mode_visits_every_window_once_per_epoch():
     tokens = np.arange(20)
     s = BatchSampler(tokens, context_length=4, batch_size=4, mode="sliding", seed=0)
