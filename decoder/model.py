@@ -69,7 +69,7 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)  # (B, nh, T, hs)
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+            q, k = head_norm(self.q_norm, q), head_norm(self.k_norm, k)
         if rotary is not None:
             # The cache keeps keys already rotated by their own positions: only the new ones turn.
             q, k = rotate(q, *rotary), rotate(k, *rotary)
@@ -85,6 +85,12 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y)), (k, v)
+
+
+def head_norm(norm: nn.RMSNorm, x: torch.Tensor) -> torch.Tensor:
+    """`norm(x)` with its scale cast to x's dtype: under bf16 autocast the queries and keys are
+    bf16 and an fp32 scale would keep torch off its fused kernel (and warn on every call)."""
+    return F.rms_norm(x, norm.normalized_shape, norm.weight.to(x.dtype), norm.eps)
 
 
 class MLP(nn.Module):

@@ -156,6 +156,7 @@ def test_other_model_variants_export_with_parity(tmp_path, loaded):
 ARCHITECTURES = {
     "rope-rmsnorm-qk_norm-swiglu": {"positional": "rope", "norm": "rmsnorm", "qk_norm": True, "mlp": "swiglu"},
     "relu2": {"mlp": "relu2"},
+    "rope-relu2-qk_norm": {"positional": "rope", "mlp": "relu2", "qk_norm": True},  # the main job's
 }
 
 

@@ -19,6 +19,7 @@ VARIANTS = {
     "swiglu": {"mlp": "swiglu"},
     "qk_norm": {"qk_norm": True},
     "all": {"positional": "rope", "norm": "rmsnorm", "mlp": "swiglu", "qk_norm": True, "bias": False},
+    "main job": {"positional": "rope", "mlp": "relu2", "qk_norm": True},  # experiments/default.yaml's
 }
 
 
