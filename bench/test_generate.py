@@ -161,3 +161,19 @@ def test_scheduler_overhead_times_both_loops_through_one_runtime(onnx_bundle):
     result = measure(runtime, timer, 2, 4, rounds=1)
     assert set(result) == {"scheduler", "offline"}
     assert all(math.isfinite(v) and v > 0 for row in result.values() for v in row)
+
+
+def test_core_contention_times_the_loop_alone_and_beside_each_neighbour(onnx_bundle, tmp_path):
+    import math
+    import os
+
+    from bench.core_contention import measure
+    from decoder.serve.config import load_runtime
+
+    runtime = load_runtime(onnx_bundle, "model.onnx", 1)
+    flag = tmp_path / "ran"
+    neighbours = {"alone": None, "python": f"open({str(flag)!r}, 'w').write('x')\nwhile True: pass"}
+    result = measure(runtime, 2, 4, rounds=1, other_cpu=sorted(os.sched_getaffinity(0))[-1], neighbours=neighbours)
+    assert set(result) == {"alone", "python"}
+    assert all(math.isfinite(v) and v > 0 for v in result.values())
+    assert flag.read_text() == "x"  # the neighbour ran while the loop was timed
