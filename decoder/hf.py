@@ -26,8 +26,8 @@ model's base; scores scaled by 1/sqrt(head_dim) like SDPA) rotates the halves of
 (`neox_state_dict`); its MLP and LayerNorms always have biases (zeros for a bias-free model). An
 untied output layer sets `tie_word_embeddings` false. Generation in transformers is limited to
 the context length in all (prompt included); the project's own decoding slides its window
-instead. The options neither class computes (RMSNorm, squared ReLU or SwiGLU MLPs, query/key norm)
-are refused with the reason (`unsupported`).
+instead. The options neither class computes (RMSNorm, the SwiGLU MLP, query/key norm) are refused
+with the reason (`unsupported`).
 """
 
 from __future__ import annotations
