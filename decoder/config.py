@@ -217,7 +217,8 @@ class TrainingConfig:
             "batch_size": ">= 1", "lr": "> 0", "min_lr_ratio": "in [0, 1]", "warmup_steps": ">= 0",
             "warmup_fraction": "in [0, 1) or null", "eval_fraction": "in (0, 1] or null", "weight_decay": ">= 0",
             "beta1": "in [0, 1)", "beta2": "in [0, 1)", "muon_momentum": "in [0, 1)", "eps": "> 0",
-            "grad_clip": ">= 0 (0 disables)", "input_noise": "in [0, 1)", "ema": "in [0, 1) (0 is off)", "ema_warmup": ">= 1",
+            "grad_clip": ">= 0 (0 disables)", "input_noise": "in [0, 1)", "ema": "in [0, 1) (0 is off)",
+            "ema_warmup": ">= 1",
             "max_steps": "> 0", "max_tokens": "> 0", "max_seconds": "> 0", "max_flops": "> 0", "eval_interval": ">= 1",
             "patience": ">= 1 or null", "log_interval": ">= 1", "num_threads": ">= 1 or null"})
         if self.grad_accum_steps < 1 or (self.batch_size >= 1 and self.batch_size % self.grad_accum_steps):

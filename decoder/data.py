@@ -173,8 +173,9 @@ class BatchSampler:
     'random': offsets drawn uniformly. 'sliding': every stride-1 window once per epoch in shuffled
     order (the reference notebook's scheme). With `input_noise` > 0, each input token (never a
     target) is replaced with that probability by the token at a uniformly drawn position of the
-    split: a draw from its unigram distribution (`TrainingConfig.input_noise`). Its state (generator, epoch, position) is saved in
-    checkpoints so a resumed run draws exactly the batches an uninterrupted one would.
+    split: a draw from its unigram distribution (`TrainingConfig.input_noise`). Its state
+    (generator, epoch, position) is saved in checkpoints so a resumed run draws exactly the batches
+    an uninterrupted one would.
     """
 
     def __init__(self, tokens: np.ndarray, context_length: int, batch_size: int, mode: str, seed: int,
