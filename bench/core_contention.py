@@ -24,7 +24,6 @@ import argparse
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 
@@ -32,20 +31,27 @@ from bench.serving import cpu_model, offline_tokens_per_s
 
 NEIGHBOURS = {
     "alone": None,
-    "python": "while True: pass",
-    "memory": "import numpy as np\na = np.ones(8 << 20)\nwhile True: a.sum()",
+    "python": ("", "pass"),
+    "memory": ("import numpy as np\na = np.ones(8 << 20)", "a.sum()"),
 }
-"""Each neighbour's program (None: no neighbour)."""
+"""Each neighbour's program as (setup, the body of its endless loop); None: no neighbour."""
 
 
-def neighbour(code: str, cpu: int) -> subprocess.Popen:
-    """A process running `code` pinned to `cpu` (killed by the caller)."""
-    program = f"import os\nos.sched_setaffinity(0, {{{cpu}}})\n{code}"
-    return subprocess.Popen([sys.executable, "-c", program])
+def neighbour(program: tuple[str, str], cpu: int) -> subprocess.Popen:
+    """A process pinned to `cpu` running `program`'s loop, returned once its setup is done (it says
+    so on stdout); killed by the caller."""
+    setup, body = program
+    code = f"import os\nos.sched_setaffinity(0, {{{cpu}}})\n{setup}\nprint('ready', flush=True)\nwhile True: {body}"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    if proc.stdout.readline().strip() != "ready":
+        proc.kill()
+        proc.wait()
+        raise RuntimeError(f"the neighbour process exited (code {proc.poll()}) before its loop began")
+    return proc
 
 
 def measure(runtime, rows: int, new_tokens: int, rounds: int, other_cpu: int,
-            neighbours: dict[str, str | None] = NEIGHBOURS) -> dict[str, float]:
+            neighbours: dict[str, tuple[str, str] | None] = NEIGHBOURS) -> dict[str, float]:
     """{neighbour: median generated tokens/s of the offline loop beside it} over `rounds` rounds."""
     samples: dict[str, list[float]] = {name: [] for name in neighbours}
     offline_tokens_per_s(runtime, rows, 8)  # warm-up
@@ -53,8 +59,6 @@ def measure(runtime, rows: int, new_tokens: int, rounds: int, other_cpu: int,
         for name, code in neighbours.items():
             proc = neighbour(code, other_cpu) if code else None
             try:
-                if proc:
-                    time.sleep(0.3)  # let it start
                 samples[name].append(offline_tokens_per_s(runtime, rows, new_tokens))
             finally:
                 if proc:
