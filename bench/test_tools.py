@@ -109,3 +109,26 @@ def test_dynamic_rules_grid_and_the_decay_pulls_back_to_the_trained_weights(tmp_
     # the decay only acts after a step: the first window (scored before any step) agrees, later ones do not
     np.testing.assert_array_equal(run[0.0][:16], run[1.0][:16])
     assert not np.allclose(run[0.0], run[1.0])
+
+
+def test_dropout_ab_times_both_dropouts(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    experiment = tmp_path / "tiny.yaml"
+    experiment.write_text(yaml.safe_dump({"name": "tiny", "base": {
+        "model": {"d_model": 32, "n_heads": 2, "n_blocks": 2, "context_length": 16, "dropout": 0.1},
+        "data": {"corpus": str(EXCERPT), "tokenizer": "gpt2"},
+        "training": {"batch_size": 4, "max_tokens": 10_000},
+    }}))
+    env = {**os.environ, "DECODER_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "bench.dropout_ab", str(experiment), "--rounds", "2", "--steps", "1",
+                           "--precision", "fp32"], capture_output=True, text=True, env=env, timeout=300,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr
+    assert "| torch's |" in done.stdout and "| the model's CPU dropout |" in done.stdout
+    ratio = float(done.stdout.rsplit(":", 1)[1])
+    assert math.isfinite(ratio) and ratio > 0

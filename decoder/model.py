@@ -22,6 +22,11 @@ Architecture options (`ModelConfig`): positions learned, sinusoidal or rotary ('
 rotated by `position_ids` before they enter the cache, so cached and padded rows stay right);
 LayerNorm or RMSNorm; a GELU, squared-ReLU or SwiGLU MLP; RMSNorm on each head's q and k
 (qk_norm). Every combination keeps `forward`'s signature, so the exported graph's stays the same.
+
+Dropout on CPU (`dropout`) draws its mask four elements to one 64-bit random number: torch's own
+draws one mt19937 number per element, serially, and at the main job's shape that was an eighth of
+a training step. On other devices it is torch's; `CPU_DROPOUT = False` restores torch's on CPU too
+(`bench.dropout_ab` times both).
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from decoder.config import ModelConfig
+
+CPU_DROPOUT = True
+"""Use `_CPUDropout` for dropout on CPU (see the module docstring)."""
 
 # One (keys, values) pair per block, each (B, nh, P, hs).
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
@@ -52,7 +60,7 @@ class CausalSelfAttention(nn.Module):
         self.k_norm = nn.RMSNorm(config.head_dim, eps=NORM_EPS) if config.qk_norm else None
         self.c_proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)
         self.dropout = config.dropout
-        self.resid_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = Dropout(config.dropout)
         # SDPA kernel for the uncached (training) path; None lets SDPA choose (see GPT.set_attention_backend).
         self.backend: SDPBackend | None = None
 
@@ -77,7 +85,14 @@ class CausalSelfAttention(nn.Module):
             k = torch.cat([past[0], k], dim=2)  # (B, nh, P+T, hs)
             v = torch.cat([past[1], v], dim=2)
         dropout_p = self.dropout if self.training else 0.0
-        if mask is None:
+        if mask is None and dropout_p > 0 and uses_cpu_dropout(x):
+            # SDPA's CPU kernels fall back to its math kernel under dropout anyway; written out, the
+            # attention weights take the cheaper CPU dropout.
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # (B, nh, T, T)
+            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril_()
+            att = dropout(F.softmax(att.masked_fill(~causal, float("-inf")), dim=-1), dropout_p, True)
+            y = att.to(v.dtype) @ v
+        elif mask is None:
             # No cache, no padding: the plain causal mask, which lets SDPA pick its fastest (flash) kernel.
             with sdpa_kernel(self.backend) if self.backend is not None else nullcontext():
                 y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
@@ -85,6 +100,48 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y)), (k, v)
+
+
+class _CPUDropout(torch.autograd.Function):
+    """x * keep / (1 - p'): keep drawn in 16-bit lanes of 64-bit random numbers, four elements a
+    draw, and dropped where a lane falls below round(p * 65536): the probability is p to 1 / 131072
+    (p' is exactly that probability, so the expectation is kept exactly)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
+        threshold = round(p * 65536)
+        n = x.numel()
+        lanes = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None)
+        keep = (lanes.view(torch.int16)[:n].view(x.shape) >= threshold - 32768).to(x.dtype)
+        ctx.scale = 65536 / (65536 - threshold)
+        ctx.save_for_backward(keep)
+        return x.mul(keep).mul_(ctx.scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (keep,) = ctx.saved_tensors
+        return grad.mul(keep).mul_(ctx.scale), None
+
+
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """F.dropout(x, p, training), with the mask drawn by `_CPUDropout` on CPU (about 5x cheaper
+    than torch's there: `python -m bench.dropout_ab`); elsewhere torch's own."""
+    if not training or p == 0.0:
+        return x
+    if not uses_cpu_dropout(x) or p >= 1.0:
+        return F.dropout(x, p, training=True)
+    return _CPUDropout.apply(x, p)
+
+
+def uses_cpu_dropout(x: torch.Tensor) -> bool:
+    return CPU_DROPOUT and x.device.type == "cpu"
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout through `dropout`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
 
 
 def head_norm(norm: nn.RMSNorm, x: torch.Tensor) -> torch.Tensor:
@@ -105,7 +162,7 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(config.d_model, fan_out, bias=config.bias)
         self.gelu = nn.GELU(approximate="tanh") if config.mlp == "gelu" else None  # GPT-2's GELU
         self.c_proj = nn.Linear(config.ff_width, config.d_model, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.c_fc(x)
@@ -201,7 +258,7 @@ class GPT(nn.Module):
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(vocab_size, config.d_model),
-                drop=nn.Dropout(config.dropout),
+                drop=Dropout(config.dropout),
                 h=nn.ModuleList([Block(config) for _ in range(config.n_blocks)]),
                 ln_f=make_norm(config),
             )

@@ -5,7 +5,8 @@ import torch
 
 from tinyconf import DEVICES
 from decoder.config import ModelConfig
-from decoder.model import GPT
+import decoder.model
+from decoder.model import GPT, dropout
 
 TINY = ModelConfig(d_model=32, n_heads=2, n_blocks=2, context_length=16, dropout=0.0)
 VOCAB = 50
@@ -90,6 +91,58 @@ def test_dropout_only_in_training():
     model.train()
     c, _ = model(idx)
     assert not torch.allclose(a, c)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_cpu_dropout_drops_at_its_rate_and_keeps_the_expectation(p):
+    x = torch.full((400_000,), 2.0, requires_grad=True)
+    out = dropout(x, p, True)
+    kept = (out != 0).double().mean().item()
+    sigma = math.sqrt(p * (1 - p) / x.numel())
+    assert abs(kept - (1 - p)) < 5 * sigma
+    assert abs(out.double().mean().item() - 2.0) < 2.0 * 5 * sigma / (1 - p)
+    values = out.unique()
+    assert values[0] == 0.0 and len(values) == 2 and abs(values[1].item() - 2.0 / (1 - p)) < 1e-4
+    # The backward pass drops and scales exactly where the forward pass did.
+    out.backward(torch.full_like(out, 3.0))
+    torch.testing.assert_close(x.grad, out.detach() * 1.5)
+
+
+def test_cpu_dropout_is_seeded_by_torch_and_off_outside_training():
+    x = torch.randn(3, 5, 7)
+    torch.manual_seed(1)
+    a = dropout(x, 0.3, True)
+    torch.manual_seed(1)
+    b = dropout(x, 0.3, True)
+    torch.testing.assert_close(a, b)
+    assert not torch.equal(a, dropout(x, 0.3, True))
+    assert dropout(x, 0.3, False) is x and dropout(x, 0.0, True) is x
+    assert torch.equal(dropout(x, 1.0, True), torch.zeros_like(x))
+
+
+def test_cpu_attention_under_dropout_is_sdpa_attention(monkeypatch):
+    """The written-out attention of the training path with CPU dropout computes SDPA's causal
+    attention: with the dropout itself made the identity, the logits and gradients are the same."""
+    config = ModelConfig(**{**vars(variant("main job")), "dropout": 0.2})
+    idx = torch.randint(VOCAB, (3, 16), generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(decoder.model._CPUDropout, "apply", lambda x, p: x)
+    results = []
+    for cpu_dropout in (True, False):
+        monkeypatch.setattr(decoder.model, "CPU_DROPOUT", cpu_dropout)
+        model = make(config)
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0  # torch's dropout off too (the attention's is CausalSelfAttention.dropout)
+        model.train()
+        if not cpu_dropout:
+            for block in model.transformer.h:
+                block.attn.dropout = 0.0
+        logits, _ = model(idx)
+        logits.square().mean().backward()
+        results.append((logits.detach(), [p.grad for p in model.parameters()]))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_tied_and_untied_heads_and_param_counts():
