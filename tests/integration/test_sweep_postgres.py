@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import signal
+from pathlib import Path
 
 import optuna
 import pytest
@@ -45,6 +46,13 @@ def _count(url: str, name: str, *states: str) -> int:
     return sum(t.state.name in states for t in _trials(url, name))
 
 
+def _stepping(url: str, name: str, runs: Path) -> bool:
+    """A running trial has logged training steps (so its trainer, not its setup, takes the stop: a
+    trial stopped before its first step has nothing to resume and rightly starts again)."""
+    return any(t.state.name == "RUNNING" and "run_id" in t.user_attrs
+               and (runs / t.user_attrs["run_id"] / "metrics.jsonl").is_file() for t in _trials(url, name))
+
+
 def _workers(path, tmp_path, url, logs):
     return [start_worker(path, tmp_path, log, "--storage", url) for log in logs]
 
@@ -58,8 +66,8 @@ def test_two_workers_share_a_study_and_resume_after_a_restart(postgres, tmp_path
     path.write_text(longer)
     logs = [tmp_path / "w0.log", tmp_path / "w1.log"]
     workers = _workers(path, tmp_path, url, logs)
-    wait_for(lambda: _count(url, "share", "COMPLETE") >= 2 and _count(url, "share", "RUNNING") >= 1,
-             what="two trials done and one running")
+    wait_for(lambda: _count(url, "share", "COMPLETE") >= 2 and _stepping(url, "share", tmp_path / "runs" / "share"),
+             what="two trials done and one running past its first steps")
     for w in workers:  # stopped mid-study: each finishes its step, checkpoints, re-queues its trial
         w.send_signal(signal.SIGTERM)
     assert [w.wait(timeout=120) for w in workers] == [130, 130], [log.read_text() for log in logs]
