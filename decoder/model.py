@@ -112,15 +112,15 @@ class _CPUDropout(torch.autograd.Function):
         threshold = round(p * 65536)
         n = x.numel()
         lanes = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None)
-        keep = (lanes.view(torch.int16)[:n].view(x.shape) >= threshold - 32768).to(x.dtype)
+        keep = lanes.view(torch.int16)[:n].view(x.shape) >= threshold - 32768  # bool: a byte an element kept
         ctx.scale = 65536 / (65536 - threshold)
         ctx.save_for_backward(keep)
-        return x.mul(keep).mul_(ctx.scale)
+        return torch.where(keep, x, 0).mul_(ctx.scale)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (keep,) = ctx.saved_tensors
-        return grad.mul(keep).mul_(ctx.scale), None
+        return torch.where(keep, grad, 0).mul_(ctx.scale), None
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
