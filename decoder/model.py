@@ -104,8 +104,8 @@ class CausalSelfAttention(nn.Module):
 
 class _CPUDropout(torch.autograd.Function):
     """x * keep / (1 - p'): keep drawn in 16-bit lanes of 64-bit random numbers, four elements a
-    draw, and dropped where a lane falls below round(p * 65536): the probability is p to 1 / 131072
-    (p' is exactly that probability, so the expectation is kept exactly)."""
+    draw, and dropped where a lane falls below round(p * 65536): a probability p' within 1 / 131072
+    of p, and the kept values scaled by exactly 1 / (1 - p'), so the expectation is kept exactly."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
@@ -124,8 +124,9 @@ class _CPUDropout(torch.autograd.Function):
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """F.dropout(x, p, training), with the mask drawn by `_CPUDropout` on CPU (about 5x cheaper
-    than torch's there: `python -m bench.dropout_ab`); elsewhere torch's own."""
+    """F.dropout(x, p, training), with the mask drawn by `_CPUDropout` on CPU (about four times
+    cheaper to draw than torch's there; the training step: `python -m bench.dropout_ab`); elsewhere
+    torch's own."""
     if not training or p == 0.0:
         return x
     if not uses_cpu_dropout(x) or p >= 1.0:
