@@ -1,4 +1,4 @@
-"""The training step with the model's CPU dropout (`decoder.model.CPU_DROPOUT`, the default) against
+"""The training step with the model's CPU dropout (`decoder.dropout.CPU_DROPOUT`, the default) against
 torch's own dropout (the attention's inside SDPA, as before), interleaved in one process so both arms
 see the same machine state: `--rounds` rounds of `--steps` steps per arm, the arms' order swapped
 each round, the first round discarded; prints each arm's median tokens/s and the median of the
@@ -18,7 +18,7 @@ import time
 
 import torch
 
-import decoder.model
+import decoder.dropout
 from decoder.data import prepare
 from decoder.experiments.grid import load_experiment
 from decoder.hardware import resolve_precision
@@ -47,14 +47,14 @@ def main() -> None:
     for round_ in range(args.rounds + 1):
         for name in list(arms) if round_ % 2 == 0 else list(arms)[::-1]:
             training, rates = arms[name]
-            decoder.model.CPU_DROPOUT = name == "cpu"
+            decoder.dropout.CPU_DROPOUT = name == "cpu"
             try:
                 start = time.perf_counter()
                 for _ in range(args.steps):
                     training.step(batch)
                 elapsed = time.perf_counter() - start
             finally:
-                decoder.model.CPU_DROPOUT = True
+                decoder.dropout.CPU_DROPOUT = True
             if round_ > 0:
                 rates.append(args.steps * B * T / elapsed)
     torch_rates, cpu_rates = arms["torch"][1], arms["cpu"][1]

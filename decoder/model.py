@@ -23,10 +23,7 @@ rotated by `position_ids` before they enter the cache, so cached and padded rows
 LayerNorm or RMSNorm; a GELU, squared-ReLU or SwiGLU MLP; RMSNorm on each head's q and k
 (qk_norm). Every combination keeps `forward`'s signature, so the exported graph's stays the same.
 
-Dropout on CPU (`dropout`) draws its mask four elements to one 64-bit random number: torch's own
-draws one mt19937 number per element, serially, and at the main job's shape that was an eighth of
-a training step. On other devices it is torch's; `CPU_DROPOUT = False` restores torch's on CPU too
-(`bench.dropout_ab` times both).
+Dropout is `decoder.dropout`'s: on CPU it draws its mask four elements to one random number.
 """
 
 from __future__ import annotations
@@ -40,9 +37,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from decoder.config import ModelConfig
-
-CPU_DROPOUT = True
-"""Use `_CPUDropout` for dropout on CPU (see the module docstring)."""
+from decoder.dropout import Dropout, dropout, uses_cpu_dropout
 
 # One (keys, values) pair per block, each (B, nh, P, hs).
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
@@ -100,49 +95,6 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y)), (k, v)
-
-
-class _CPUDropout(torch.autograd.Function):
-    """x * keep / (1 - p'): keep drawn in 16-bit lanes of 64-bit random numbers, four elements a
-    draw, and dropped where a lane falls below round(p * 65536): a probability p' within 1 / 131072
-    of p, and the kept values scaled by exactly 1 / (1 - p'), so the expectation is kept exactly."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
-        threshold = round(p * 65536)
-        n = x.numel()
-        lanes = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None)
-        keep = lanes.view(torch.int16)[:n].view(x.shape) >= threshold - 32768  # bool: a byte an element kept
-        ctx.scale = 65536 / (65536 - threshold)
-        ctx.save_for_backward(keep)
-        return torch.where(keep, x, 0).mul_(ctx.scale)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        (keep,) = ctx.saved_tensors
-        return torch.where(keep, grad, 0).mul_(ctx.scale), None
-
-
-def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """F.dropout(x, p, training), with the mask drawn by `_CPUDropout` on CPU (about four times
-    cheaper to draw than torch's there; the training step: `python -m bench.dropout_ab`); elsewhere
-    torch's own."""
-    if not training or p == 0.0:
-        return x
-    if not uses_cpu_dropout(x) or p >= 1.0:
-        return F.dropout(x, p, training=True)
-    return _CPUDropout.apply(x, p)
-
-
-def uses_cpu_dropout(x: torch.Tensor) -> bool:
-    return CPU_DROPOUT and x.device.type == "cpu"
-
-
-class Dropout(nn.Dropout):
-    """nn.Dropout through `dropout`."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return dropout(x, self.p, self.training)
 
 
 def head_norm(norm: nn.RMSNorm, x: torch.Tensor) -> torch.Tensor:

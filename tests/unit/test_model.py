@@ -5,8 +5,9 @@ import torch
 
 from tinyconf import DEVICES
 from decoder.config import ModelConfig
-import decoder.model
-from decoder.model import GPT, dropout
+import decoder.dropout
+from decoder.dropout import dropout
+from decoder.model import GPT
 
 TINY = ModelConfig(d_model=32, n_heads=2, n_blocks=2, context_length=16, dropout=0.0)
 VOCAB = 50
@@ -125,10 +126,10 @@ def test_cpu_attention_under_dropout_is_sdpa_attention(monkeypatch):
     attention: with the dropout itself made the identity, the logits and gradients are the same."""
     config = ModelConfig(**{**vars(variant("main job")), "dropout": 0.2})
     idx = torch.randint(VOCAB, (3, 16), generator=torch.Generator().manual_seed(0))
-    monkeypatch.setattr(decoder.model._CPUDropout, "apply", lambda x, p: x)
+    monkeypatch.setattr(decoder.dropout._CPUDropout, "apply", lambda x, p: x)
     results = []
     for cpu_dropout in (True, False):
-        monkeypatch.setattr(decoder.model, "CPU_DROPOUT", cpu_dropout)
+        monkeypatch.setattr(decoder.dropout, "CPU_DROPOUT", cpu_dropout)
         model = make(config)
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout):
