@@ -45,7 +45,7 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     torch's own."""
     if not training or p == 0.0:
         return x
-    if not uses_cpu_dropout(x) or p >= 1.0:
+    if not uses_cpu_dropout(x) or round(p * 65536) >= 65536:  # p within 1/131072 of 1: no lane is kept
         return F.dropout(x, p, training=True)
     return _CPUDropout.apply(x, p)
 
