@@ -125,11 +125,12 @@ async def run_clients(url: str, clients: int, per_client: int, new_tokens: int) 
 
 
 @contextmanager
-def server(args: argparse.Namespace, max_batch: int,
-           engine: str | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+def server(args: argparse.Namespace, max_batch: int, engine: str | None = None,
+           workers: int | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
     """A `decoder serve --engine ENGINE` process on a free port of 127.0.0.1, stopped with SIGTERM at
     the end (ENGINE by default: process with `--engine process`, else thread)."""
     engine = engine or ("process" if args.engine == "process" else "thread")
+    workers = workers if workers is not None else getattr(args, "engine_workers", None)
     import socket
 
     with socket.socket() as s:
@@ -137,7 +138,8 @@ def server(args: argparse.Namespace, max_batch: int,
         port = s.getsockname()[1]
     command = [sys.executable, "-m", "decoder", "serve", str(args.bundle), "--port", str(port), "--max-batch",
                str(max_batch), "--max-queue", "4096", *(["--threads", str(args.threads)] if args.threads else []),
-               *(["--quantized"] if args.quantized else []), "--engine", engine]
+               *(["--quantized"] if args.quantized else []), "--engine", engine,
+               *(["--engine-workers", str(workers)] if workers else [])]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -305,6 +307,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quantized", action="store_true", help="the bundle's int8 model (servers and offline bound)")
     p.add_argument("--engine", choices=["thread", "process", "both"], default="thread",
                    help="the servers' decoder serve --engine; both: thread, plus a batched process-engine server")
+    p.add_argument("--engine-workers", type=int, default=None, help="the batched servers' --engine-workers")
     p.add_argument("--out", type=Path, help="write the Markdown table here (default: print it)")
     load = p.add_argument_group("open-loop load (vllm bench serve's figures)")
     load.add_argument("--request-rate", type=rates, default=None,

@@ -49,7 +49,7 @@ COMPONENTS = [  # (component, a substring of one frame of the sample), innermost
 
 def thread_of(stack: str) -> str:
     if "_work (decoder/serve/engine.py" in stack:
-        return "engine thread"
+        return "engine threads"
     if "_wake_loop (decoder/serve/engine.py" in stack:
         return "waker thread"
     return "event loop (main thread)" if "MainThread" in stack else "other threads"
@@ -90,8 +90,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seconds", type=int, default=8)
     p.add_argument("--rate", type=int, default=500, help="py-spy samples per second")
     p.add_argument("--raw", type=Path, help="keep py-spy's raw samples here")
+    p.add_argument("--engine-workers", type=int, default=None, help="the server's --engine-workers")
     args = p.parse_args(argv)
-    args.threads, args.quantized = None, False  # what bench.serving.server reads
+    args.threads, args.quantized, args.engine = None, False, "thread"  # what bench.serving.server reads
     raw = args.raw or Path(tempfile.mkdtemp()) / "samples.txt"
     with server(args, args.clients) as (url, proc):
         asyncio.run(run_clients(url, 2, 1, 8))  # warm-up

@@ -17,6 +17,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", choices=["thread", "process"], default="thread",
                    help="run the engine (batched steps, sampling, detokenizing) in a worker thread of the server "
                         "(default) or in a process of its own, off the HTTP event loop's GIL")
+    p.add_argument("--engine-workers", type=int, default=None, metavar="N",
+                   help="decoding threads of the thread engine, each with its own share of --max-batch and its "
+                        "own core (default: one per usable core, at most 2)")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: one core fewer than usable, at least 1)")
     p.add_argument("--shutdown-grace", type=float, default=10.0, metavar="SECONDS",
                    help="on SIGTERM, how long in-flight requests may run on before they are cancelled")
@@ -41,8 +44,12 @@ def run(args: argparse.Namespace) -> int:
     from decoder.cli import UsageError
     from decoder.serve.config import ServeConfig, config_problems
 
-    values = {"max_batch": args.max_batch, "max_queue": args.max_queue, "shutdown_grace": args.shutdown_grace}
+    values = {"max_batch": args.max_batch, "max_queue": args.max_queue, "shutdown_grace": args.shutdown_grace,
+              **({"engine_workers": args.engine_workers} if args.engine_workers is not None else {})}
     problems = [f"--{p.replace('_', '-')}" for p in config_problems(values)]
+    if args.engine == "process" and (args.engine_workers or 1) > 1:
+        problems.append(f"--engine-workers={args.engine_workers}: the process engine has one worker; use "
+                        "--engine thread for more")
     if not 0 <= args.port <= 65535:
         problems.append(f"--port={args.port}: must be in [0, 65535]")
     if args.threads is not None and args.threads < 1:

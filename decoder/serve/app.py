@@ -30,7 +30,7 @@ from decoder.serve import schema, tokens
 from decoder.serve.chat import CHAT_TEMPLATE, create_chat_completion
 from decoder.serve.completions import create_completion
 from decoder.serve.auth import RequireKey
-from decoder.serve.config import ServeConfig, load_runtime, sampling_defaults
+from decoder.serve.config import ServeConfig, batch_shares, engine_workers, load_runtime, sampling_defaults
 from decoder.serve.engine import Engine, EngineBase
 from decoder.serve.engine_process import ProcessEngine
 from decoder.serve.errors import add_error_handlers
@@ -101,7 +101,8 @@ def build_engine(runtime: Model, config: ServeConfig, metrics: ServerMetrics, mo
                                  "for a model without a bundle_dir")
             engine_model = partial(load_runtime, bundle_dir, model_file)
         return ProcessEngine(engine_model, metrics, max_batch=config.max_batch, max_queue=config.max_queue)
-    return Engine(Scheduler(runtime, max_batch=config.max_batch), metrics, max_queue=config.max_queue)
+    shares = batch_shares(config.max_batch, engine_workers(config))
+    return Engine([Scheduler(runtime, max_batch=share) for share in shares], metrics, max_queue=config.max_queue)
 
 
 def _add_model_routes(app: FastAPI, served: Served, engine: EngineBase) -> None:

@@ -42,6 +42,11 @@ class ServeConfig:
     """Where the engine (batched steps, sampling, detokenizing) runs: a worker thread of the server
     (`decoder.serve.engine`), or a process of its own, off the HTTP event loop's GIL
     (`decoder.serve.engine_process`)."""
+    engine_workers: int | None = None
+    """Decoding threads of the thread engine, each with its own batch (`max_batch` split evenly among
+    them) over the one shared model, each running onnxruntime on its own core (one intra-op thread
+    each, by default): data parallelism instead of splitting every small op across cores. None:
+    `default_workers()`. The process engine has one."""
 
     def __post_init__(self) -> None:
         problems = config_problems(vars(self))
@@ -51,19 +56,22 @@ class ServeConfig:
             problems.append(f"long_prompts={self.long_prompts!r}: allowed 'truncate', 'refuse'")
         if self.engine not in ("thread", "process"):
             problems.append(f"engine={self.engine!r}: allowed 'thread', 'process'")
+        if self.engine == "process" and (self.engine_workers or 1) > 1:
+            problems.append(f"engine_workers={self.engine_workers}: the process engine has one worker; "
+                            "allowed with engine='thread'")
         if self.api_key is not None and not self.api_key:
             problems.append("api_key is empty: give a non-empty key, or none")
         if problems:
             raise ValueError("; ".join(problems))
 
 
-LOWER_BOUNDS = {"max_batch": 1, "max_queue": 0, "max_body_bytes": 1, "shutdown_grace": 0}
+LOWER_BOUNDS = {"max_batch": 1, "max_queue": 0, "max_body_bytes": 1, "shutdown_grace": 0, "engine_workers": 1}
 
 
 def config_problems(values: dict) -> list[str]:
     """'field=value: must be >= low' for each out-of-range field among `values`."""
     return [f"{name}={value}: must be >= {LOWER_BOUNDS[name]}" for name, value in values.items()
-            if name in LOWER_BOUNDS and not value >= LOWER_BOUNDS[name]]
+            if name in LOWER_BOUNDS and value is not None and not value >= LOWER_BOUNDS[name]]
 
 
 @dataclass(frozen=True)
@@ -103,22 +111,45 @@ def sampling_defaults(policy: str, bundle_dir: str | Path | None) -> SamplingDef
     return OPENAI_DEFAULTS if policy == "openai" else bundle_defaults(bundle_dir)
 
 
-def session_options(threads: int | None = None) -> ort.SessionOptions:
+MAX_DEFAULT_WORKERS = 2
+"""Engine workers by default at most: measured on 2 cores only (and more workers' Python per step
+would contend for the one GIL)."""
+
+
+def default_workers() -> int:
+    """Engine workers by default: one per core this process may use, at most MAX_DEFAULT_WORKERS."""
+    return max(1, min(default_threads(), MAX_DEFAULT_WORKERS))
+
+
+def engine_workers(config: ServeConfig) -> int:
+    """The thread engine's workers under `config`: never more than its batch slots."""
+    if config.engine == "process":
+        return 1
+    return max(1, min(config.engine_workers or default_workers(), config.max_batch))
+
+
+def batch_shares(max_batch: int, workers: int) -> list[int]:
+    """`max_batch` slots split among `workers` as evenly as can be (the first ones get the remainder)."""
+    return [max_batch // workers + (k < max_batch % workers) for k in range(workers)]
+
+
+def session_options(threads: int | None = None, workers: int = 1) -> ort.SessionOptions:
     """onnxruntime options as the server runs them, measured on 2 AMD EPYC cores (machine shared)
     with the default-size model, A/B in one run:
 
-    - intra-op threads: one core fewer than the process may use (at least 1), by default. The
+    - intra-op threads: one core fewer than the process may use (at least 1), by default, shared
+      out among the engine's `workers` (whose concurrent runs share the session's threads). The
       event loop (one socket send per token per stream) needs a core: 16 streaming clients got
       1124 / 963 / 865 tok/s with one thread and 1375 / 872 / 587 with two, alternating (two win
       only while nothing else runs on the machine);
     - no spinning between ops (onnxruntime's threads busy-wait by default, taking the cores the
       event loop needs): 1.4x (1 client) and 1.6x (16 clients) the tokens/s."""
-    options = cpu_session_options(threads or max(1, default_threads() - 1))
+    options = cpu_session_options(threads or max(1, (default_threads() - 1) // workers))
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
-def load_runtime(bundle_dir: str | Path, model_file: str, threads: int | None = None) -> Runtime:
+def load_runtime(bundle_dir: str | Path, model_file: str, threads: int | None = None, workers: int = 1) -> Runtime:
     """The bundle's `model_file` with the server's `session_options` (a picklable recipe, with
     `functools.partial`, for the engine process)."""
-    return Runtime(bundle_dir, model_file=model_file, session_options=session_options(threads))
+    return Runtime(bundle_dir, model_file=model_file, session_options=session_options(threads, workers))

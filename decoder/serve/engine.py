@@ -1,18 +1,25 @@
-"""The engine: a FIFO queue of requests in front of the `Scheduler`, driven by one worker thread.
+"""The engine: a FIFO queue of requests in front of one `Scheduler` per worker thread.
 
-The thread runs `Scheduler.step` back to back while there is work, admitting waiting sequences
-into free batch slots, and appends each step's text to an outbox that the event loop empties into
-the requests' queues. The thread does not wake the loop itself: it drops a token in a C queue
-(`queue.SimpleQueue`, no Python-level lock to fight over) and a second thread, the waker, wakes
-the loop (`call_soon_threadsafe`, a write to its self-pipe) unless a delivery is pending already,
-so a busy loop takes several steps in one delivery. The write is a system call that releases the
-GIL: made from the engine thread, the loop would wake there and run its burst of sends before the
-thread got the GIL back to start its next step (measured: a quarter of the wall time between steps
-at one client); made from the waker, the burst overlaps onnxruntime's next call, which releases
-the GIL. The thread never waits for the event loop: while onnxruntime runs a step the loop
-streams the previous step's tokens, and a slow loop delays delivery, not decoding. Only the thread
-touches the scheduler; the loop touches the jobs, gauges and counters; the queue of waiting
-sequences is shared under a lock, and a request is cancelled by a flag the next step reads.
+Each worker thread runs its scheduler's `step` back to back while there is work, admitting waiting
+sequences into its free batch slots, and appends each step's text to an outbox that the event loop
+empties into the requests' queues. With several workers (`ServeConfig.engine_workers`) each has its
+own batch (the server's `max_batch` split among them) over the one shared model, whose onnxruntime
+session runs concurrent calls, each on its caller's thread: the workers decode side by side on their
+own cores, and a worker admits only its even share of the sequences in flight and waiting
+(`balanced_share`), so the batches stay within a row of each other. A sequence stays with the
+worker that admitted it until it ends.
+
+A worker does not wake the loop itself: it drops a token in a C queue (`queue.SimpleQueue`, no
+Python-level lock to fight over) and one more thread, the waker, wakes the loop
+(`call_soon_threadsafe`, a write to its self-pipe) unless a delivery is pending already, so a busy
+loop takes several steps in one delivery. The write is a system call that releases the GIL: made
+from a worker, the loop would wake there and run its burst of sends before the worker got the GIL
+back to start its next step (measured: a quarter of the wall time between steps at one client);
+made from the waker, the burst overlaps onnxruntime's next call, which releases the GIL. A worker
+never waits for the event loop: while onnxruntime runs a step the loop streams the previous step's
+tokens, and a slow loop delays delivery, not decoding. Only its worker touches a scheduler; the
+loop touches the jobs, gauges and counters; the queue of waiting sequences is shared under a lock,
+and a request is cancelled by a flag the next step reads.
 
 A job is one HTTP request: one sequence per prompt and choice. It waits (counted in
 `decoder_requests_waiting`) until its first sequence is admitted, then runs until its last one
@@ -97,6 +104,13 @@ def take(waiting: deque[Sequence], free: int) -> tuple[list[Sequence], list[Even
     return [waiting.popleft() for _ in range(min(free, len(waiting)))], dropped
 
 
+def balanced_share(sequences: int, workers: int) -> int:
+    """How many of `sequences` (in flight and waiting) one of `workers` workers should hold: an even
+    split, rounded up, so a lone request is admitted at once and the batches stay within one row
+    of each other."""
+    return -(-sequences // workers)
+
+
 def run_step(scheduler: Scheduler, admitted: list[Sequence]) -> list[Event]:
     """One scheduler step; if it raises, the error is logged and every sequence in flight ends
     with finish reason "error" (the scheduler carries on with an empty batch)."""
@@ -155,56 +169,71 @@ class EngineBase:
 
 
 class Engine(EngineBase):
-    """Owns the scheduler and its worker thread; see the module docstring."""
+    """Owns the schedulers and their worker threads; see the module docstring."""
 
-    def __init__(self, scheduler: Scheduler, metrics: ServerMetrics, *, max_queue: int) -> None:
+    def __init__(self, schedulers: Scheduler | list[Scheduler], metrics: ServerMetrics, *, max_queue: int) -> None:
         super().__init__(metrics, max_queue=max_queue)
-        self.scheduler = scheduler
+        self.schedulers = [schedulers] if isinstance(schedulers, Scheduler) else list(schedulers)
+        if not self.schedulers:
+            raise ValueError("an engine needs at least one scheduler")
         self._waiting: deque[Sequence] = deque()
-        self._lock = threading.Lock()  # guards _waiting
-        self._wake = threading.Event()
+        self._lock = threading.Lock()  # guards _waiting, and admissions into the schedulers
+        self._wakes = [threading.Event() for _ in self.schedulers]
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._stopping = False
         self._drain_deadline: float | None = None
-        self._outbox: deque[tuple[list[Sequence], list[Event], float]] = deque()  # thread -> loop
+        self._outbox: deque[tuple[list[Sequence], list[Event], float]] = deque()  # threads -> loop
         self._posted = False  # a delivery is scheduled on the loop and has not begun emptying the outbox
         self._filled: queue.SimpleQueue[None] = queue.SimpleQueue()  # one item per step posted: the waker's alarm
         self._waker: threading.Thread | None = None
-        scheduler.observe = lambda seq, now: metrics.observe_token(seq.arrived, seq.last_token_at, now)
+        for scheduler in self.schedulers:
+            scheduler.observe = lambda seq, now: metrics.observe_token(seq.arrived, seq.last_token_at, now)
+
+    @property
+    def scheduler(self) -> Scheduler:
+        """The first worker's scheduler (the only one with one worker)."""
+        return self.schedulers[0]
+
+    @property
+    def max_batch(self) -> int:
+        return sum(s.max_batch for s in self.schedulers)
 
     @property
     def capacity(self) -> int:
         """The most sequences one job may have: the batch's slots plus the queue's places (more
         could never be admitted, however long the job waited)."""
-        return self.scheduler.max_batch + self.max_queue
+        return self.max_batch + self.max_queue
 
     @property
     def accepting(self) -> bool:
-        alive = self._thread is not None and self._thread.is_alive() and not self._stopping
+        alive = bool(self._threads) and all(t.is_alive() for t in self._threads) and not self._stopping
         return alive and self._drain_deadline is None
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopping, self._drain_deadline = False, None
-        self._thread = threading.Thread(target=self._work, name="decoder-engine", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._work, args=(k,), name=f"decoder-engine-{k}", daemon=True)
+                         for k in range(len(self.schedulers))]
+        for thread in self._threads:
+            thread.start()
         self._waker = threading.Thread(target=self._wake_loop, name="decoder-engine-waker", daemon=True)
         self._waker.start()
 
     async def stop(self) -> None:
-        """Stop the thread (after its current step), then cancel everything still in flight."""
-        if self._thread is None:
+        """Stop the threads (each after its current step), then cancel everything still in flight."""
+        if not self._threads:
             return
         self._stopping = True
-        self._wake.set()
-        await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+        self._wake_all()
+        for thread in self._threads:
+            await asyncio.get_running_loop().run_in_executor(None, thread.join)
         self._filled.put(None)
         await asyncio.get_running_loop().run_in_executor(None, self._waker.join)
-        self._thread = self._waker = None
+        self._threads, self._waker = [], None
         self._deliver()
         with self._lock:
-            leftovers = [*self.scheduler.rows, *self.scheduler.sliding, *self._waiting]
+            leftovers = [*self._in_flight(), *self._waiting]
             self._waiting.clear()
         self._dispatch([], [(seq, "", "cancelled") for seq in leftovers], time.perf_counter())
         self._update_gauges()
@@ -218,14 +247,15 @@ class Engine(EngineBase):
     def _begin_drain(self, grace: float) -> None:
         if self._drain_deadline is None:
             self._drain_deadline = time.monotonic() + grace
-            self._wake.set()
+            self._wake_all()
 
     def submit(self, job: Job) -> None:
         """Queue a job, or raise APIError 503 (not running) / 429 (queue full)."""
         if not self.accepting:
             raise unavailable()
         with self._lock:
-            queued = len(self._waiting) + len(job.sequences) - self.scheduler.free_slots
+            free = sum(s.free_slots for s in self.schedulers)
+            queued = len(self._waiting) + len(job.sequences) - free
             if queued > self.max_queue:
                 raise queue_full(len(self._waiting))
             for index, seq in enumerate(job.sequences):
@@ -233,26 +263,36 @@ class Engine(EngineBase):
                 self._waiting.append(seq)
         self.jobs_waiting += 1
         self._update_gauges()
-        self._wake.set()
+        self._wake_all()
 
     def wake(self) -> None:
-        """Have the thread look at the queue now (after a cancellation)."""
-        self._wake.set()
+        """Have the threads look at the queue now (after a cancellation)."""
+        self._wake_all()
 
-    # --- the worker thread ------------------------------------------------------------------
+    def _wake_all(self) -> None:
+        for event in self._wakes:
+            event.set()
 
-    def _work(self) -> None:
+    def _in_flight(self) -> list[Sequence]:
+        return [seq for s in self.schedulers for seq in (*s.rows, *s.sliding)]
+
+    # --- the worker threads -----------------------------------------------------------------
+
+    def _work(self, k: int) -> None:
+        scheduler, wake = self.schedulers[k], self._wakes[k]
         while not self._stopping:
-            self._wake.clear()
+            wake.clear()
             with self._lock:
-                idle = not self.scheduler.busy and not self._waiting
+                idle = not scheduler.busy and not self._waiting
             if idle:
-                self._wake.wait()
+                wake.wait()
                 continue
             self._cancel_all_after_deadline()
-            admitted, dropped = self._take()
+            admitted, dropped = self._take(scheduler)
+            if not admitted and not dropped and not scheduler.busy:
+                continue  # another worker took what was waiting
             taken_at = time.perf_counter()
-            events = run_step(self.scheduler, admitted)
+            events = run_step(scheduler, admitted)
             sampled = sum(finish != "cancelled" for _, _, finish in events)
             if sampled:
                 self.metrics.batch_size.observe(sampled)
@@ -261,7 +301,7 @@ class Engine(EngineBase):
     def _post(self, admitted: list[Sequence], events: list[Event], taken_at: float) -> None:
         """Hand a step to the loop (through the waker: see the module docstring)."""
         self._outbox.append((admitted, events, taken_at))
-        self._filled.put(None)  # a C queue: no Python-level lock for the two threads to fight over
+        self._filled.put(None)  # a C queue: no Python-level lock for the threads to fight over
 
     def _wake_loop(self) -> None:
         """The waker thread: schedule a delivery for steps in the outbox unless one is pending. The
@@ -273,14 +313,21 @@ class Engine(EngineBase):
                 self._posted = True
                 self._loop.call_soon_threadsafe(self._deliver)
 
-    def _take(self) -> tuple[list[Sequence], list[Event]]:
+    def _take(self, scheduler: Scheduler) -> tuple[list[Sequence], list[Event]]:
+        """The waiting sequences this worker admits now: its share of all the sequences in flight
+        and waiting (`balanced_share`), first come first served."""
         with self._lock:
-            return take(self._waiting, self.scheduler.free_slots)
+            if len(self.schedulers) == 1:
+                return take(self._waiting, scheduler.free_slots)
+            running = [len(s.rows) + len(s.sliding) for s in self.schedulers]
+            mine = len(scheduler.rows) + len(scheduler.sliding)
+            return take(self._waiting, min(scheduler.free_slots,
+                                           balanced_share(sum(running) + len(self._waiting), len(running)) - mine))
 
     def _cancel_all_after_deadline(self) -> None:
         if self._drain_deadline is not None and time.monotonic() >= self._drain_deadline:
             with self._lock:
-                for seq in [*self.scheduler.rows, *self.scheduler.sliding, *self._waiting]:
+                for seq in [*self._in_flight(), *self._waiting]:
                     seq.cancelled = True
 
     # --- the event loop ---------------------------------------------------------------------

@@ -21,7 +21,7 @@ import uvicorn
 
 from decoder.bundle import INT8_MODEL_FILE, MODEL_FILE
 from decoder.serve.app import create_app
-from decoder.serve.config import ServeConfig, load_runtime
+from decoder.serve.config import ServeConfig, engine_workers, load_runtime
 
 UVICORN_MARGIN_S = 2.0
 """uvicorn's own deadline is the grace plus this, so responses end first, cleanly."""
@@ -45,7 +45,7 @@ def serve(bundle_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000, 
     """Serve the bundle until stopped; returns the exit status (0 after SIGTERM). The model answers
     to its run id and to `served_model_names` (responses give the first of these)."""
     model_file = INT8_MODEL_FILE if quantized else MODEL_FILE
-    runtime = load_runtime(bundle_dir, model_file, threads)
+    runtime = load_runtime(bundle_dir, model_file, threads, engine_workers(config))
     app = create_app(runtime, config, model_file=model_file, served_model_names=served_model_names,
                      engine_model=partial(load_runtime, bundle_dir, model_file, threads))
     server = _Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",

@@ -73,6 +73,28 @@ def test_greedy_and_seeded_text_equal_generate_onnx_whatever_runs_beside(app, on
     assert [r.json()["choices"][0]["text"] for r in responses[:4]] == expected
 
 
+def test_two_engine_workers_split_the_batch_and_give_the_text_each_request_gets_alone(runtime, onnx_bundle, capsys):
+    expected = generate_onnx(capsys, onnx_bundle, "--greedy", "--max-new-tokens", "40", *PLAIN)
+    app = create_app(runtime, ServeConfig(max_batch=4, engine_workers=2, sampling_defaults="openai"))
+    engine = app.state.engine
+    assert [s.max_batch for s in engine.schedulers] == [2, 2]
+    rows: list[list[int]] = [[], []]
+    for k, scheduler in enumerate(engine.schedulers):
+        def step(admitted, scheduler=scheduler, seen=rows[k], step=scheduler.step):
+            events = step(admitted)
+            seen.append(len(scheduler.rows) + len(scheduler.sliding))
+            return events
+        scheduler.step = step
+
+    async def call(client):
+        body = {"prompt": PROMPT, "max_tokens": 40, "temperature": 0}
+        return await asyncio.gather(*(client.post("/v1/completions", json=body) for _ in range(4)))
+
+    responses = in_process(app, call)
+    assert [r.json()["choices"][0]["text"] for r in responses] == [expected] * 4
+    assert all(seen and max(seen) <= 2 for seen in rows)  # both workers decoded, neither beyond its share
+
+
 def test_response_shape_and_usage(app, runtime):
     r = post(app, {"prompt": PROMPT, "max_tokens": 7, "temperature": 0, "model": None})
     body = r.json()
@@ -304,6 +326,9 @@ def test_engine_failure_answers_500_and_the_next_request_works(runtime, caplog):
     (["--max-batch", "0"], "--max-batch=0: must be >= 1"),
     (["--max-queue", "-1", "--port", "70000"], "--max-queue=-1: must be >= 0; --port=70000: must be in [0, 65535]"),
     (["--shutdown-grace", "-2"], "--shutdown-grace=-2.0: must be >= 0"),
+    (["--engine-workers", "0"], "--engine-workers=0: must be >= 1"),
+    (["--engine", "process", "--engine-workers", "2"],
+     "--engine-workers=2: the process engine has one worker; use --engine thread for more"),
 ])
 def test_serve_command_refuses_bad_options_in_one_line(capsys, onnx_bundle, options, message):
     assert cli_main(["serve", str(onnx_bundle), *options]) == 2
