@@ -69,3 +69,19 @@ def test_poisson_arrivals_are_seeded_and_have_the_rate():
     assert a[0] == 0 and np.all(np.diff(a) >= 0)
     assert np.mean(np.diff(a)) == pytest.approx(0.25, rel=0.05)
     assert np.all(arrival_offsets(math.inf, 5, seed=0) == 0)
+
+
+def test_targets_pair_each_repeat_with_the_bound_measured_beside_it():
+    from bench.serving import paired, targets
+
+    # the machine ran at half speed in the second repeat, for the server and the bound alike
+    server, bound = [700.0, 350.0, 690.0], [1000.0, 500.0, 1000.0]
+    assert paired(server, bound) == (0.7, 0.69, 0.7)
+    level = {"itl50": 2.0}
+    results = {(1, "batched"): {**level, "runs": [300.0, 150.0, 290.0]}, (1, "offline"): {"runs": [400.0, 200.0, 400.0]},
+               (16, "batched"): {**level, "itl50": 7.0, "runs": server}, (16, "offline"): {"runs": bound}}
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in targets(results)[2:]}
+    assert rows["aggregate tok/s at 16 clients / offline bound at batch 16"] == ["0.70", "0.69 to 0.70", ">= 0.70",
+                                                                                "yes |"]
+    assert rows["tok/s at 1 client / offline bound at batch 1"][:2] == ["0.75", "0.72 to 0.75"]
+    assert rows["p50 ITL at 16 clients / at 1 client (pooled)"][-1] == "no |"
