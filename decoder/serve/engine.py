@@ -5,9 +5,9 @@ sequences into its free batch slots, and appends each step's text to an outbox t
 empties into the requests' queues. With several workers (`ServeConfig.engine_workers`) each has its
 own batch (the server's `max_batch` split among them) over the one shared model, whose onnxruntime
 session runs concurrent calls, each on its caller's thread: the workers decode side by side on their
-own cores, and a worker admits only its even share of the sequences in flight and waiting
-(`balanced_share`), so the batches stay within a row of each other. A sequence stays with the
-worker that admitted it until it ends.
+own cores. A worker admits only its share of the sequences in flight and waiting (`shares`): a
+light load stays in one batch, a heavier one is split evenly among as many workers as give each at
+least MIN_ROWS_PER_WORKER rows. A sequence stays with the worker that admitted it until it ends.
 
 A worker does not wake the loop itself: it drops a token in a C queue (`queue.SimpleQueue`, no
 Python-level lock to fight over) and one more thread, the waker, wakes the loop
@@ -104,11 +104,27 @@ def take(waiting: deque[Sequence], free: int) -> tuple[list[Sequence], list[Even
     return [waiting.popleft() for _ in range(min(free, len(waiting)))], dropped
 
 
-def balanced_share(sequences: int, workers: int) -> int:
-    """How many of `sequences` (in flight and waiting) one of `workers` workers should hold: an even
-    split, rounded up, so a lone request is admitted at once and the batches stay within one row
-    of each other."""
-    return -(-sequences // workers)
+MIN_ROWS_PER_WORKER = 4
+"""A second worker starts decoding only once each would hold this many rows: a small model's step
+costs nearly as much at 2 rows as at 4, so 4 rows decode faster in one batch than in two of 2
+(the larger benchmark shape at 4 streaming clients: 1,719 tok/s in one worker, 1,471 in two), while
+16 decode faster as two batches of 8 than as one of 16."""
+
+
+def shares(running: list[int], waiting: int, capacity: list[int]) -> list[int]:
+    """How many sequences each worker should hold, given the rows each holds (`running`), the
+    sequences waiting and each worker's slots: the fewest workers that give each at least
+    MIN_ROWS_PER_WORKER rows and hold them all (those holding the most rows first, then the
+    first ones), the sequences split evenly among them, rounded up; the other workers keep what they
+    hold. A worker admits up to its share."""
+    total = sum(running) + waiting
+    active = max(1, min(len(running), total // MIN_ROWS_PER_WORKER))
+    order = sorted(range(len(running)), key=lambda k: (-running[k], k))
+    while active < len(running) and sum(capacity[k] for k in order[:active]) < total:
+        active += 1
+    even = -(-total // active)
+    chosen = set(order[:active])
+    return [max(even, running[k]) if k in chosen else running[k] for k in range(len(running))]
 
 
 def run_step(scheduler: Scheduler, admitted: list[Sequence]) -> list[Event]:
@@ -288,7 +304,7 @@ class Engine(EngineBase):
                 wake.wait()
                 continue
             self._cancel_all_after_deadline()
-            admitted, dropped = self._take(scheduler)
+            admitted, dropped = self._take(k)
             if not admitted and not dropped and not scheduler.busy:
                 continue  # another worker took what was waiting
             taken_at = time.perf_counter()
@@ -313,16 +329,16 @@ class Engine(EngineBase):
                 self._posted = True
                 self._loop.call_soon_threadsafe(self._deliver)
 
-    def _take(self, scheduler: Scheduler) -> tuple[list[Sequence], list[Event]]:
-        """The waiting sequences this worker admits now: its share of all the sequences in flight
-        and waiting (`balanced_share`), first come first served."""
+    def _take(self, k: int) -> tuple[list[Sequence], list[Event]]:
+        """The waiting sequences worker k admits now, first come first served: up to its share of
+        all the sequences in flight and waiting (`shares`)."""
+        scheduler = self.schedulers[k]
         with self._lock:
             if len(self.schedulers) == 1:
                 return take(self._waiting, scheduler.free_slots)
             running = [len(s.rows) + len(s.sliding) for s in self.schedulers]
-            mine = len(scheduler.rows) + len(scheduler.sliding)
-            return take(self._waiting, min(scheduler.free_slots,
-                                           balanced_share(sum(running) + len(self._waiting), len(running)) - mine))
+            share = shares(running, len(self._waiting), [s.max_batch for s in self.schedulers])[k]
+            return take(self._waiting, min(scheduler.free_slots, share - running[k]))
 
     def _cancel_all_after_deadline(self) -> None:
         if self._drain_deadline is not None and time.monotonic() >= self._drain_deadline:

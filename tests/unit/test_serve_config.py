@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from decoder.serve.config import ServeConfig, batch_shares, engine_workers
-from decoder.serve.engine import balanced_share
+from decoder.serve.engine import MIN_ROWS_PER_WORKER, shares
 
 
 @pytest.mark.parametrize("max_batch,workers,shares", [(16, 2, [8, 8]), (5, 2, [3, 2]), (7, 3, [3, 2, 2]), (1, 1, [1])])
@@ -13,9 +13,21 @@ def test_batch_shares_split_the_slots_evenly(max_batch, workers, shares):
     assert batch_shares(max_batch, workers) == shares
 
 
-@pytest.mark.parametrize("sequences,workers,share", [(1, 2, 1), (2, 2, 1), (3, 2, 2), (16, 2, 8), (0, 2, 0), (5, 1, 5)])
-def test_a_worker_takes_an_even_share_rounded_up(sequences, workers, share):
-    assert balanced_share(sequences, workers) == share
+@pytest.mark.parametrize("running,waiting,capacity,expected", [
+    ([0, 0], 1, [8, 8], [1, 0]),        # a lone request: one worker
+    ([3, 0], 1, [8, 8], [4, 0]),        # 4 rows stay in one batch
+    ([0, 3], 1, [8, 8], [0, 4]),        # ... the one that holds them
+    ([4, 0], 4, [8, 8], [4, 4]),        # 8 rows: two batches of 4
+    ([0, 0], 16, [8, 8], [8, 8]),
+    ([5, 0], 11, [8, 8], [8, 8]),
+    ([2, 0], 2, [2, 2], [2, 2]),        # 4 rows that one worker's slots cannot hold
+    ([0, 0], 0, [8, 8], [0, 0]),
+    ([6, 1], 0, [8, 8], [7, 1]),        # the second keeps what it holds; the first may take one more
+    ([0, 0, 0], 9, [4, 4, 4], [3, 3, 3]),
+])
+def test_a_light_load_stays_in_one_batch_and_a_heavy_one_is_split_evenly(running, waiting, capacity, expected):
+    assert MIN_ROWS_PER_WORKER == 4
+    assert shares(running, waiting, capacity) == expected
 
 
 def test_workers_never_outnumber_the_batch_slots_and_the_process_engine_has_one():
