@@ -22,7 +22,7 @@ tokens, once with the runtime's default options and once with the server's (fewe
 spinning: `decoder.serve.config.session_options`), the better of the two being the bound.
 Reported per level: aggregate generated tokens/s (median of the repeats), time to first
 token and inter-token latency p50/p99 as the clients see them (pooled over the repeats; one SSE
-chunk is one token, up to held-back UTF-8), the server's CPU time (user + system, every thread of
+event is one token, up to held-back UTF-8, and events that arrive in one chunk arrive together), the server's CPU time (user + system, every thread of
 the server process and of its children: the engine process, and multiprocessing's resource
 tracker, which does next to nothing) per generated token (median of the repeats: steadier than
 tokens/s on a shared machine, and the figure the per-token work outside onnxruntime moves), and
@@ -99,15 +99,16 @@ async def one_request(url: str, body: dict) -> Trace:
     while (await reader.readline()) not in (b"\r\n", b""):  # headers
         pass
     while size := int((await reader.readline()).strip() or b"0", 16):
-        chunk = await reader.readexactly(size + 2)  # one SSE event per chunk, then CRLF
+        chunk = await reader.readexactly(size + 2)  # one or more SSE events, then CRLF
         now = time.perf_counter()
-        if not chunk.startswith(b"data: {"):
-            continue  # [DONE], or a ": ping" comment
-        if b'"usage": {' in chunk:
-            usage = json.loads(chunk[6:])["usage"]
-            trace.output_tokens, trace.prompt_tokens = usage["completion_tokens"], usage["prompt_tokens"]
-        elif b'"text": ""' not in chunk:
-            trace.chunks.append(now)
+        for event in chunk[:-2].split(b"\n\n"):
+            if not event.startswith(b"data: {"):
+                continue  # [DONE], a ": ping" comment, or the empty tail
+            if b'"usage": {' in event:
+                usage = json.loads(event[6:])["usage"]
+                trace.output_tokens, trace.prompt_tokens = usage["completion_tokens"], usage["prompt_tokens"]
+            elif b'"text": ""' not in event:
+                trace.chunks.append(now)  # events that arrive in one chunk arrive together
     trace.end = time.perf_counter()
     writer.close()
     return trace

@@ -11,8 +11,10 @@ engine ends every response within `shutdown_grace` seconds; uvicorn's own cut (a
 only a backstop.
 
 The events go out as a plain `StreamingResponse` of pre-encoded `data: ...\n\n` bytes
-(`EventStream`): one encode and one send per chunk, with no per-chunk event object or task (the
-event loop's per-token work is what limits a 2-core server at 16 streaming clients; no keep-alive
+(`EventStream`): each chunk's JSON is the response's head, encoded once, around the choice's own
+JSON; and the pieces one delivery brings a response (several steps' when the event loop was busy)
+go out in one send, each still its own event, with no per-chunk event object or task (the event
+loop's per-token work is what limits a 2-core server at 16 streaming clients; no keep-alive
 comments are sent, as no client of this API needs them: a token or the end comes every step).
 """
 
@@ -87,13 +89,13 @@ def cancel(job: Job, engine: EngineBase) -> None:
 
 
 class EventStream(StreamingResponse):
-    """Server-sent events from an iterator of event payloads (str), each sent as `data: ...\\n\\n`,
+    """Server-sent events from an iterator of framed events (bytes, each one or more `data: ...\\n\\n`),
     while a second task waits for the client to go away and then calls `on_disconnect` and stops."""
 
     media_type = "text/event-stream"
 
-    def __init__(self, payloads: AsyncIterator[str], on_disconnect: Callable[[], None]) -> None:
-        super().__init__(_framed(payloads), headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    def __init__(self, events: AsyncIterator[bytes], on_disconnect: Callable[[], None]) -> None:
+        super().__init__(events, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
         self._on_disconnect = on_disconnect
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -110,11 +112,6 @@ class EventStream(StreamingResponse):
             await asyncio.gather(streaming, watching, return_exceptions=True)
         if not gone:
             streaming.result()  # a failure of the stream itself is raised
-
-
-async def _framed(payloads: AsyncIterator[str]) -> AsyncIterator[bytes]:
-    async for payload in payloads:
-        yield b"data: " + payload.encode() + b"\n\n"
 
 
 async def _collect(request: Request, job: Job) -> tuple[list[str], list[str | None]] | JSONResponse:
@@ -161,24 +158,35 @@ class _StreamLogprobs:
         return self.shape.logprobs(self.tokenizer, self.cursors[index].take(seq.logprobs, text, last))
 
 
+def _event(payload: str) -> bytes:
+    return b"data: " + payload.encode() + b"\n\n"
+
+
 async def _stream(job: Job, head: dict, shape: Shape, include_usage: bool, truncated: int,
-                  scorer: _StreamLogprobs | None) -> AsyncIterator[str]:
-    usage_field = {"usage": None} if include_usage else {}
+                  scorer: _StreamLogprobs | None) -> AsyncIterator[bytes]:
+    """The response's server-sent events, framed: one write for every piece a delivery brings
+    (each piece still its own event). A chunk is the JSON of {**head, "choices": [choice]} (and
+    "usage": null with include_usage), the head encoded once per response."""
+    opening = json.dumps(head)[:-1] + ', "choices": ['
+    closing = '], "usage": null}' if include_usage else "]}"
     try:
         if shape.opening is not None:
-            for index in range(len(job.sequences)):
-                yield json.dumps({**head, "choices": [shape.opening(index)], **usage_field})
-        async for index, text, finish in job.events():
-            if finish == "error":
-                yield json.dumps(error_body("The engine failed while generating this request",
-                                                     type="server_error", code="engine_error"))
-                return
-            if text or finish is not None:
-                logprobs = scorer(index, text, finish) if scorer is not None else None
-                choice = shape.piece(index, text, finish, logprobs)
-                yield json.dumps({**head, "choices": [choice], **usage_field})
+            yield b"".join(_event(opening + json.dumps(shape.opening(i)) + closing) for i in range(len(job.sequences)))
+        async for batch in job.batches():
+            events = []
+            for index, text, finish in batch:
+                if finish == "error":
+                    events.append(_event(json.dumps(error_body("The engine failed while generating this request",
+                                                               type="server_error", code="engine_error"))))
+                    yield b"".join(events)
+                    return
+                if text or finish is not None:
+                    logprobs = scorer(index, text, finish) if scorer is not None else None
+                    events.append(_event(opening + json.dumps(shape.piece(index, text, finish, logprobs)) + closing))
+            if events:
+                yield b"".join(events)
         if include_usage:
-            yield json.dumps({**head, "choices": [], "usage": usage(job, truncated)})
-        yield "[DONE]"
+            yield _event(json.dumps({**head, "choices": [], "usage": usage(job, truncated)}))
+        yield b"data: [DONE]\n\n"
     finally:
         job.cancel()

@@ -55,7 +55,7 @@ RETRY_AFTER_S = 1
 
 
 class Job:
-    """One request's sequences (in choice order) and the queue their (index, text, finish) arrive on."""
+    """One request's sequences (in choice order) and the inbox their (index, text, finish) arrive in."""
 
     def __init__(self, sequences: list[Sequence], prompt_tokens: int) -> None:
         self.sequences = sequences
@@ -63,7 +63,14 @@ class Job:
         self.started = False
         self.open = len(sequences)
         self.arrived = min((s.arrived for s in sequences), default=time.perf_counter())
-        self.queue: asyncio.Queue[tuple[int, str, str | None]] = asyncio.Queue()
+        self._inbox: deque[tuple[int, str, str | None]] = deque()
+        self._waiter: asyncio.Future | None = None
+
+    def put(self, index: int, text: str, finish: str | None) -> None:
+        """Deliver a piece of a choice (in the event loop), waking the reader if it waits."""
+        self._inbox.append((index, text, finish))
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     def cancel(self) -> None:
         """Stop generating (idempotent): each sequence leaves the batch at the next step."""
@@ -74,13 +81,28 @@ class Job:
     def completion_tokens(self) -> int:
         return sum(s.generated for s in self.sequences)
 
-    async def events(self) -> AsyncIterator[tuple[int, str, str | None]]:
-        """(choice index, text, finish reason or None) until every sequence has finished."""
+    async def batches(self) -> AsyncIterator[list[tuple[int, str, str | None]]]:
+        """Every (choice index, text, finish reason or None) delivered since the last batch, in
+        order, until every sequence has finished: one wake-up per delivery, however many steps
+        it carries (a busy event loop takes several at once)."""
         remaining = len(self.sequences)
         while remaining:
-            index, text, finish = await self.queue.get()
-            remaining -= finish is not None
-            yield index, text, finish
+            if not self._inbox:
+                self._waiter = asyncio.get_running_loop().create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+            batch = list(self._inbox)
+            self._inbox.clear()
+            remaining -= sum(finish is not None for _, _, finish in batch)
+            yield batch
+
+    async def events(self) -> AsyncIterator[tuple[int, str, str | None]]:
+        """(choice index, text, finish reason or None) until every sequence has finished."""
+        async for batch in self.batches():
+            for event in batch:
+                yield event
 
 
 def unavailable() -> APIError:
@@ -165,7 +187,7 @@ class EngineBase:
             job, index = self._jobs[seq]
             if finish is not None:
                 self._finish(seq, job, finish)
-            job.queue.put_nowait((index, text, finish))
+            job.put(index, text, finish)
 
     def _finish(self, seq: Sequence, job: Job, reason: str) -> None:
         del self._jobs[seq]

@@ -1,14 +1,19 @@
-"""The server-sent event response at the ASGI level: each payload framed as `data: ...\\n\\n` in
-order, a client that goes away while nothing is being sent has `on_disconnect` called and the
-payload generator closed, and a failing generator is not mistaken for a disconnect."""
+"""The server-sent event response at the ASGI level: the events in order, the pieces one delivery
+brings a response in one send (each its own `data: ...\\n\\n` event), a client that goes away
+while nothing is being sent has `on_disconnect` called and the generator closed, and a failing
+generator is not mistaken for a disconnect."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+from types import SimpleNamespace
 
 import pytest
 
-from decoder.serve.answer import EventStream
+from decoder.serve.answer import EventStream, _stream
+from decoder.serve.completions import COMPLETION
+from decoder.serve.engine import Job
 
 
 async def call(response: EventStream, disconnect_after: float | None = None) -> list[dict]:
@@ -28,13 +33,13 @@ async def call(response: EventStream, disconnect_after: float | None = None) -> 
     return sent
 
 
-def test_payloads_are_framed_in_order_and_a_finished_stream_is_no_disconnect():
-    async def payloads():
-        for p in ['{"a": 1}', "[DONE]"]:
-            yield p
+def test_events_go_out_in_order_and_a_finished_stream_is_no_disconnect():
+    async def events():
+        for e in [b'data: {"a": 1}\n\n', b"data: [DONE]\n\n"]:
+            yield e
 
     left = []
-    sent = asyncio.run(call(EventStream(payloads(), on_disconnect=lambda: left.append(1))))
+    sent = asyncio.run(call(EventStream(events(), on_disconnect=lambda: left.append(1))))
     start, *bodies = sent
     assert dict(start["headers"])[b"content-type"].startswith(b"text/event-stream")
     assert dict(start["headers"])[b"cache-control"] == b"no-store"
@@ -42,14 +47,42 @@ def test_payloads_are_framed_in_order_and_a_finished_stream_is_no_disconnect():
     assert left == []
 
 
+def test_the_pieces_of_one_delivery_go_out_in_one_send_each_its_own_event():
+    job = Job([SimpleNamespace(arrived=0.0, cancelled=False, generated=3)], prompt_tokens=2)
+    head = {"id": "cmpl-1", "object": "text_completion", "created": 7, "model": "m"}
+
+    async def run():
+        job.put(0, "Hello", None)
+        job.put(0, " world", None)  # a busy loop delivered two steps at once
+        stream = _stream(job, head, COMPLETION, True, 0, None)
+        first = await stream.__anext__()
+        job.put(0, "!", "length")
+        return first, [chunk async for chunk in stream]
+
+    first, rest = asyncio.run(run())
+
+    def event(choice: dict, usage=None) -> bytes:
+        return b"data: " + json.dumps({**head, "choices": [choice], "usage": usage}).encode() + b"\n\n"
+
+    def piece(text, finish=None):
+        return {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
+
+    assert first == event(piece("Hello")) + event(piece(" world"))
+    usage = {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5, "prompt_tokens_truncated": 0}
+    assert rest == [event(piece("!", "length")),
+                    b"data: " + json.dumps({**head, "choices": [], "usage": usage}).encode() + b"\n\n",
+                    b"data: [DONE]\n\n"]
+    assert job.sequences[0].cancelled  # the stream's end cancels what is left of the job
+
+
 def test_a_client_that_leaves_while_waiting_is_reported_and_the_generator_closed():
     closed, left = [], []
 
     async def payloads():
         try:
-            yield "first"
+            yield b"data: first\n\n"
             await asyncio.Event().wait()  # a request still queued: nothing to send
-            yield "never"
+            yield b"data: never\n\n"
         finally:
             closed.append(True)
 
@@ -62,7 +95,7 @@ def test_a_failing_generator_raises_and_is_no_disconnect():
     left = []
 
     async def payloads():
-        yield "first"
+        yield b"data: first\n\n"
         raise RuntimeError("engine gone")
 
     with pytest.raises(RuntimeError, match="engine gone"):
