@@ -30,6 +30,8 @@ class StopMatcher:
         self._held = ""
 
     def push(self, piece: str) -> str:
+        if not self.stops:
+            return piece
         if self.stopped:
             return ""
         text = self._held + piece

@@ -233,10 +233,13 @@ class StreamDecoder:
 
     def __init__(self, tokenizer: Tokenizer) -> None:
         self.tokenizer = tokenizer
+        self._eot = tokenizer.eot_id
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def push(self, model_id: int) -> str:
-        return self._utf8.decode(self.tokenizer.decode_bytes([model_id]))
+        if model_id == self._eot:
+            return ""
+        return self._utf8.decode(self.tokenizer.token_bytes(model_id))
 
     def flush(self) -> str:
         return self._utf8.decode(b"", final=True)

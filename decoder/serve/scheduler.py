@@ -104,6 +104,11 @@ class Sequence:
     """With top_logprobs: the raw logits of the last token picked (the end of text's, if it ended there)."""
     arrived: float = field(default_factory=time.perf_counter)
     last_token_at: float | None = None
+    plain: bool = field(init=False)
+    """Plain greedy decoding (no logit adjustment): an argmax shared with the batch's other such rows."""
+
+    def __post_init__(self) -> None:
+        self.plain = self.params.is_greedy and not self.params.adjusts_logits
 
     def start(self, context_length: int) -> None:
         self.tokens = list(self.prompt_ids)
@@ -297,18 +302,20 @@ def choose_tokens(logits: np.ndarray, rows: list[Sequence | None]) -> np.ndarray
     """(B,) next tokens: one argmax over the plain greedy rows (and free slots, None, whose token
     is ignored); every other row picks alone, with its own parameters, generator, history and
     generated tokens (as `decoder.sampling.decode_loop` does for it)."""
-    plain = np.array([s is None or (s.params.is_greedy and not s.params.adjusts_logits) for s in rows])
-    if plain.all():
+    alone = [i for i, s in enumerate(rows) if s is not None and not s.plain]
+    if not alone:
         tokens = logits.argmax(axis=-1)  # no boolean-indexed copy of the logits
     else:
+        plain = np.ones(len(rows), dtype=bool)
+        plain[alone] = False
         tokens = np.empty(len(rows), dtype=np.int64)
         if plain.any():
             tokens[plain] = logits[plain].argmax(axis=-1)
-    for i in np.flatnonzero(~plain):
+    for i in alone:
         seq = rows[i]
         generated = seq.tokens[len(seq.prompt_ids):]
         tokens[i] = next_tokens(logits[i : i + 1], seq.params, seq.rng, [seq.tokens], [generated])[0]
-    for seq, row in zip(rows, logits):
+    for i, seq in enumerate(rows):
         if seq is not None and seq.top_logprobs is not None:
-            seq.final_logits = row
-    return tokens
+            seq.final_logits = logits[i]
+    return tokens.tolist()
