@@ -328,7 +328,8 @@ class Engine(EngineBase):
             self._cancel_all_after_deadline()
             admitted, dropped = self._take(k)
             if not admitted and not dropped and not scheduler.busy:
-                continue  # another worker took what was waiting
+                wake.wait()  # what waits is another worker's to take: sleep until the next submit
+                continue
             taken_at = time.perf_counter()
             events = run_step(scheduler, admitted)
             sampled = sum(finish != "cancelled" for _, _, finish in events)
