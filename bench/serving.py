@@ -26,10 +26,12 @@ event is one token, up to held-back UTF-8, and events that arrive in one chunk a
 the server process and of its children: the engine process, and multiprocessing's resource
 tracker, which does next to nothing) per generated token (median of the repeats: steadier than
 tokens/s on a shared machine, and the figure the per-token work outside onnxruntime moves), and
-the peak RSS so far of the server and its children, summed. The targets' ratios are the median over
-the repeats of the ratio within each repeat (the server's tokens/s over the bound measured beside
-it), with their range: a shared machine's speed can swing by half within seconds, which a ratio of
-two medians taken at different moments would carry. The load generator
+the peak RSS so far of the server and its children, summed. In each repeat the bound is measured
+right before and right after the batched server's run, and the targets' ratios are the median over
+the repeats of the server's tokens/s over the mean of the two (the better runtime's), with their
+range: a shared machine's speed can swing by half within seconds, which a ratio of two medians
+taken at different moments would carry. The bound's row gives the median of all its runs; the
+targets' table also gives the best run over the best bound (interference only slows a run down). The load generator
 runs on the same machine as the server, so at high concurrency it takes some of its CPU.
 """
 
@@ -235,13 +237,22 @@ def measure(args: argparse.Namespace) -> dict:
             runs: dict[str, list[Level]] = {mode: [] for mode in servers}
             cpu_us: dict[str, list[float]] = {mode: [] for mode in servers}
             offline: list[list[float]] = [[] for _ in runtimes]
+            bracketed: list[float] = []  # per repeat: the bound around the batched server's run
+
+            def bound_now() -> list[float]:
+                rates = [offline_tokens_per_s(runtime, clients, args.new_tokens) for runtime in runtimes]
+                for times, rate in zip(offline, rates):
+                    times.append(rate)
+                return rates
+
             for _ in range(args.repeats):
                 for mode, (url, proc) in servers.items():
+                    first = bound_now() if mode == "batched" else None
                     before = cpu_seconds(proc.pid)
                     runs[mode].append(asyncio.run(run_clients(url, clients, per_client, args.new_tokens)))
                     cpu_us[mode].append((cpu_seconds(proc.pid) - before) / runs[mode][-1].tokens * 1e6)
-                for runtime, times in zip(runtimes, offline):
-                    times.append(offline_tokens_per_s(runtime, clients, args.new_tokens))
+                    if first is not None:
+                        bracketed.append(max((a + b) / 2 for a, b in zip(first, bound_now())))
             for mode, (_, proc) in servers.items():
                 levels = runs[mode]
                 ttft = [t for lv in levels for t in lv.ttft]
@@ -253,7 +264,7 @@ def measure(args: argparse.Namespace) -> dict:
                     "rss": peak_rss_mib(proc.pid), "requests": clients * per_client,
                     "cpu_us": float(np.median(cpu_us[mode])), "runs": [lv.tokens_per_s for lv in levels]}
             results[clients, "offline"] = {"tok_s": max(float(np.median(times)) for times in offline),
-                                           "runs": [max(times) for times in zip(*offline)]}
+                                           "runs": bracketed}
             print(f"{clients:>3} clients: " + ", ".join(f"{m} {results[clients, m]['tok_s']:.0f} tok/s"
                                                         for m in (*servers, "offline")), file=sys.stderr)
     return results
@@ -309,16 +320,19 @@ def targets(results: dict) -> list[str]:
     one, sixteen = results[1, "batched"], results[16, "batched"]
     itl = sixteen["itl50"] / one["itl50"]
     checks = [
-        ("aggregate tok/s at 16 clients / at 1 client", paired(sixteen["runs"], one["runs"]), ">= 4", 4.0, True),
+        ("aggregate tok/s at 16 clients / at 1 client (medians)", (sixteen["tok_s"] / one["tok_s"],) * 3, ">= 4",
+         4.0, True),
         ("aggregate tok/s at 16 clients / offline bound at batch 16",
          paired(sixteen["runs"], results[16, "offline"]["runs"]), ">= 0.70", 0.70, True),
         ("tok/s at 1 client / offline bound at batch 1", paired(one["runs"], results[1, "offline"]["runs"]),
          ">= 0.85", 0.85, True),
         ("p50 ITL at 16 clients / at 1 client (pooled)", (itl, itl, itl), "<= 3", 3.0, False),
     ]
-    return ["| target (continuous batching) | measured (median of repeats) | range over repeats | wanted | met |",
-            "|---|---:|---:|---:|---|",
-            *(f"| {name} | {value:.2f} | {low:.2f} to {high:.2f} | {wanted} | "
+    best = {name: f"{max(a['runs']) / max(b['runs']):.2f}" for name, a, b in [
+        (checks[1][0], sixteen, results[16, "offline"]), (checks[2][0], one, results[1, "offline"])]}
+    return ["| target (continuous batching) | measured (median of repeats) | range over repeats | best run / best "
+            "bound | wanted | met |", "|---|---:|---:|---:|---:|---|",
+            *(f"| {name} | {value:.2f} | {low:.2f} to {high:.2f} | {best.get(name, '')} | {wanted} | "
               f"{'yes' if (value >= bound_ if up else value <= bound_) else 'no'} |"
               for name, (value, low, high), wanted, bound_, up in checks)]
 

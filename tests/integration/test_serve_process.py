@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -168,3 +169,17 @@ def test_serving_path_imports_no_torch(onnx_bundle):
             f"create_app(Runtime({str(onnx_bundle)!r})); "
             "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_serving_ab_serves_each_tree_and_reports_each(onnx_bundle):
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-m", "bench.serving_ab", str(onnx_bundle), "--tree", f"one={repo}",
+                           "--tree", f"two={repo}", "--clients", "2", "--rounds", "1", "--new-tokens", "4"],
+                          capture_output=True, text=True, timeout=300, cwd=repo)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split("|")[1:-1] for line in done.stdout.splitlines() if line.startswith("| one") or
+            line.startswith("| two")]
+    assert [r[0].strip() for r in rows] == ["one", "two"]
+    for row in rows:
+        tok_s, ratio, cpu, main, client = (float(c.replace(",", "")) for c in row[1:])
+        assert tok_s > 0 and ratio > 0 and cpu >= main >= 0 and client >= 0

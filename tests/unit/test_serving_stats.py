@@ -78,10 +78,39 @@ def test_targets_pair_each_repeat_with_the_bound_measured_beside_it():
     server, bound = [700.0, 350.0, 690.0], [1000.0, 500.0, 1000.0]
     assert paired(server, bound) == (0.7, 0.69, 0.7)
     level = {"itl50": 2.0}
-    results = {(1, "batched"): {**level, "runs": [300.0, 150.0, 290.0]}, (1, "offline"): {"runs": [400.0, 200.0, 400.0]},
-               (16, "batched"): {**level, "itl50": 7.0, "runs": server}, (16, "offline"): {"runs": bound}}
+    results = {(1, "batched"): {**level, "tok_s": 290.0, "runs": [300.0, 150.0, 290.0]},
+               (1, "offline"): {"runs": [400.0, 200.0, 400.0]},
+               (16, "batched"): {**level, "tok_s": 690.0, "itl50": 7.0, "runs": server}, (16, "offline"): {"runs": bound}}
     rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in targets(results)[2:]}
-    assert rows["aggregate tok/s at 16 clients / offline bound at batch 16"] == ["0.70", "0.69 to 0.70", ">= 0.70",
-                                                                                "yes |"]
+    assert rows["aggregate tok/s at 16 clients / offline bound at batch 16"] == ["0.70", "0.69 to 0.70", "0.70",
+                                                                                ">= 0.70", "yes |"]
     assert rows["tok/s at 1 client / offline bound at batch 1"][:2] == ["0.75", "0.72 to 0.75"]
     assert rows["p50 ITL at 16 clients / at 1 client (pooled)"][-1] == "no |"
+    assert rows["aggregate tok/s at 16 clients / at 1 client (medians)"][:3] == ["2.38", "2.38 to 2.38", ""]
+    assert rows["tok/s at 1 client / offline bound at batch 1"][2] == "0.75"
+
+
+@pytest.mark.parametrize("trees,message", [
+    (["--tree", "a=."], "at least two"),
+    (["--tree", "a=.", "--tree", "a=."], "different names"),
+    (["--tree", "a=.", "--tree", "b=/nonexistent"], "--tree 'b=/nonexistent': give NAME=DIR, DIR holding a decoder"),
+    (["--tree", "a=.", "--tree", "."], "give NAME=DIR"),
+])
+def test_serving_ab_refuses_bad_trees_naming_them(trees, message, capsys, monkeypatch):
+    from bench.serving_ab import parse_args
+
+    monkeypatch.chdir(REPO)
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["bundle", *trees])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_serving_ab_reads_each_threads_cpu_time():
+    import os
+
+    from bench.serving_ab import thread_cpu
+
+    before = thread_cpu(os.getpid())
+    sum(i * i for i in range(2_000_000))
+    after = thread_cpu(os.getpid())
+    assert os.getpid() in after and after[os.getpid()] > before[os.getpid()]
