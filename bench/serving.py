@@ -188,7 +188,8 @@ def peak_rss_mib(pid: int) -> float:
 
 
 def offline_tokens_per_s(runtime, rows: int, new_tokens: int) -> float:
-    """Generated tokens/s of one batched greedy decode of `rows` prompts (cut to a common length)."""
+    """Generated tokens/s of one batched greedy decode of `rows` prompts (cut to a common length),
+    then SPIN_SETTLE_S of idling."""
     from decoder.sampling import SamplingParams
 
     encoded = [runtime.tokenizer.encode(PROMPTS[i % len(PROMPTS)]) for i in range(rows)]
@@ -197,7 +198,15 @@ def offline_tokens_per_s(runtime, rows: int, new_tokens: int) -> float:
     start = time.perf_counter()
     steps = sum(1 for _ in runtime.generate_ids(prompts, max_new_tokens=new_tokens, params=SamplingParams(greedy=True),
                                                 stop_at_eot=False))
-    return rows * steps / (time.perf_counter() - start)
+    rate = rows * steps / (time.perf_counter() - start)
+    time.sleep(SPIN_SETTLE_S)
+    return rate
+
+
+SPIN_SETTLE_S = 0.15
+"""Idle time after each offline run: onnxruntime's default thread pool keeps spinning after a run
+(measured: about one core for 40 ms on 2 AMD EPYC cores), which would take CPU from whatever runs
+next, a server under test included."""
 
 
 def percentile_ms(values: list[float], q: float) -> float:
