@@ -9,7 +9,7 @@ POST /tokenize and POST /detokenize (`decoder.serve.tokens`), GET /health, GET /
 to try the model in a browser). Every error is an OpenAI-style error object
 (`decoder.serve.errors`); a client's mistake is answered, never logged as a crash. With
 `config.api_key` the model's routes need it (`decoder.serve.auth`); with `config.cors_origins`
-browsers on those origins may call the API (Starlette's CORSMiddleware). The engine (a worker thread,
+browsers on those origins may call the API (Starlette's CORSMiddleware). The engine (worker threads,
 or with `config.engine` "process" a process of its own) starts and stops with the app's lifespan.
 """
 

@@ -2,7 +2,7 @@
 
 Each worker thread runs its scheduler's `step` back to back while there is work, admitting waiting
 sequences into its free batch slots, and appends each step's text to an outbox that the event loop
-empties into the requests' queues. With several workers (`ServeConfig.engine_workers`) each has its
+empties into the requests' inboxes. With several workers (`ServeConfig.engine_workers`) each has its
 own batch (the server's `max_batch` split among them) over the one shared model, whose onnxruntime
 session runs concurrent calls, each on its caller's thread: the workers decode side by side on their
 own cores. A worker admits only its share of the sequences in flight and waiting (`shares`): a
@@ -128,9 +128,9 @@ def take(waiting: deque[Sequence], free: int) -> tuple[list[Sequence], list[Even
 
 MIN_ROWS_PER_WORKER = 4
 """A second worker starts decoding only once each would hold this many rows: a small model's step
-costs nearly as much at 2 rows as at 4, so 4 rows decode faster in one batch than in two of 2
-(the larger benchmark shape at 4 streaming clients: 1,719 tok/s in one worker, 1,471 in two), while
-16 decode faster as two batches of 8 than as one of 16."""
+costs nearly as much at 2 rows as at 4, so two batches of 2 cost about twice the CPU of one of 4
+(seen at 4 streaming clients on the larger benchmark shape when every load was split evenly), while
+16 rows decode faster as two batches of 8 than as one of 16."""
 
 
 def shares(running: list[int], waiting: int, capacity: list[int]) -> list[int]:

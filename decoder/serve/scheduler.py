@@ -1,7 +1,7 @@
 """Continuous batching: the sequences being decoded share one model call per step.
 
-`Scheduler.step(admitted)` is one iteration; the engine (`decoder.serve.engine`) calls it in a
-worker thread, again and again while there is work:
+`Scheduler.step(admitted)` is one iteration; the engine (`decoder.serve.engine`) calls it in its
+worker thread (each worker has a scheduler of its own), again and again while there is work:
 
 1. slide: each row whose cache filled last iteration starts again from its window's last
    context_length // 2 tokens, as `decoder.sampling.decode_loop` slides it: all but the last run
@@ -37,8 +37,10 @@ come from calls in which padding columns are masked out (equal up to float round
 sampling uses one generator per sequence seeded as `decode_loop` seeds its one, so a seeded
 sampled request's text does not depend on its neighbours.
 
-The scheduler itself is synchronous and single-threaded: the engine never runs two steps at once,
-and other threads only append to `waiting` (through the engine) or set `Sequence.cancelled`.
+The scheduler itself is synchronous and single-threaded: its worker never runs two of its steps at
+once, and other threads only read how many rows it holds (the engine's admissions) or set
+`Sequence.cancelled`. Workers with schedulers of their own share the model, whose onnxruntime
+session runs their calls concurrently.
 """
 
 from __future__ import annotations
