@@ -139,16 +139,25 @@ def server(args: argparse.Namespace, max_batch: int, engine: str | None = None,
     engine = engine or ("process" if args.engine == "process" else "thread")
     workers = workers if workers is not None else getattr(args, "engine_workers", None)
     workers = None if engine == "process" else workers  # the process engine has one
+    options = ["--max-batch", str(max_batch), "--max-queue", "4096",
+               *(["--threads", str(args.threads)] if args.threads else []), *(["--quantized"] if args.quantized else []),
+               "--engine", engine, *(["--engine-workers", str(workers)] if workers else [])]
+    with serve_process(args.bundle, options) as running:
+        yield running
+
+
+@contextmanager
+def serve_process(bundle: Path, options: list[str], cwd: Path | None = None,
+                  env: dict | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`python -m decoder serve BUNDLE OPTIONS` on a free port of 127.0.0.1 (from `cwd` with `env`,
+    if given), once its /health answers: (its URL, the process); stopped with SIGTERM at the end."""
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    command = [sys.executable, "-m", "decoder", "serve", str(args.bundle), "--port", str(port), "--max-batch",
-               str(max_batch), "--max-queue", "4096", *(["--threads", str(args.threads)] if args.threads else []),
-               *(["--quantized"] if args.quantized else []), "--engine", engine,
-               *(["--engine-workers", str(workers)] if workers else [])]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = [sys.executable, "-m", "decoder", "serve", str(bundle), "--port", str(port), *options]
+    proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):
@@ -158,7 +167,7 @@ def server(args: argparse.Namespace, max_batch: int, engine: str | None = None,
             except httpx.TransportError:
                 time.sleep(0.1)
         else:
-            raise RuntimeError(f"{' '.join(command)}: not healthy after 60 s")
+            raise RuntimeError(f"{' '.join(command)}{f' (in {cwd})' if cwd else ''}: not healthy after 60 s")
         yield url, proc
     finally:
         proc.send_signal(signal.SIGTERM)

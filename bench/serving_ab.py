@@ -23,19 +23,13 @@ import asyncio
 import os
 import resource
 import shlex
-import signal
-import socket
-import subprocess
-import sys
-import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Iterator
 
-import httpx
 import numpy as np
 
-from bench.serving import cpu_model, offline_tokens_per_s, run_clients
+from bench.serving import cpu_model, offline_tokens_per_s, run_clients, serve_process
 
 
 def thread_cpu(pid: int) -> dict[int, float]:
@@ -49,28 +43,11 @@ def thread_cpu(pid: int) -> dict[int, float]:
 
 @contextmanager
 def tree_server(tree: Path, bundle: Path, max_batch: int, extra: list[str]) -> Iterator[tuple[str, int]]:
-    """`decoder serve` from `tree`'s sources on a free port; (its URL, its pid)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    command = [sys.executable, "-m", "decoder", "serve", str(bundle), "--port", str(port), "--max-batch",
-               str(max_batch), "--max-queue", "4096", *extra]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-    proc = subprocess.Popen(command, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        else:
-            raise RuntimeError(f"{' '.join(command)} (in {tree}): not healthy after 60 s")
+    """`decoder serve` from `tree`'s sources (first on PYTHONPATH) on a free port; (its URL, its pid)."""
+    path = os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    with serve_process(bundle, ["--max-batch", str(max_batch), "--max-queue", "4096", *extra], cwd=tree,
+                       env={**os.environ, "PYTHONPATH": path}) as (url, proc):
         yield url, proc.pid
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
 
 
 def measure(args: argparse.Namespace) -> dict[str, dict[str, float]]:
