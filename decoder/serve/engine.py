@@ -217,6 +217,7 @@ class Engine(EngineBase):
         self._waiting: deque[Sequence] = deque()
         self._lock = threading.Lock()  # guards _waiting, and admissions into the schedulers
         self._wakes = [threading.Event() for _ in self.schedulers]
+        self._held = [0] * len(self.schedulers)  # guarded by _lock: the sequences each worker holds or took
         self._loop: asyncio.AbstractEventLoop | None = None
         self._threads: list[threading.Thread] = []
         self._stopping = False
@@ -322,6 +323,8 @@ class Engine(EngineBase):
             wake.clear()
             with self._lock:
                 idle = not scheduler.busy and not self._waiting
+                if idle:
+                    self._held[k] = 0
             if idle:
                 wake.wait()
                 continue
@@ -354,14 +357,21 @@ class Engine(EngineBase):
 
     def _take(self, k: int) -> tuple[list[Sequence], list[Event]]:
         """The waiting sequences worker k admits now, first come first served: up to its share of
-        all the sequences in flight and waiting (`shares`)."""
+        all the sequences in flight and waiting (`shares`), counting what each worker holds or has
+        just taken. If some are left waiting, the other workers are woken to take theirs."""
         scheduler = self.schedulers[k]
         with self._lock:
             if len(self.schedulers) == 1:
                 return take(self._waiting, scheduler.free_slots)
-            running = [len(s.rows) + len(s.sliding) for s in self.schedulers]
-            share = shares(running, len(self._waiting), [s.max_batch for s in self.schedulers])[k]
-            return take(self._waiting, min(scheduler.free_slots, share - running[k]))
+            self._held[k] = len(scheduler.rows) + len(scheduler.sliding)
+            share = shares(self._held, len(self._waiting), [s.max_batch for s in self.schedulers])[k]
+            admitted, dropped = take(self._waiting, min(scheduler.free_slots, share - self._held[k]))
+            self._held[k] += len(admitted)
+            if self._waiting:
+                for j, other in enumerate(self._wakes):
+                    if j != k:
+                        other.set()
+            return admitted, dropped
 
     def _cancel_all_after_deadline(self) -> None:
         if self._drain_deadline is not None and time.monotonic() >= self._drain_deadline:

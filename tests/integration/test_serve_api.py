@@ -78,9 +78,14 @@ def test_two_engine_workers_split_the_batch_and_give_the_text_each_request_gets_
     app = create_app(runtime, ServeConfig(max_batch=4, engine_workers=2, sampling_defaults="openai"))
     engine = app.state.engine
     assert [s.max_batch for s in engine.schedulers] == [2, 2]
+    # No step runs before all four requests are in (they arrive together, whatever the machine's
+    # pace): 4 sequences are more than one worker's 2 slots, so both must decode.
+    submitted, all_in, submit = [], threading.Event(), engine.submit
+    engine.submit = lambda job: (submit(job), submitted.append(job), len(submitted) == 4 and all_in.set())
     rows: list[list[int]] = [[], []]
     for k, scheduler in enumerate(engine.schedulers):
         def step(admitted, scheduler=scheduler, seen=rows[k], step=scheduler.step):
+            all_in.wait(60)
             events = step(admitted)
             seen.append(len(scheduler.rows) + len(scheduler.sliding))
             return events
