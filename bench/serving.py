@@ -10,29 +10,29 @@ The second form is the open-loop load of `vllm bench serve` (`bench.serving_load
 arrive at seeded Poisson times at each rate, whatever the server's pace, and the report gives
 its figures (`bench.serving_stats`). The first form, closed-loop, follows.
 
-Two servers run for the whole benchmark (`--max-batch` = the largest client count, and
-`--max-batch 1`, both with `--engine`'s engine and `--engine-workers`; `--engine both` adds one
-batched with the engine in its own process, beside the thread engine's, and `--compare-workers N`
-one batched with N engine workers); at each concurrency level, alternating
-within each repeat, C clients each send `per_client` greedy streaming requests one after another
-(prompts from a fixed set, 128 new tokens each, `stream_options.include_usage` for the exact token
-count), and the offline bound decodes C
+Two servers run for the whole benchmark (`--max-batch` = the largest client count, and `--max-batch
+1`, both with `--engine`'s engine and `--engine-workers`; `--engine both` adds one batched with the
+engine in its own process, beside the thread engine's, and `--compare-workers N` one batched with N
+engine workers); at each concurrency level, alternating within each repeat, C clients each send
+`per_client` greedy streaming requests one after another (prompts from a fixed set, 128 new tokens
+each, `stream_options.include_usage` for the exact token count), and the offline bound decodes C
 rows in one `Runtime.generate_ids` loop (the same runtime, no HTTP, no scheduler) for as many
 tokens, once with the runtime's default options and once with the server's (fewer threads, no
-spinning: `decoder.serve.config.session_options`), the better of the two being the bound.
-Reported per level: aggregate generated tokens/s (median of the repeats), time to first
-token and inter-token latency p50/p99 as the clients see them (pooled over the repeats; one SSE
-event is one token, up to held-back UTF-8, and events that arrive in one chunk arrive together), the server's CPU time (user + system, every thread of
-the server process and of its children: the engine process, and multiprocessing's resource
-tracker, which does next to nothing) per generated token (median of the repeats: steadier than
-tokens/s on a shared machine, and the figure the per-token work outside onnxruntime moves), and
-the peak RSS so far of the server and its children, summed. In each repeat the bound is measured
-right before and right after the batched server's run, and the targets' ratios are the median over
-the repeats of the server's tokens/s over the mean of the two (the better runtime's), with their
-range: a shared machine's speed can swing by half within seconds, which a ratio of two medians
-taken at different moments would carry. The bound's row gives the median of all its runs; the
-targets' table also gives the best run over the best bound (interference only slows a run down). The load generator
-runs on the same machine as the server, so at high concurrency it takes some of its CPU.
+spinning: `decoder.serve.config.session_options`), the better of the two being the bound. Reported
+per level: aggregate generated tokens/s (median of the repeats), time to first token and inter-
+token latency p50/p99 as the clients see them (pooled over the repeats; one SSE event is one token,
+up to held-back UTF-8, and events that arrive in one chunk arrive together), the server's CPU time
+(user + system, every thread of the server process and of its children: the engine process, and
+multiprocessing's resource tracker, which does next to nothing) per generated token (median of the
+repeats: steadier than tokens/s on a shared machine, and the figure the per-token work outside
+onnxruntime moves), and the peak RSS so far of the server and its children, summed. In each repeat
+the bound is measured right before and right after the batched server's run, and the targets'
+ratios are the median over the repeats of the server's tokens/s over the mean of the two (the
+better runtime's), with their range: a shared machine's speed can swing by half within seconds,
+which a ratio of two medians taken at different moments would carry. The bound's row gives the
+median of all its runs; the targets' table also gives the best run over the best bound
+(interference only slows a run down). The load generator runs on the same machine as the server, so
+at high concurrency it takes some of its CPU.
 """
 
 from __future__ import annotations

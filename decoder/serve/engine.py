@@ -2,12 +2,13 @@
 
 Each worker thread runs its scheduler's `step` back to back while there is work, admitting waiting
 sequences into its free batch slots, and appends each step's text to an outbox that the event loop
-empties into the requests' inboxes. With several workers (`ServeConfig.engine_workers`) each has its
-own batch (the server's `max_batch` split among them) over the one shared model, whose onnxruntime
-session runs concurrent calls, each on its caller's thread: the workers decode side by side on their
-own cores. A worker admits only its share of the sequences in flight and waiting (`shares`): a
-light load stays in one batch, a heavier one is split evenly among as many workers as give each at
-least MIN_ROWS_PER_WORKER rows. A sequence stays with the worker that admitted it until it ends.
+empties into the requests' inboxes. With several workers (`ServeConfig.engine_workers`) each has
+its own batch (the server's `max_batch` split among them) over the one shared model, whose
+onnxruntime session runs concurrent calls, each on its caller's thread: the workers decode side by
+side on their own cores. A worker admits only its share of the sequences in flight and waiting
+(`admission.shares`): a light load stays in one batch, a heavier one is split evenly among as many
+workers as give each at least `decoder.serve.admission.MIN_ROWS_PER_WORKER` rows. A sequence stays
+with the worker that admitted it until it ends.
 
 A worker does not wake the loop itself: it drops a token in a C queue (`queue.SimpleQueue`, no
 Python-level lock to fight over) and one more thread, the waker, wakes the loop
@@ -31,26 +32,25 @@ and n = 1); past that `submit` answers 429 with a Retry-After header. A job with
 `drain(grace)` (on SIGTERM) refuses new jobs with 503 and, `grace` seconds later, cancels
 whatever still runs, so every response ends cleanly (finish reason "cancelled"). A step that
 raises (a bug, or onnxruntime failing) is logged, every sequence in flight ends with finish reason
-"error", and the engine carries on with an empty batch. The event loop's side (`EngineBase`), the
-queue's `take` and `run_step` are shared with the engine in a process of its own
-(`decoder.serve.engine_process`).
+"error", and the engine carries on with an empty batch. The event loop's side (`EngineBase`) and
+what a worker admits and how it steps (`decoder.serve.admission`) are shared with the engine in a
+process of its own (`decoder.serve.engine_process`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import queue
 import threading
 import time
 from collections import deque
 from typing import AsyncIterator
 
+from decoder.serve.admission import run_step, shares, take
 from decoder.serve.metrics import ServerMetrics
 from decoder.serve.protocol import APIError
 from decoder.serve.scheduler import Event, Scheduler, Sequence
 
-log = logging.getLogger("decoder.serve")
 RETRY_AFTER_S = 1
 
 
@@ -113,52 +113,6 @@ def unavailable() -> APIError:
 def queue_full(queued: int) -> APIError:
     return APIError(429, f"The server is busy ({queued} sequences queued); retry shortly", type="server_error",
                     code="queue_full", headers={"Retry-After": str(RETRY_AFTER_S)})
-
-
-def take(waiting: deque[Sequence], free: int) -> tuple[list[Sequence], list[Event]]:
-    """(the first `free` waiting sequences, first come first served; the cancelled waiting ones,
-    ended now), both taken out of `waiting`."""
-    dropped: list[Event] = [(seq, "", "cancelled") for seq in waiting if seq.cancelled]
-    if dropped:
-        kept = [seq for seq in waiting if not seq.cancelled]
-        waiting.clear()
-        waiting.extend(kept)
-    return [waiting.popleft() for _ in range(min(free, len(waiting)))], dropped
-
-
-MIN_ROWS_PER_WORKER = 4
-"""A second worker starts decoding only once each would hold this many rows: a small model's step
-costs nearly as much at 2 rows as at 4, so two batches of 2 cost about twice the CPU of one of 4
-(seen at 4 streaming clients on the larger benchmark shape when every load was split evenly), while
-16 rows decode faster as two batches of 8 than as one of 16."""
-
-
-def shares(running: list[int], waiting: int, capacity: list[int]) -> list[int]:
-    """How many sequences each worker should hold, given the rows each holds (`running`), the
-    sequences waiting and each worker's slots: the fewest workers that give each at least
-    MIN_ROWS_PER_WORKER rows and hold them all (those holding the most rows first, then the
-    first ones), the sequences split evenly among them, rounded up; the other workers keep what they
-    hold. A worker admits up to its share."""
-    total = sum(running) + waiting
-    active = max(1, min(len(running), total // MIN_ROWS_PER_WORKER))
-    order = sorted(range(len(running)), key=lambda k: (-running[k], k))
-    while active < len(running) and sum(capacity[k] for k in order[:active]) < total:
-        active += 1
-    even = -(-total // active)
-    chosen = set(order[:active])
-    return [max(even, running[k]) if k in chosen else running[k] for k in range(len(running))]
-
-
-def run_step(scheduler: Scheduler, admitted: list[Sequence]) -> list[Event]:
-    """One scheduler step; if it raises, the error is logged and every sequence in flight ends
-    with finish reason "error" (the scheduler carries on with an empty batch)."""
-    try:
-        return scheduler.step(admitted)
-    except Exception:
-        log.exception("engine step failed; ending every sequence in flight with finish_reason 'error'")
-        failed = list(dict.fromkeys([*scheduler.rows, *scheduler.sliding, *admitted]))
-        scheduler.clear()
-        return [(seq, "", "error") for seq in failed]
 
 
 class EngineBase:

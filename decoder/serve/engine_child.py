@@ -13,7 +13,7 @@ from collections import deque
 from multiprocessing.connection import Connection
 from typing import Callable
 
-from decoder.serve.engine import run_step, take
+from decoder.serve.admission import run_step, take
 from decoder.serve.scheduler import Event, Model, Scheduler, Sequence
 from decoder.tokenizer import Tokenizer
 

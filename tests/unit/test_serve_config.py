@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from decoder.serve.config import ServeConfig, batch_shares, engine_workers
-from decoder.serve.engine import MIN_ROWS_PER_WORKER, shares
+from decoder.serve.admission import MIN_ROWS_PER_WORKER, shares
 
 
 @pytest.mark.parametrize("max_batch,workers,shares", [(16, 2, [8, 8]), (5, 2, [3, 2]), (7, 3, [3, 2, 2]), (1, 1, [1])])
