@@ -38,7 +38,7 @@ sampling uses one generator per sequence seeded as `decode_loop` seeds its one, 
 sampled request's text does not depend on its neighbours.
 
 The scheduler itself is synchronous and single-threaded: its worker never runs two of its steps at
-once, and other threads only read how many rows it holds (the engine's admissions) or set
+once, and other threads only read its rows (the engine's drain and stop) or set
 `Sequence.cancelled`. Workers with schedulers of their own share the model, whose onnxruntime
 session runs their calls concurrently.
 """
@@ -300,9 +300,9 @@ class Scheduler:
         return events
 
 
-def choose_tokens(logits: np.ndarray, rows: list[Sequence | None]) -> np.ndarray:
-    """(B,) next tokens: one argmax over the plain greedy rows (and free slots, None, whose token
-    is ignored); every other row picks alone, with its own parameters, generator, history and
+def choose_tokens(logits: np.ndarray, rows: list[Sequence | None]) -> list[int]:
+    """The B next tokens (Python ints): one argmax over the plain greedy rows (and free slots, None,
+    whose token is ignored); every other row picks alone, with its own parameters, generator, history and
     generated tokens (as `decoder.sampling.decode_loop` does for it)."""
     alone = [i for i, s in enumerate(rows) if s is not None and not s.plain]
     if not alone:
