@@ -302,8 +302,8 @@ class Scheduler:
 
 def choose_tokens(logits: np.ndarray, rows: list[Sequence | None]) -> list[int]:
     """The B next tokens (Python ints): one argmax over the plain greedy rows (and free slots, None,
-    whose token is ignored); every other row picks alone, with its own parameters, generator, history and
-    generated tokens (as `decoder.sampling.decode_loop` does for it)."""
+    whose token is ignored); every other row picks alone, with its own parameters, generator,
+    history and generated tokens (as `decoder.sampling.decode_loop` does for it)."""
     alone = [i for i, s in enumerate(rows) if s is not None and not s.plain]
     if not alone:
         tokens = logits.argmax(axis=-1)  # no boolean-indexed copy of the logits
