@@ -3,11 +3,11 @@
 `decoder export RUN_DIR_OR_CHECKPOINT --out BUNDLE_DIR [--quantize int8]` writes:
 
 - `model.onnx`: the graph of `decoder.bundle`'s contract (format 2): inputs `input_ids`,
-  `attention_mask`, `position_ids` and the left-padded cache `past_key_{i}` / `past_value_{i}`;
-  outputs `logits` and `present_key_{i}` / `present_value_{i}`. batch, seq and past are dynamic
-  and past may be 0, so one graph serves the prefill and every incremental step, for rows of equal
-  or different lengths. Exported with torch's dynamo exporter (`torch.onnx.export(...,
-  dynamo=True, dynamic_shapes=...)`) at opset 23 (see OPSET) and checked with `onnx.checker`.
+  `attention_mask`, `position_ids`, the left-padded cache `past_key_{i}` / `past_value_{i}` and
+  (added after export and int8 quantization: `decoder.logits_start`) the optional `logits_start`;
+  outputs `logits` and `present_key_{i}` / `present_value_{i}`. batch, seq and past are dynamic,
+  past may be 0: one graph serves prefills and steps, for rows of equal or different lengths.
+  Exported by `torch.onnx.export(..., dynamo=True, dynamic_shapes=...)` at opset 23, checked by `onnx.checker`.
 - `model.int8.onnx` (with --quantize int8): onnxruntime dynamic int8 quantization of the matmuls.
 - `genai_config.json`: the graph described for onnxruntime-genai (`decoder.genai`; the int8 model
   through the same file, its filename overlaid).
@@ -40,21 +40,13 @@ from onnx import numpy_helper
 import torch.nn as nn
 
 from decoder import __version__
-from decoder.bundle import (
-    ATTENTION_MASK,
-    BUNDLE_FORMAT,
-    BUNDLE_JSON,
-    GENAI_CONFIG_FILE,
-    INT8_MODEL_FILE,
-    MODEL_FILE,
-    file_record,
-    input_names,
-    output_names,
-)
+from decoder.bundle import (ATTENTION_MASK, BUNDLE_FORMAT, BUNDLE_JSON, GENAI_CONFIG_FILE, INT8_MODEL_FILE, LOGITS_START,
+                            MODEL_FILE, file_record, input_names, output_names)
 from decoder.config import RunConfig
 from decoder.errors import UserError
 from decoder.genai import genai_config_text
 from decoder.io import atomic_write, write_json
+from decoder.logits_start import add_logits_start
 from decoder.model import GPT
 from decoder.parity import int8_agreement, padded_parity_check, parity_check
 from decoder.runtime import Runtime
@@ -62,11 +54,10 @@ from decoder.tokenizer import Tokenizer
 
 QUANTIZATIONS = ("int8",)
 OPSET = 23
-"""ONNX opset of the exported graph. From 23 the exporter writes each scaled-dot-product attention
-as one ONNX `Attention` node instead of ~15 small ops (171 nodes instead of 268 for 6 blocks); at
-batch 1 per-node overhead is a large share of a decoding step, and onnxruntime (>= 1.23 has the CPU
-kernel) decoded 1.1x (fp32) and 1.3x (int8) faster than with the default opset 20 on this project's
-benchmark model."""
+"""ONNX opset of the exported graph. From 23 each scaled-dot-product attention is one ONNX `Attention`
+node instead of ~15 small ops (171 nodes instead of 268 for 6 blocks); per-node overhead is a large
+share of a batch-1 step, and onnxruntime (>= 1.23 has the CPU kernel) decoded the benchmark model
+1.1x (fp32) and 1.3x (int8) faster than with the default opset 20."""
 PARITY_TOLERANCE = 1e-3
 """An export whose logits differ from PyTorch's by more than this (max abs) is refused."""
 
@@ -315,10 +306,13 @@ def _build_bundle(
     """Write model.onnx (+ int8) and bundle.json into `tmp`, checking parity before the figures."""
     opset = export_onnx(model, tmp / MODEL_FILE)
     meta = _bundle_json(model, tokenizer, config, opset, run_meta)
-    meta["files"][MODEL_FILE] = file_record(tmp / MODEL_FILE)
-    if quantize == "int8":
+    files = [MODEL_FILE, *([INT8_MODEL_FILE] if quantize == "int8" else [])]
+    if quantize == "int8":  # from the graph without logits_start: its slice goes after the quantization
         quantize_int8(tmp / MODEL_FILE, tmp / INT8_MODEL_FILE)
-        meta["files"][INT8_MODEL_FILE] = file_record(tmp / INT8_MODEL_FILE)
+    if all([add_logits_start(tmp / name) for name in files]):
+        meta["optional_inputs"] = [LOGITS_START]
+    for name in files:
+        meta["files"][name] = file_record(tmp / name)
     atomic_write(tmp / GENAI_CONFIG_FILE, genai_config_text(meta, dataclasses.asdict(config.sampling)))
     meta["files"][GENAI_CONFIG_FILE] = file_record(tmp / GENAI_CONFIG_FILE)
     write_json(tmp / BUNDLE_JSON, meta)

@@ -33,6 +33,7 @@ from decoder.bundle import (
     BUNDLE_JSON,
     INPUT_IDS,
     INT8_MODEL_FILE,
+    LOGITS_START,
     MODEL_FILE,
     POSITION_IDS,
     REEXPORT,
@@ -64,6 +65,7 @@ def cpu_session_options(threads: int | None = None) -> ort.SessionOptions:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.intra_op_num_threads = threads or default_threads()
     options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: not the load-time notice that `logits_start` is an input with a default
     return options
 
 
@@ -123,6 +125,9 @@ class Runtime:
             raise BundleError(f"{path}: graph inputs {sorted(shapes)} are not those of a {n_blocks}-block "
                               f"bundle; re-export it with `{REEXPORT}`")
         self._heads, self._head_dim = int(shapes[self._past_names[0]][1]), int(shapes[self._past_names[0]][3])
+        optional = {i.name for i in self.session.get_overridable_initializers()}
+        # fed when only the last position's logits are wanted; older bundles: sliced after the run
+        self._last_position = {LOGITS_START: np.array([-1], dtype=np.int64)} if LOGITS_START in optional else {}
         self._inputs = Inputs(self._context_length)
 
     @property
@@ -157,7 +162,9 @@ class Runtime:
         columns and the T new ones; position_ids (B, T), each below context_length; past: the
         previous step's presents (None: empty). Returns the logits of the last column (B, V), or of
         every column (B, T, V) with last_only=False, and the presents (B, n_heads, P+T, head_dim).
-        With left padding the last column is a real token in every row."""
+        With left padding the last column is a real token in every row. A bundle with the optional
+        `logits_start` input computes only that column's logits for last_only (a T-token prefill
+        then costs about half as much)."""
         ids = np.ascontiguousarray(input_ids, dtype=np.int64)
         if ids.ndim != 2 or ids.shape[1] == 0:
             raise ValueError(f"input_ids has shape {ids.shape}: must be (batch, seq) with seq >= 1")
@@ -169,7 +176,7 @@ class Runtime:
             raise ValueError(f"attention_mask {mask.shape} and position_ids {positions.shape} must be "
                              f"(batch, past + seq) = {(B, P + T)} and (batch, seq) = {(B, T)}")
         self._check_positions(positions)
-        logits, presents = self._run(ids, mask, positions, past)
+        logits, presents = self._run(ids, mask, positions, past, last_only=last_only)
         return (logits[:, -1] if last_only else logits), presents
 
     def _check_positions(self, positions: np.ndarray) -> None:
@@ -177,10 +184,13 @@ class Runtime:
             raise ValueError(f"position_ids reach {positions.max()}: positions must be in [0, "
                              f"{self._context_length - 1}] (the context length); finish or slide the row")
 
-    def _run(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: Cache | None
-             ) -> tuple[np.ndarray, Cache]:
-        """The graph on checked int64 inputs: (B, T, V) logits and the presents."""
+    def _run(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: Cache | None,
+             *, last_only: bool = False) -> tuple[np.ndarray, Cache]:
+        """The graph on checked int64 inputs: (B, T, V) logits and the presents; with last_only, the
+        logits may be (B, 1, V), the graph computing only the last position's (`logits_start`)."""
         feed = dict(zip(self._past_names, past if past is not None else self.empty_cache(ids.shape[0])))
+        if last_only:
+            feed.update(self._last_position)
         feed[INPUT_IDS] = np.ascontiguousarray(ids)
         feed[ATTENTION_MASK] = mask
         feed[POSITION_IDS] = positions
@@ -190,12 +200,13 @@ class Runtime:
     def _last_logits(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: Cache | None
                      ) -> tuple[np.ndarray, Cache]:
         """`decoder.runtime_loop.Run`: the logits of the last column only, (B, V)."""
-        logits, presents = self._run(ids, mask, positions, past)
+        logits, presents = self._run(ids, mask, positions, past, last_only=True)
         return logits[:, -1], presents
 
-    def run(self, ids: np.ndarray, past: Cache | None = None) -> tuple[np.ndarray, Cache]:
+    def run(self, ids: np.ndarray, past: Cache | None = None, *, last_only: bool = False) -> tuple[np.ndarray, Cache]:
         """(B, T) int64 ids after an unpadded cache (None: empty) -> (B, T, V) float32 logits and
-        the new cache: every row real, positions P..P+T-1."""
+        the new cache: every row real, positions P..P+T-1. last_only: the logits may be only the
+        last position's, (B, 1, V), at a lower cost (see `step`)."""
         ids = np.asarray(ids, dtype=np.int64)
         if ids.ndim != 2 or ids.shape[1] == 0:
             raise ValueError(f"input_ids has shape {ids.shape}: must be (batch, seq) with seq >= 1")
@@ -204,11 +215,12 @@ class Runtime:
         if P + T > self._context_length:
             raise ValueError(f"position_ids reach {P + T - 1}: positions must be in [0, "
                              f"{self._context_length - 1}] (the context length); finish or slide the row")
-        return self._run(ids, self._inputs.mask(B, P + T), self._inputs.positions(B, P, T), past)
+        mask, positions = self._inputs.mask(B, P + T), self._inputs.positions(B, P, T)
+        return self._run(ids, mask, positions, past, last_only=last_only)
 
     def forward(self, ids: np.ndarray, past: Cache | None) -> tuple[np.ndarray, Cache]:
         """The `decoder.sampling.Forward` step: logits of the last position only, (B, V) float32."""
-        logits, presents = self.run(ids, past)
+        logits, presents = self.run(ids, past, last_only=True)
         return logits[:, -1], presents
 
     def prefill(self, prompts: Sequence[Sequence[int]]) -> tuple[np.ndarray, BatchCache]:

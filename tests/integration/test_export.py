@@ -19,6 +19,7 @@ from decoder.bundle import (
     BUNDLE_FORMAT,
     GENAI_CONFIG_FILE,
     INT8_MODEL_FILE,
+    LOGITS_START,
     MODEL_FILE,
     input_names,
     output_names,
@@ -59,7 +60,8 @@ def test_graph_signature_has_dynamic_batch_seq_and_past(onnx_bundle, loaded):
     assert outputs.pop("logits") == ["batch", "seq", model.vocab_size]
     assert inputs.pop("attention_mask") == ["batch", "past + seq"]
     assert inputs.pop("position_ids") == ["batch", "seq"]
-    assert [i.name for i in graph.input] == input_names(c.n_blocks)
+    assert inputs.pop(LOGITS_START) == [1]
+    assert [i.name for i in graph.input] == [*input_names(c.n_blocks), LOGITS_START]
     assert [o.name for o in graph.output] == output_names(c.n_blocks)
     assert sorted(inputs) == sorted(f"past_{k}_{i}" for i in range(c.n_blocks) for k in ("key", "value"))
     assert set(map(tuple, inputs.values())) == {("batch", c.n_heads, "past", c.head_dim)}
@@ -73,6 +75,7 @@ def test_bundle_json_describes_model_tokenizer_run_and_files(onnx_bundle, onnx_r
     assert bundle["format"] == BUNDLE_FORMAT == 2
     assert bundle["inputs"] == input_names(config.model.n_blocks)
     assert bundle["outputs"] == output_names(config.model.n_blocks)
+    assert bundle["optional_inputs"] == [LOGITS_START]
     assert bundle["parity"]["padded_max_abs_logits_diff"] < 1e-4
     assert bundle["model"]["d_model"] == config.model.d_model and bundle["model"]["vocab_size"] == model.vocab_size
     assert bundle["tokenizer"] == tokenizer.to_dict() and bundle["tokenizer"]["compact"]
@@ -175,7 +178,7 @@ def test_architecture_options_export_with_the_same_signature_and_parity(tmp_path
             block.attn.c_attn.weight.mul_(8)
     bundle = export_model(model, tokenizer, config, tmp_path / name)
     graph = onnx.load(str(bundle / MODEL_FILE)).graph
-    assert [i.name for i in graph.input] == input_names(options.n_blocks)
+    assert [i.name for i in graph.input] == [*input_names(options.n_blocks), LOGITS_START]
     assert [o.name for o in graph.output] == output_names(options.n_blocks)
     runtime = Runtime(bundle, threads=1)
     diffs = parity_check(model, runtime, past_lengths=[0, 1, 7, 15])
