@@ -55,7 +55,7 @@ def main() -> None:
                 for last_only in (False, True):
                     samples[last_only].append(timed_ms(runtime, prompts, last_only))
             every, last = float(np.median(samples[False])), float(np.median(samples[True]))
-            print(f"| {rows} | {tokens} | {every:.2f} | {last:.2f} | {last / every:.2f} |", flush=True)
+            print(f"| {rows} | {tokens} | {every:.3f} | {last:.3f} | {last / every:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -141,7 +141,8 @@ def server(args: argparse.Namespace, max_batch: int, engine: str | None = None,
     workers = None if engine == "process" else workers  # the process engine has one
     options = ["--max-batch", str(max_batch), "--max-queue", "4096",
                *(["--threads", str(args.threads)] if args.threads else []), *(["--quantized"] if args.quantized else []),
-               "--engine", engine, *(["--engine-workers", str(workers)] if workers else [])]
+               "--engine", engine, *(["--engine-workers", str(workers)] if workers else []),
+               *(["--stream-interval", str(args.stream_interval)] if getattr(args, "stream_interval", None) else [])]
     with serve_process(args.bundle, options) as running:
         yield running
 
@@ -369,6 +370,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="the batched server's --engine-workers (default: the server's default)")
     p.add_argument("--compare-workers", type=int, default=None, metavar="N",
                    help="add a batched server with --engine-workers N, side by side (thread engine)")
+    p.add_argument("--stream-interval", type=int, default=None, metavar="N",
+                   help="the servers' --stream-interval (default: the server's, 1: every token its own event)")
     p.add_argument("--out", type=Path, help="write the Markdown table here (default: print it)")
     load = p.add_argument_group("open-loop load (vllm bench serve's figures)")
     load.add_argument("--request-rate", type=rates, default=None,

@@ -2,6 +2,7 @@
 closed-loop streaming clients, shared out per thread and per component.
 
     python -m bench.serving_profile BUNDLE_DIR [--clients 16] [--seconds 8] [--rate 500] [--raw FILE]
+        [--engine-workers N] [--stream-interval N]
 
 py-spy (the `bench` extra) samples every thread of the server `--rate` times a second for
 `--seconds` while the clients run (`bench.serving`'s plain-asyncio client, 128 greedy tokens a
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rate", type=int, default=500, help="py-spy samples per second")
     p.add_argument("--raw", type=Path, help="keep py-spy's raw samples here")
     p.add_argument("--engine-workers", type=int, default=None, help="the server's --engine-workers")
+    p.add_argument("--stream-interval", type=int, default=None, help="the server's --stream-interval")
     args = p.parse_args(argv)
     args.threads, args.quantized, args.engine = None, False, "thread"  # what bench.serving.server reads
     raw = args.raw or Path(tempfile.mkdtemp()) / "samples.txt"

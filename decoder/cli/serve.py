@@ -20,6 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine-workers", type=int, default=None, metavar="N",
                    help="decoding threads of the thread engine, each with its own share of --max-batch and its "
                         "own core (default: one per usable core, at most 2)")
+    p.add_argument("--stream-interval", type=int, default=1, metavar="N",
+                   help="tokens a stream sends at a time: each choice's first at once, then N per event "
+                        "(default 1: every token its own event; more: less work per token, burstier streams)")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: one core fewer than usable, at least 1)")
     p.add_argument("--shutdown-grace", type=float, default=10.0, metavar="SECONDS",
                    help="on SIGTERM, how long in-flight requests may run on before they are cancelled")
@@ -45,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from decoder.serve.config import ServeConfig, config_problems
 
     values = {"max_batch": args.max_batch, "max_queue": args.max_queue, "shutdown_grace": args.shutdown_grace,
+              "stream_interval": args.stream_interval,
               **({"engine_workers": args.engine_workers} if args.engine_workers is not None else {})}
     problems = [f"--{p.replace('_', '-')}" for p in config_problems(values)]
     if args.engine == "process" and (args.engine_workers or 1) > 1:

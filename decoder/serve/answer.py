@@ -16,6 +16,9 @@ JSON; and the pieces one delivery brings a response (several steps' when the eve
 go out in one send, each still its own event, with no per-chunk event object or task (the event
 loop's per-token work is what limits a 2-core server at 16 streaming clients; no keep-alive
 comments are sent, as no client of this API needs them: a token or the end comes every step).
+With `stream_interval` N > 1 the reader is woken every N tokens of a choice (`Job`), and the
+pieces of one choice in a delivery go out as one event: its text joined, its logprobs one entry
+per token.
 """
 
 from __future__ import annotations
@@ -158,6 +161,15 @@ class _StreamLogprobs:
         return self.shape.logprobs(self.tokenizer, self.cursors[index].take(seq.logprobs, text, last))
 
 
+def _by_choice(batch: list[tuple[int, str, str | None]]) -> list[tuple[int, str, str | None]]:
+    """A delivery's pieces as one piece per choice (its texts joined, its finish reason, if any, last),
+    in the order the choices first appear: a stream_interval > 1 sends a choice's tokens in one event."""
+    merged: dict[int, tuple[int, str, str | None]] = {}
+    for index, text, finish in batch:
+        merged[index] = (index, merged[index][1] + text, finish) if index in merged else (index, text, finish)
+    return list(merged.values())
+
+
 def _event(payload: str) -> bytes:
     return b"data: " + payload.encode() + b"\n\n"
 
@@ -174,7 +186,7 @@ async def _stream(job: Job, head: dict, shape: Shape, include_usage: bool, trunc
             yield b"".join(_event(opening + json.dumps(shape.opening(i)) + closing) for i in range(len(job.sequences)))
         async for batch in job.batches():
             events = []
-            for index, text, finish in batch:
+            for index, text, finish in (batch if job.stream_interval == 1 else _by_choice(batch)):
                 if finish == "error":
                     events.append(_event(json.dumps(error_body("The engine failed while generating this request",
                                                                type="server_error", code="engine_error"))))

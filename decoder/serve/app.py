@@ -102,7 +102,8 @@ def build_engine(runtime: Model, config: ServeConfig, metrics: ServerMetrics, mo
             engine_model = partial(load_runtime, bundle_dir, model_file)
         return ProcessEngine(engine_model, metrics, max_batch=config.max_batch, max_queue=config.max_queue)
     shares = batch_shares(config.max_batch, engine_workers(config))
-    return Engine([Scheduler(runtime, max_batch=share) for share in shares], metrics, max_queue=config.max_queue)
+    return Engine([Scheduler(runtime, max_batch=share) for share in shares], metrics, max_queue=config.max_queue,
+                  stream_interval=config.stream_interval)
 
 
 def _add_model_routes(app: FastAPI, served: Served, engine: EngineBase) -> None:

@@ -75,7 +75,8 @@ def build_job(req: SamplingRequest, encoded: list[PromptIds], served: Served, *,
                  rng=np.random.default_rng(None if req.seed is None else req.seed + j), top_logprobs=top_logprobs)
         for prompt in encoded for j in range(per_prompt)
     ]
-    return Job(sequences, prompt_tokens=sum(prompt.seen for prompt in encoded))
+    return Job(sequences, prompt_tokens=sum(prompt.seen for prompt in encoded),
+               stream_interval=served.config.stream_interval)
 
 
 async def create_completion(request: Request, engine: EngineBase, served: Served) -> JSONResponse | EventStream:

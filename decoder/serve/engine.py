@@ -55,21 +55,31 @@ RETRY_AFTER_S = 1
 
 
 class Job:
-    """One request's sequences (in choice order) and the inbox their (index, text, finish) arrive in."""
+    """One request's sequences (in choice order) and the inbox their (index, text, finish) arrive in.
 
-    def __init__(self, sequences: list[Sequence], prompt_tokens: int) -> None:
+    stream_interval: a waiting reader is woken by a choice's first piece, its last, and then every
+    `stream_interval` pieces (tokens) of a choice, so a stream sends a choice's tokens that many at
+    a time (`ServeConfig.stream_interval`)."""
+
+    def __init__(self, sequences: list[Sequence], prompt_tokens: int, stream_interval: int = 1) -> None:
         self.sequences = sequences
         self.prompt_tokens = prompt_tokens
+        self.stream_interval = stream_interval
         self.started = False
         self.open = len(sequences)
         self.arrived = min((s.arrived for s in sequences), default=time.perf_counter())
         self._inbox: deque[tuple[int, str, str | None]] = deque()
         self._waiter: asyncio.Future | None = None
+        self._unread = [-1] * len(sequences)
+        """Per choice, pieces put since the reader last took the inbox (-1: the choice has had none)."""
 
     def put(self, index: int, text: str, finish: str | None) -> None:
-        """Deliver a piece of a choice (in the event loop), waking the reader if it waits."""
+        """Deliver a piece of a choice (in the event loop), waking the reader if it waits and the
+        piece is the choice's first, its last, or its stream_interval-th since the last wake."""
         self._inbox.append((index, text, finish))
-        if self._waiter is not None and not self._waiter.done():
+        self._unread[index] += 1
+        if self._waiter is not None and not self._waiter.done() and (
+                finish is not None or self._unread[index] <= 0 or self._unread[index] >= self.stream_interval):
             self._waiter.set_result(None)
 
     def cancel(self) -> None:
@@ -95,6 +105,7 @@ class Job:
                     self._waiter = None
             batch = list(self._inbox)
             self._inbox.clear()
+            self._unread = [min(n, 0) for n in self._unread]
             remaining -= sum(finish is not None for _, _, finish in batch)
             yield batch
 
@@ -163,11 +174,14 @@ class EngineBase:
 class Engine(EngineBase):
     """Owns the schedulers and their worker threads; see the module docstring."""
 
-    def __init__(self, schedulers: Scheduler | list[Scheduler], metrics: ServerMetrics, *, max_queue: int) -> None:
+    def __init__(self, schedulers: Scheduler | list[Scheduler], metrics: ServerMetrics, *, max_queue: int,
+                 stream_interval: int = 1) -> None:
         super().__init__(metrics, max_queue=max_queue)
         self.schedulers = [schedulers] if isinstance(schedulers, Scheduler) else list(schedulers)
         if not self.schedulers:
             raise ValueError("an engine needs at least one scheduler")
+        self.stream_interval = stream_interval
+        self._unposted = [0] * len(self.schedulers)  # each worker's steps in the outbox since it last alerted the waker
         self._waiting: deque[Sequence] = deque()
         self._lock = threading.Lock()  # guards _waiting, and admissions into the schedulers
         self._wakes = [threading.Event() for _ in self.schedulers]
@@ -292,12 +306,18 @@ class Engine(EngineBase):
             sampled = sum(finish != "cancelled" for _, _, finish in events)
             if sampled:
                 self.metrics.batch_size.observe(sampled)
-            self._post(admitted, dropped + events, taken_at)
+            self._post(k, admitted, dropped + events, taken_at)
 
-    def _post(self, admitted: list[Sequence], events: list[Event], taken_at: float) -> None:
-        """Hand a step to the loop (through the waker: see the module docstring)."""
+    def _post(self, k: int, admitted: list[Sequence], events: list[Event], taken_at: float) -> None:
+        """Hand a step to the loop (through the waker: see the module docstring): at once when a
+        sequence joined, sampled its first token or ended, else every stream_interval steps of the
+        worker (the streams would not send the tokens in between sooner)."""
         self._outbox.append((admitted, events, taken_at))
-        self._filled.put(None)  # a C queue: no Python-level lock for the threads to fight over
+        self._unposted[k] += 1
+        if self._unposted[k] >= self.stream_interval or admitted or any(
+                finish is not None or seq.generated == 1 for seq, _, finish in events):
+            self._unposted[k] = 0
+            self._filled.put(None)  # a C queue: no Python-level lock for the threads to fight over
 
     def _wake_loop(self) -> None:
         """The waker thread: schedule a delivery for steps in the outbox unless one is pending. The

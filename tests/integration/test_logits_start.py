@@ -2,6 +2,9 @@
 the full graph's, fed by the runtime when it generates; bundles without it still generate alike."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -102,3 +105,16 @@ def test_a_graph_whose_output_is_not_a_matmul_is_left_unchanged():
     before = proto.SerializeToString()
     assert not with_logits_start(proto)
     assert proto.SerializeToString() == before
+
+
+def test_prefill_logits_benchmark_reports_each_shape(onnx_bundle):
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-m", "bench.prefill_logits", str(onnx_bundle), "--tokens", "4,8,999",
+                           "--rows", "1,2", "--rounds", "2"], capture_output=True, text=True, timeout=300, cwd=repo)
+    assert done.returncode == 0, done.stderr
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in done.stdout.splitlines()
+            if line.startswith("| ") and line[2].isdigit()]
+    assert [(r[0], r[1]) for r in rows] == [("1", "4"), ("1", "8"), ("2", "4"), ("2", "8")]  # 999 > context: left out
+    for row in rows:
+        every, last, ratio = map(float, row[2:])
+        assert every > 0 and last > 0 and ratio == pytest.approx(last / every, rel=0.05)

@@ -344,3 +344,27 @@ def test_serve_command_refuses_a_folder_that_is_no_bundle(capsys, tmp_path):
     assert cli_main(["serve", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("decoder serve: error: ") and "not a bundle" in err and err.count("\n") == 1
+
+
+def test_a_stream_interval_sends_tokens_several_at_a_time_with_their_logprobs(runtime, app):
+    """--stream-interval 4: the same text and logprobs as the JSON answer, in far fewer events than
+    tokens (each event's logprobs one entry per token it carries); the default sends every token."""
+    body = {"prompt": PROMPT, "max_tokens": 30, "temperature": 0, "logprobs": 2}
+    plain = post(app, body).json()["choices"][0]
+    for interval, most in [(4, 15), (1, 30)]:
+        served = app if interval == 1 else create_app(
+            runtime, ServeConfig(max_batch=8, sampling_defaults="openai", stream_interval=interval))
+        payloads = sse_data(post(served, {**body, "stream": True}).text)
+        texts, finishes = stream_texts(payloads)
+        assert texts == {0: plain["text"]} and finishes == {0: "length"}
+        chunks = [c for p in payloads[:-1] for c in json.loads(p)["choices"]]
+        assert [t for c in chunks for t in c["logprobs"]["tokens"]] == plain["logprobs"]["tokens"]
+        assert all(len(c["logprobs"]["tokens"]) == len(c["logprobs"]["token_logprobs"]) for c in chunks)
+        assert len(chunks) <= most and (interval > 1 or len(chunks) == 30)
+
+
+def test_the_stream_interval_must_be_at_least_one(capsys, onnx_bundle):
+    with pytest.raises(ValueError, match="stream_interval=0: must be >= 1"):
+        ServeConfig(stream_interval=0)
+    assert cli_main(["serve", str(onnx_bundle), "--stream-interval", "0"]) == 2
+    assert "--stream-interval=0: must be >= 1" in capsys.readouterr().err

@@ -183,3 +183,16 @@ def test_serving_ab_serves_each_tree_and_reports_each(onnx_bundle):
     for row in rows:
         tok_s, ratio, cpu, main, client = (float(c.replace(",", "")) for c in row[1:])
         assert tok_s > 0 and ratio > 0 and cpu >= main >= 0 and client >= 0
+
+
+def test_engine_workers_benchmark_reports_each_worker_count_and_the_bound(onnx_bundle):
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-m", "bench.engine_workers", str(onnx_bundle), "--clients", "4",
+                           "--workers", "1,2", "--rounds", "1", "--new-tokens", "4"],
+                          capture_output=True, text=True, timeout=300, cwd=repo)
+    assert done.returncode == 0, done.stderr
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in done.stdout.splitlines()
+            if line.startswith("| ") and not line.startswith("| engine")]
+    assert [r[0] for r in rows] == ["1 worker, no HTTP", "2 workers, no HTTP", "offline bound (batch 4)"]
+    for name, tok_s, ratio in rows:
+        assert float(tok_s.replace(",", "")) > 0 and float(ratio.split()[0]) > 0

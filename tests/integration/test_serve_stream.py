@@ -101,3 +101,60 @@ def test_a_failing_generator_raises_and_is_no_disconnect():
     with pytest.raises(RuntimeError, match="engine gone"):
         asyncio.run(call(EventStream(payloads(), on_disconnect=lambda: left.append(1))))
     assert left == []
+
+
+def test_a_stream_interval_wakes_the_reader_at_the_first_piece_every_nth_and_the_last():
+    job = Job([SimpleNamespace(arrived=0.0, cancelled=False, generated=0)] * 2, prompt_tokens=2, stream_interval=3)
+
+    async def run():
+        got = []
+        reader = job.batches()
+
+        async def next_batch():
+            return await asyncio.wait_for(reader.__anext__(), timeout=0.2)
+
+        waiting = asyncio.ensure_future(next_batch())
+        await asyncio.sleep(0.01)  # the reader waits
+        job.put(0, "a", None)  # choice 0's first piece: at once
+        got.append(await waiting)
+        waiting = asyncio.ensure_future(next_batch())
+        await asyncio.sleep(0.01)  # the reader waits
+        job.put(0, "b", None)
+        job.put(0, "c", None)
+        job.put(1, "x", None)  # choice 1's first piece: at once, with what choice 0 has so far
+        got.append(await waiting)
+        waiting = asyncio.ensure_future(next_batch())
+        await asyncio.sleep(0.01)  # the reader waits
+        for piece in "def":
+            job.put(0, piece, None)
+            await asyncio.sleep(0.01)
+            assert waiting.done() == (piece == "f")  # the third since the last wake
+        got.append(await waiting)
+        waiting = asyncio.ensure_future(next_batch())
+        await asyncio.sleep(0.01)  # the reader waits
+        job.put(1, "y", "length")  # a last piece: at once
+        got.append(await waiting)
+        job.put(0, "g", "stop")
+        got.append(await next_batch())
+        return got
+
+    assert asyncio.run(run()) == [[(0, "a", None)], [(0, "b", None), (0, "c", None), (1, "x", None)],
+                                  [(0, "d", None), (0, "e", None), (0, "f", None)], [(1, "y", "length")],
+                                  [(0, "g", "stop")]]
+
+
+def test_with_a_stream_interval_a_deliverys_pieces_of_a_choice_go_out_as_one_event():
+    job = Job([SimpleNamespace(arrived=0.0, cancelled=False, generated=3)] * 2, prompt_tokens=2, stream_interval=4)
+    head = {"id": "cmpl-1", "object": "text_completion", "created": 7, "model": "m"}
+
+    async def run():
+        for index, text, finish in [(0, "Hel", None), (1, "A", None), (0, "lo", None), (1, "B", "length"),
+                                    (0, " world", "stop")]:
+            job.put(index, text, finish)
+        return [chunk async for chunk in _stream(job, head, COMPLETION, False, 0, None)]
+
+    body = b"".join(asyncio.run(run()))
+    events = [json.loads(e[6:]) for e in body.split(b"\n\n") if e.startswith(b"data: {")]
+    assert [(c["index"], c["text"], c["finish_reason"]) for e in events for c in e["choices"]] == [
+        (0, "Hello world", "stop"), (1, "AB", "length")]
+    assert body.endswith(b"data: [DONE]\n\n")
