@@ -294,7 +294,8 @@ def markdown(args: argparse.Namespace, results: dict, load_before: tuple[float, 
 
     rows = ["| clients | server | generated tok/s | server CPU (µs/token) | TTFT p50 / p99 (ms) | ITL p50 / p99 (ms) "
             "| peak RSS (MiB) |", "|---:|---|---:|---:|---:|---:|---:|"]
-    batched = f"continuous batching (max batch {max(args.clients)})"
+    batched = f"continuous batching (max batch {max(args.clients)}" + (
+        f", stream interval {args.stream_interval})" if args.stream_interval else ")")
     from decoder.serve.config import default_workers
 
     workers = args.engine_workers or default_workers()

@@ -3,10 +3,12 @@ commit, and this one), under the same closed-loop streaming clients, alternating
 with the offline bound.
 
     python -m bench.serving_ab BUNDLE_DIR --tree base=/path/to/other/checkout --tree new=. \
-        [--clients 16] [--rounds 7] [--new-tokens 128] [--max-batch 16] [--server-args "--engine-workers 1"]
+        [--clients 16] [--rounds 7] [--new-tokens 128] [--max-batch 16] [--server-args "--engine-workers 1"] \
+        [--tree-args new="--stream-interval 4"]
 
 Each tree's server is `python -m decoder serve` run with that tree first on PYTHONPATH (its `decoder`
-package, whatever is installed), on a free port of 127.0.0.1. A round runs C clients (each
+package, whatever is installed), on a free port of 127.0.0.1, with `--server-args` and its own
+`--tree-args` (one tree twice, with and without an option, compares the option). A round runs C clients (each
 max(2, 8 // C) greedy streaming requests of `--new-tokens`, `bench.serving`'s client) against each
 server in turn, then the offline bound (`Runtime.generate_ids` at batch C, the runtime's default
 options, from the installed package). Reported per tree, medians over the rounds: generated
@@ -56,7 +58,8 @@ def measure(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     runtime = Runtime(args.bundle)
     per_client = max(2, 8 // args.clients)
     with ExitStack() as stack:
-        servers = {name: stack.enter_context(tree_server(tree, args.bundle, args.max_batch, args.server_args))
+        servers = {name: stack.enter_context(tree_server(tree, args.bundle, args.max_batch,
+                                                         [*args.server_args, *args.tree_args.get(name, [])]))
                    for name, tree in args.tree}
         for url, _ in servers.values():
             asyncio.run(run_clients(url, 2, 1, 8))  # warm-up
@@ -93,6 +96,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--server-args", type=shlex.split, default=[], help="more decoder serve options, for every tree")
+    p.add_argument("--tree-args", action="append", default=[], metavar="NAME=OPTIONS",
+                   help="more decoder serve options for one tree (e.g. the same tree twice, with and without one)")
     args = p.parse_args(argv)
     trees = []
     for item in args.tree:
@@ -105,6 +110,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.clients < 1 or args.rounds < 1:
         p.error("--clients and --rounds must be >= 1")
     args.tree = trees
+    items, args.tree_args = args.tree_args, {}
+    for item in items:
+        name, sep, options = item.partition("=")
+        if not sep or name not in dict(trees):
+            p.error(f"--tree-args {item!r}: give NAME=OPTIONS for a NAME of --tree")
+        args.tree_args[name] = shlex.split(options)
     return args
 
 
