@@ -34,7 +34,8 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from decoder.serve.engine import EngineBase, Job
+from decoder.serve.engine import EngineBase
+from decoder.serve.job import Job
 from decoder.serve.logprobs import Cursor, Scored, eot_entry
 from decoder.serve.protocol import SamplingRequest, error_body
 from decoder.serve.served import Served

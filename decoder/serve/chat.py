@@ -26,7 +26,8 @@ from fastapi.responses import JSONResponse
 
 from decoder.serve.answer import EventStream, Shape, respond
 from decoder.serve.completions import build_job, check_capacity
-from decoder.serve.engine import EngineBase, Job
+from decoder.serve.engine import EngineBase
+from decoder.serve.job import Job
 from decoder.serve.logprobs import Cursor, chat_logprobs
 from decoder.serve.prompts import encode_prompts
 from decoder.serve.parsing import parse_chat_request, read_body

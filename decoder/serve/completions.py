@@ -22,7 +22,8 @@ from fastapi.responses import JSONResponse
 
 from decoder.sampling import SamplingParams
 from decoder.serve.answer import EventStream, Shape, respond
-from decoder.serve.engine import EngineBase, Job
+from decoder.serve.engine import EngineBase
+from decoder.serve.job import Job
 from decoder.serve.logprobs import Cursor, Entry, Scored, completion_logprobs, eot_entry, mean_logprob
 from decoder.serve.prompts import PromptIds, encode_prompts, score_prompts
 from decoder.serve.parsing import parse_request, read_body

@@ -38,7 +38,8 @@ import multiprocessing
 import time
 from typing import Callable
 
-from decoder.serve.engine import EngineBase, Job, queue_full, unavailable
+from decoder.serve.engine import EngineBase, queue_full, unavailable
+from decoder.serve.job import Job
 from decoder.serve.engine_child import SPEC_FIELDS, dumps, run_child
 from decoder.serve.metrics import ServerMetrics
 from decoder.serve.scheduler import Event, Model, Sequence

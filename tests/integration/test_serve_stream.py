@@ -13,7 +13,7 @@ import pytest
 
 from decoder.serve.answer import EventStream, _stream
 from decoder.serve.completions import COMPLETION
-from decoder.serve.engine import Job
+from decoder.serve.job import Job
 
 
 async def call(response: EventStream, disconnect_after: float | None = None) -> list[dict]:
