@@ -111,7 +111,7 @@ def test_a_stream_interval_wakes_the_reader_at_the_first_piece_every_nth_and_the
         reader = job.batches()
 
         async def next_batch():
-            return await asyncio.wait_for(reader.__anext__(), timeout=0.2)
+            return await asyncio.wait_for(reader.__anext__(), timeout=5)
 
         waiting = asyncio.ensure_future(next_batch())
         await asyncio.sleep(0.01)  # the reader waits
