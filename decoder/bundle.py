@@ -14,10 +14,11 @@ The graph (format 2):
   [batch, seq]: each new token's position in its own row), then `past_key_{i}` /
   `past_value_{i}` (float32 [batch, n_heads, past, head_dim]) for every block i;
 - the optional input `logits_start` (int64 [1], default [0]: the first position whose logits are
-  computed; [-1] gives only the last position's, which is what generation needs, at about half
-  the cost of a prefill: `decoder.logits_start`). Listed in bundle.json's `optional_inputs`;
+  computed; [-1] gives only the last position's, which is what generation needs, for 0.56-0.71x
+  the time of a prefill: `decoder.logits_start`). Listed in bundle.json's `optional_inputs`;
   bundles exported before it lack it and the runtime slices their logits after the run;
-- outputs `logits` (float32 [batch, seq, vocab], or [batch, 1, vocab] with `logits_start` [-1]) and `present_key_{i}` / `present_value_{i}`
+- outputs `logits` (float32 [batch, seq, vocab], or [batch, 1, vocab] with `logits_start` [-1])
+  and `present_key_{i}` / `present_value_{i}`
   ([batch, n_heads, past + seq, head_dim]).
 
 The cache is left-padded: every row has the same number of cached columns, a shorter row's padding

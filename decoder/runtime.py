@@ -65,7 +65,8 @@ def cpu_session_options(threads: int | None = None) -> ort.SessionOptions:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.intra_op_num_threads = threads or default_threads()
     options.inter_op_num_threads = 1
-    options.log_severity_level = 3  # errors only: not the load-time notice that `logits_start` is an input with a default
+    # errors only: onnxruntime warns at every load that `logits_start` is an input with a default
+    options.log_severity_level = 3
     return options
 
 
@@ -164,7 +165,7 @@ class Runtime:
         every column (B, T, V) with last_only=False, and the presents (B, n_heads, P+T, head_dim).
         With left padding the last column is a real token in every row. A bundle with the optional
         `logits_start` input computes only that column's logits for last_only (a T-token prefill
-        then costs about half as much)."""
+        then takes 0.56-0.71x the time: docs/deployment.md)."""
         ids = np.ascontiguousarray(input_ids, dtype=np.int64)
         if ids.ndim != 2 or ids.shape[1] == 0:
             raise ValueError(f"input_ids has shape {ids.shape}: must be (batch, seq) with seq >= 1")

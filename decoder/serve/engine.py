@@ -15,9 +15,10 @@ Python-level lock to fight over) and one more thread, the waker, wakes the loop
 (`call_soon_threadsafe`, a write to its self-pipe) unless a delivery is pending already, so a busy
 loop takes several steps in one delivery. With a stream interval N > 1 a worker raises that alarm
 every N of its steps, and at once for a step in which a sequence joined, sampled its first token or
-ended (`_post`): the streams would not send the tokens in between any sooner. The write is a system call that releases the GIL: made
-from a worker, the loop would wake there and run its burst of sends before the worker got the GIL
-back to start its next step (measured: a quarter of the wall time between steps at one client);
+ended (`_post`): the streams would not send the tokens in between any sooner. The write is a
+system call that releases the GIL: made from a worker, the loop would wake there and run its burst
+of sends before the worker got the GIL back to start its next step (measured: a quarter of the wall
+time between steps at one client);
 made from the waker, the burst overlaps onnxruntime's next call, which releases the GIL. A worker
 never waits for the event loop: while onnxruntime runs a step the loop streams the previous step's
 tokens, and a slow loop delays delivery, not decoding. Only its worker touches a scheduler; the
