@@ -73,7 +73,8 @@ def build_job(req: SamplingRequest, encoded: list[PromptIds], served: Served, *,
     params = sampling_params(req, served)
     sequences = [
         Sequence(prompt_ids=prompt.ids, params=params, max_tokens=max_tokens, text=TextStream(served.tokenizer, stops),
-                 rng=np.random.default_rng(None if req.seed is None else req.seed + j), top_logprobs=top_logprobs)
+                 rng=None if params.is_greedy else np.random.default_rng(None if req.seed is None else req.seed + j),
+                 top_logprobs=top_logprobs)
         for prompt in encoded for j in range(per_prompt)
     ]
     return Job(sequences, prompt_tokens=sum(prompt.seen for prompt in encoded),

@@ -86,7 +86,9 @@ class Sequence:
 
     prompt_ids: list[int]
     params: SamplingParams
-    rng: np.random.Generator
+    rng: np.random.Generator | None
+    """The sequence's own generator; None for greedy decoding, which draws nothing (creating one
+    seeds it from the OS's entropy: tens of microseconds on the event loop per request)."""
     max_tokens: int
     text: TextStream
     on_event: Callable[[str, str | None], None] = lambda text, finish: None
@@ -223,6 +225,8 @@ class Scheduler:
         """Rows whose cache is full restart from all but the last token of their slid window, in
         one prefill written into their own slots; the last token (`next_token`) decodes next."""
         full, self._full = self._full, []
+        if not full:
+            return
         slots = {id(s): i for i, s in enumerate(self.slots) if s is not None}
         full = [s for s in full if id(s) in slots]  # not cancelled meanwhile
         if not full:
