@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import signal
@@ -54,6 +53,7 @@ from typing import Iterator
 import httpx
 import numpy as np
 
+from bench.serving_client import one_request
 from bench.serving_stats import Trace, parse_goodput
 
 PROMPTS = [
@@ -84,36 +84,6 @@ class Level:
         if trace.chunks:
             self.ttft.append(trace.ttft)
             self.itl += trace.itl
-
-
-async def one_request(url: str, body: dict) -> Trace:
-    """One streaming request over a plain asyncio connection (HTTP/1.1, chunked): a few
-    microseconds of client CPU per token, where httpx takes ~10x that from the server's cores."""
-    host, port = url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    payload = json.dumps(body).encode()
-    writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (host.encode(), len(payload), payload))
-    trace = Trace(sent=time.perf_counter())
-    status = await reader.readline()
-    if b" 200 " not in status:
-        raise RuntimeError(f"{url}: {status!r} {await reader.read()!r}")
-    while (await reader.readline()) not in (b"\r\n", b""):  # headers
-        pass
-    while size := int((await reader.readline()).strip() or b"0", 16):
-        chunk = await reader.readexactly(size + 2)  # one or more SSE events, then CRLF
-        now = time.perf_counter()
-        for event in chunk[:-2].split(b"\n\n"):
-            if not event.startswith(b"data: {"):
-                continue  # [DONE], a ": ping" comment, or the empty tail
-            if b'"usage": {' in event:
-                usage = json.loads(event[6:])["usage"]
-                trace.output_tokens, trace.prompt_tokens = usage["completion_tokens"], usage["prompt_tokens"]
-            elif b'"text": ""' not in event:
-                trace.chunks.append(now)  # events that arrive in one chunk arrive together
-    trace.end = time.perf_counter()
-    writer.close()
-    return trace
 
 
 async def run_clients(url: str, clients: int, per_client: int, new_tokens: int) -> Level:

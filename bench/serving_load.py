@@ -18,7 +18,8 @@ import time
 
 import numpy as np
 
-from bench.serving import GREEDY, PROMPTS, cpu_model, one_request, peak_rss_mib, server
+from bench.serving import GREEDY, PROMPTS, cpu_model, peak_rss_mib, server
+from bench.serving_client import one_request
 from bench.serving_stats import Trace, summarize
 
 
