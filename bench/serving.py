@@ -53,7 +53,7 @@ from typing import Iterator
 import httpx
 import numpy as np
 
-from bench.serving_client import one_request
+from bench.serving_client import Client
 from bench.serving_stats import Trace, parse_goodput
 
 PROMPTS = [
@@ -87,17 +87,21 @@ class Level:
 
 
 async def run_clients(url: str, clients: int, per_client: int, new_tokens: int) -> Level:
+    """C closed-loop clients, each with its own kept-alive connection (opened before the clock
+    starts), each sending `per_client` streaming requests one after another."""
     level = Level()
+    async with Client(url) as client:
+        await client.connect(clients)
 
-    async def client_loop(k: int) -> None:
-        for i in range(per_client):
-            body = {"prompt": PROMPTS[(k * per_client + i) % len(PROMPTS)], "max_tokens": new_tokens, **GREEDY,
-                    "stream": True, "stream_options": {"include_usage": True}}
-            level.add(await one_request(url, body))
+        async def client_loop(k: int) -> None:
+            for i in range(per_client):
+                body = {"prompt": PROMPTS[(k * per_client + i) % len(PROMPTS)], "max_tokens": new_tokens, **GREEDY,
+                        "stream": True, "stream_options": {"include_usage": True}}
+                level.add(await client.request(body))
 
-    start = time.perf_counter()
-    await asyncio.gather(*(client_loop(k) for k in range(clients)))
-    level.seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        await asyncio.gather(*(client_loop(k) for k in range(clients)))
+        level.seconds = time.perf_counter() - start
     return level
 
 

@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from bench.serving import GREEDY, PROMPTS, cpu_model, peak_rss_mib, server
-from bench.serving_client import one_request
+from bench.serving_client import Client
 from bench.serving_stats import Trace, summarize
 
 
@@ -36,6 +36,7 @@ async def open_loop(url: str, rate: float, args: argparse.Namespace) -> tuple[li
     """(the completed requests' traces, how many failed) of one rate."""
     limit = asyncio.Semaphore(args.max_concurrency) if args.max_concurrency else None
     failed = 0
+    client = Client(url)  # kept-alive connections, one per request in flight, reused as requests end
 
     async def one(i: int) -> Trace | None:
         nonlocal failed
@@ -43,9 +44,9 @@ async def open_loop(url: str, rate: float, args: argparse.Namespace) -> tuple[li
                 "stream": True, "stream_options": {"include_usage": True}}
         try:
             if limit is None:
-                return await one_request(url, body)
+                return await client.request(body)
             async with limit:
-                return await one_request(url, body)
+                return await client.request(body)
         except (OSError, RuntimeError, asyncio.IncompleteReadError) as e:
             failed += 1
             print(f"request {i} failed: {e}", file=sys.stderr)
@@ -58,7 +59,8 @@ async def open_loop(url: str, rate: float, args: argparse.Namespace) -> tuple[li
         if delay > 0:
             await asyncio.sleep(delay)
         tasks.append(asyncio.ensure_future(one(i)))
-    done = [t for t in await asyncio.gather(*tasks) if t is not None]
+    async with client:
+        done = [t for t in await asyncio.gather(*tasks) if t is not None]
     traces = [t for t in done if t.chunks]  # a stream without a token chunk has no TTFT: a failure
     return traces, failed + len(done) - len(traces)
 
@@ -105,4 +107,5 @@ def open_loop_report(args: argparse.Namespace, load_before: tuple[float, ...]) -
 
 async def _warm_up(url: str) -> None:
     body = {"prompt": PROMPTS[0], "max_tokens": 8, **GREEDY, "stream": True, "stream_options": {"include_usage": True}}
-    await asyncio.gather(*(one_request(url, body) for _ in range(2)))
+    async with Client(url) as client:
+        await asyncio.gather(*(client.request(body) for _ in range(2)))
