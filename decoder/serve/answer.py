@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
-import uuid
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable
 
@@ -40,6 +40,15 @@ from decoder.serve.logprobs import Cursor, Scored, eot_entry
 from decoder.serve.protocol import SamplingRequest, error_body
 from decoder.serve.served import Served
 from decoder.tokenizer import Tokenizer
+
+_IDS = random.Random()  # seeded from the OS once
+
+
+def response_id(prefix: str) -> str:
+    """A response's id, "PREFIX-" and 32 random hex digits (as OpenAI's are unique, not secret): no
+    system call per request, so the event loop never gives up the GIL for one (uuid4 reads
+    os.urandom, and getting the GIL back from a busy engine thread cost tens of microseconds)."""
+    return f"{prefix}-{_IDS.getrandbits(128):032x}"
 
 
 @dataclass(frozen=True)
@@ -72,7 +81,7 @@ async def respond(request: Request, req: SamplingRequest, job: Job, engine: Engi
                   logprobs: bool = False) -> JSONResponse | EventStream:
     """The answer to a submitted job: server-sent events in `shape` with stream (each piece's logprobs
     if `logprobs`), else one JSON object whose choices `choices` makes of each choice's text and finish."""
-    head = {"id": f"{shape.id_prefix}-{uuid.uuid4().hex}", "object": shape.object, "created": int(time.time()),
+    head = {"id": response_id(shape.id_prefix), "object": shape.object, "created": int(time.time()),
             "model": served.model_id}
     if req.stream:
         scorer = _StreamLogprobs(job, shape, served.tokenizer) if logprobs else None

@@ -14,14 +14,13 @@ refused with 400, not 429.
 from __future__ import annotations
 
 import time
-import uuid
 
 import numpy as np
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from decoder.sampling import SamplingParams
-from decoder.serve.answer import EventStream, Shape, respond
+from decoder.serve.answer import EventStream, Shape, respond, response_id
 from decoder.serve.engine import EngineBase
 from decoder.serve.job import Job
 from decoder.serve.logprobs import Cursor, Entry, Scored, completion_logprobs, eot_entry, mean_logprob
@@ -139,7 +138,7 @@ def _scored_only(req: CompletionRequest, encoded: list[PromptIds], scored: list[
         choices += [{"text": prompt.text, "index": p * req.n + j, "logprobs": logprobs, "finish_reason": "length"}
                     for j in range(req.n)]
     seen = sum(prompt.seen for prompt in encoded)
-    return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+    return {"id": response_id("cmpl"), "object": "text_completion", "created": int(time.time()),
             "model": served.model_id, "choices": choices,
             "usage": {"prompt_tokens": seen, "completion_tokens": 0, "total_tokens": seen,
                       "prompt_tokens_truncated": truncated}}

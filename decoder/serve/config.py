@@ -94,7 +94,7 @@ class SamplingDefaults:
     frequency_penalty: float = 0.0
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return dict(vars(self))  # (flat fields: dataclasses.asdict's deep copy took tens of µs per request)
 
 
 OPENAI_DEFAULTS = SamplingDefaults()
