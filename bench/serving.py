@@ -30,9 +30,9 @@ the bound is measured right before and right after the batched server's run, and
 ratios are the median over the repeats of the server's tokens/s over the mean of the two (the
 better runtime's), with their range: a shared machine's speed can swing by half within seconds,
 which a ratio of two medians taken at different moments would carry. The bound's row gives the
-median of all its runs; the targets' table also gives the best run over the best bound
-(interference only slows a run down). The load generator runs on the same machine as the server, so
-at high concurrency it takes some of its CPU.
+median of all its runs, and each runtime's; the targets' table also gives the best run over the
+best bound (interference only slows a run down). The load generator runs on the same machine as
+the server, so at high concurrency it takes some of its CPU.
 """
 
 from __future__ import annotations
@@ -257,6 +257,7 @@ def measure(args: argparse.Namespace) -> dict:
                     "rss": peak_rss_mib(proc.pid), "requests": clients * per_client,
                     "cpu_us": float(np.median(cpu_us[mode])), "runs": [lv.tokens_per_s for lv in levels]}
             results[clients, "offline"] = {"tok_s": max(float(np.median(times)) for times in offline),
+                                           "each": [float(np.median(times)) for times in offline],
                                            "runs": bracketed}
             print(f"{clients:>3} clients: " + ", ".join(f"{m} {results[clients, m]['tok_s']:.0f} tok/s"
                                                         for m in (*servers, "offline")), file=sys.stderr)
@@ -283,8 +284,9 @@ def markdown(args: argparse.Namespace, results: dict, load_before: tuple[float, 
             r = results[c, mode]
             rows.append(f"| {c} | {label} | {r['tok_s']:.0f} | {r['cpu_us']:.0f} | "
                         f"{r['ttft50']:.1f} / {r['ttft99']:.1f} | {r['itl50']:.2f} / {r['itl99']:.2f} | {r['rss']:.0f} |")
-        rows.append(f"| {c} | offline bound (Runtime.generate_ids, batch {c}) | {results[c, 'offline']['tok_s']:.0f} "
-                    "| | | | |")
+        defaults, served = results[c, "offline"]["each"]
+        rows.append(f"| {c} | offline bound (Runtime.generate_ids, batch {c}; the runtime's defaults {defaults:.0f}, "
+                    f"the server's onnxruntime options {served:.0f}) | {results[c, 'offline']['tok_s']:.0f} | | | | |")
     command = "python -m bench.serving " + " ".join(sys.argv[1:])
     rows += ["", *targets(results)] if {1, 16} <= set(args.clients) else []
     return "\n".join([
