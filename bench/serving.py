@@ -115,6 +115,7 @@ def server(args: argparse.Namespace, max_batch: int, engine: str | None = None,
     workers = None if engine == "process" else workers  # the process engine has one
     options = ["--max-batch", str(max_batch), "--max-queue", "4096",
                *(["--threads", str(args.threads)] if args.threads else []), *(["--quantized"] if args.quantized else []),
+               *(["--allow-spinning"] if args.allow_spinning else []),
                "--engine", engine, *(["--engine-workers", str(workers)] if workers else []),
                *(["--stream-interval", str(args.stream_interval)] if getattr(args, "stream_interval", None) else [])]
     with serve_process(args.bundle, options) as running:
@@ -188,9 +189,9 @@ def offline_tokens_per_s(runtime, rows: int, new_tokens: int) -> float:
 
 
 SPIN_SETTLE_S = 0.15
-"""Idle time after each offline run: onnxruntime's default thread pool keeps spinning after a run
-(measured: about one core for 40 ms on 2 AMD EPYC cores), which would take CPU from whatever runs
-next, a server under test included."""
+"""Idle time after each offline run (and each server's level): onnxruntime's default thread pool
+keeps spinning after a run (measured: about one core for 40 ms on 2 AMD EPYC cores), which would
+take CPU from whatever runs next, a server under test or the bound included."""
 
 
 def percentile_ms(values: list[float], q: float) -> float:
@@ -211,7 +212,8 @@ def measure(args: argparse.Namespace) -> dict:
     from decoder.serve.config import session_options
 
     runtimes = [Runtime(args.bundle, quantized=args.quantized, threads=args.threads),  # the runtime's defaults
-                Runtime(args.bundle, quantized=args.quantized, session_options=session_options(args.threads))]
+                Runtime(args.bundle, quantized=args.quantized,
+                        session_options=session_options(args.threads, spinning=args.allow_spinning))]
     results: dict = {}
     with ExitStack() as stack:
         servers = {"batched": stack.enter_context(server(args, max(args.clients))),
@@ -244,6 +246,7 @@ def measure(args: argparse.Namespace) -> dict:
                     before = cpu_seconds(proc.pid)
                     runs[mode].append(asyncio.run(run_clients(url, clients, per_client, args.new_tokens)))
                     cpu_us[mode].append((cpu_seconds(proc.pid) - before) / runs[mode][-1].tokens * 1e6)
+                    time.sleep(SPIN_SETTLE_S)  # (a server with --allow-spinning keeps a core busy a while)
                     if first is not None:
                         bracketed.append(max((a + b) / 2 for a, b in zip(first, bound_now())))
             for mode, (_, proc) in servers.items():
@@ -294,7 +297,8 @@ def markdown(args: argparse.Namespace, results: dict, load_before: tuple[float, 
         f"Command: `{command}`", "",
         f"Model: {args.bundle} ({'model.int8.onnx' if args.quantized else 'model.onnx'}). "
         f"CPU: {cpu_model()}, {os.cpu_count()} cores; onnxruntime {onnxruntime.__version__} "
-        f"({args.threads or 'default'} intra-op threads); engine {args.engine}; "
+        f"({args.threads or 'default'} intra-op threads{', spinning' if args.allow_spinning else ''}); "
+        f"engine {args.engine}; "
         f"Python {platform.python_version()}; "
         f"load average before the run {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}.", "",
         f"Each level: C concurrent streaming clients, each sending max(2, 8 // C) greedy requests of "
@@ -341,6 +345,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="onnxruntime threads of servers and offline bound")
     p.add_argument("--quantized", action="store_true", help="the bundle's int8 model (servers and offline bound)")
+    p.add_argument("--allow-spinning", action="store_true",
+                   help="decoder serve --allow-spinning (and the bound's server-options runtime with spinning)")
     p.add_argument("--engine", choices=["thread", "process", "both"], default="thread",
                    help="the servers' decoder serve --engine; both: thread, plus a batched process-engine server")
     p.add_argument("--engine-workers", type=int, default=None,

@@ -25,13 +25,14 @@ import asyncio
 import os
 import resource
 import shlex
+import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from bench.serving import cpu_model, offline_tokens_per_s, run_clients, serve_process
+from bench.serving import SPIN_SETTLE_S, cpu_model, offline_tokens_per_s, run_clients, serve_process
 
 
 def thread_cpu(pid: int) -> dict[int, float]:
@@ -80,6 +81,7 @@ def measure(args: argparse.Namespace) -> dict[str, dict[str, float]]:
                 s["client"].append((mine_after.ru_utime + mine_after.ru_stime - mine.ru_utime - mine.ru_stime)
                                    * per_token)
                 round_[name] = level.tokens_per_s
+                time.sleep(SPIN_SETTLE_S)  # a server whose onnxruntime threads spin keeps a core busy a while
             bound = offline_tokens_per_s(runtime, args.clients, args.new_tokens)
             for name, rate in round_.items():
                 samples[name]["ratio"].append(rate / bound)

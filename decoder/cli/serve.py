@@ -24,6 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="tokens a stream sends at a time: each choice's first at once, then N per event "
                         "(default 1: every token its own event; more: less work per token, burstier streams)")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: one core fewer than usable, at least 1)")
+    p.add_argument("--allow-spinning", action="store_true",
+                   help="let onnxruntime's intra-op threads spin between ops (default: they sleep, leaving the "
+                        "cores to the HTTP side); for one request at a time on several --threads")
     p.add_argument("--shutdown-grace", type=float, default=10.0, metavar="SECONDS",
                    help="on SIGTERM, how long in-flight requests may run on before they are cancelled")
     p.add_argument("--served-model-name", nargs="+", default=[], dest="served_model_names", metavar="NAME",
@@ -68,4 +71,4 @@ def run(args: argparse.Namespace) -> int:
     config = ServeConfig(**values, sampling_defaults=args.sampling_defaults, long_prompts=args.long_prompts,
                          cors_origins=tuple(args.cors_origins), api_key=api_key, engine=args.engine)
     return serve(args.bundle, host=args.host, port=args.port, quantized=args.quantized, config=config,
-                 threads=args.threads, served_model_names=args.served_model_names)
+                 threads=args.threads, spinning=args.allow_spinning, served_model_names=args.served_model_names)

@@ -140,7 +140,7 @@ def batch_shares(max_batch: int, workers: int) -> list[int]:
     return [max_batch // workers + (k < max_batch % workers) for k in range(workers)]
 
 
-def session_options(threads: int | None = None, workers: int = 1) -> ort.SessionOptions:
+def session_options(threads: int | None = None, workers: int = 1, spinning: bool = False) -> ort.SessionOptions:
     """onnxruntime options as the server runs them, measured on 2 AMD EPYC cores (machine shared)
     with the default-size model, A/B in one run:
 
@@ -150,13 +150,16 @@ def session_options(threads: int | None = None, workers: int = 1) -> ort.Session
       1124 / 963 / 865 tok/s with one thread and 1375 / 872 / 587 with two, alternating (two win
       only while nothing else runs on the machine);
     - no spinning between ops (onnxruntime's threads busy-wait by default, taking the cores the
-      event loop needs): 1.4x (1 client) and 1.6x (16 clients) the tokens/s."""
+      event loop needs): 1.4x (1 client) and 1.6x (16 clients) the tokens/s. `spinning` (`decoder
+      serve --allow-spinning`) turns it back on, for a server that runs one request at a time on
+      several threads (results/serving.md, "One client")."""
     options = cpu_session_options(threads or max(1, (default_threads() - 1) // workers))
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     return options
 
 
-def load_runtime(bundle_dir: str | Path, model_file: str, threads: int | None = None, workers: int = 1) -> Runtime:
+def load_runtime(bundle_dir: str | Path, model_file: str, threads: int | None = None, workers: int = 1,
+                 spinning: bool = False) -> Runtime:
     """The bundle's `model_file` with the server's `session_options` (a picklable recipe, with
     `functools.partial`, for the engine process)."""
-    return Runtime(bundle_dir, model_file=model_file, session_options=session_options(threads, workers))
+    return Runtime(bundle_dir, model_file=model_file, session_options=session_options(threads, workers, spinning))

@@ -40,14 +40,15 @@ class _Server(uvicorn.Server):
 
 
 def serve(bundle_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000, quantized: bool = False,
-          config: ServeConfig = ServeConfig(), threads: int | None = None, log_level: str = "info",
-          served_model_names: Sequence[str] = ()) -> int:
+          config: ServeConfig = ServeConfig(), threads: int | None = None, spinning: bool = False,
+          log_level: str = "info", served_model_names: Sequence[str] = ()) -> int:
     """Serve the bundle until stopped; returns the exit status (0 after SIGTERM). The model answers
-    to its run id and to `served_model_names` (responses give the first of these)."""
+    to its run id and to `served_model_names` (responses give the first of these). `threads` and
+    `spinning`: onnxruntime's intra-op threads and whether they spin (`session_options`)."""
     model_file = INT8_MODEL_FILE if quantized else MODEL_FILE
-    runtime = load_runtime(bundle_dir, model_file, threads, engine_workers(config))
+    runtime = load_runtime(bundle_dir, model_file, threads, engine_workers(config), spinning)
     app = create_app(runtime, config, model_file=model_file, served_model_names=served_model_names,
-                     engine_model=partial(load_runtime, bundle_dir, model_file, threads))
+                     engine_model=partial(load_runtime, bundle_dir, model_file, threads, spinning=spinning))
     server = _Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
                                     timeout_graceful_shutdown=config.shutdown_grace + UVICORN_MARGIN_S),
                      app.state.engine, config.shutdown_grace)

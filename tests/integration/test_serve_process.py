@@ -174,7 +174,8 @@ def test_serving_path_imports_no_torch(onnx_bundle):
 def test_serving_ab_serves_each_tree_and_reports_each(onnx_bundle):
     repo = Path(__file__).resolve().parents[2]
     done = subprocess.run([sys.executable, "-m", "bench.serving_ab", str(onnx_bundle), "--tree", f"one={repo}",
-                           "--tree", f"two={repo}", "--tree-args", "two=--stream-interval 2", "--clients", "2",
+                           "--tree", f"two={repo}", "--tree-args",
+                           "two=--stream-interval 2 --threads 2 --engine-workers 1 --allow-spinning", "--clients", "2",
                            "--rounds", "1", "--new-tokens", "4"],
                           capture_output=True, text=True, timeout=300, cwd=repo)
     assert done.returncode == 0, done.stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from decoder.serve.config import ServeConfig, batch_shares, engine_workers
+from decoder.serve.config import ServeConfig, batch_shares, engine_workers, session_options
 from decoder.serve.admission import MIN_ROWS_PER_WORKER, shares
 
 
@@ -43,3 +43,10 @@ def test_workers_never_outnumber_the_batch_slots_and_the_process_engine_has_one(
 def test_bad_worker_counts_are_refused(fields, message):
     with pytest.raises(ValueError, match=message):
         ServeConfig(**fields)
+
+
+@pytest.mark.parametrize("spinning,entry", [(False, "0"), (True, "1")])
+def test_onnxruntime_threads_sleep_between_ops_unless_spinning_is_allowed(spinning, entry):
+    options = session_options(2, spinning=spinning)
+    assert options.intra_op_num_threads == 2
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == entry
